@@ -1,0 +1,185 @@
+"""The 13 EHR features of Appendix C with their official NLST codes, validation, and the
+radiology-report sentence that is the one source of prompt text for the LLM stage.
+
+Codes follow the NLST data dictionaries (../shared/reference, section 1). Missing values are
+first-class: a field is `None`, never silently 0 or a category.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+# NLST SAS-style missing codes, as they appear in the CSVs.
+MISSING_CODES = frozenset({"", ".", ".M", ".N", ".S", ".E", ".W", "NA", "NAN", "NONE"})
+
+ATTENUATION = {1: "solid", 2: "ground glass", 3: "part solid", 4: "fluid density",
+               6: "fat density", 7: "other", 9: "unable to determine"}
+LOBE = {1: "right upper lobe", 2: "right middle lobe", 3: "right lower lobe",
+        4: "left upper lobe", 5: "lingula", 6: "left lower lobe", 8: "other"}
+MARGINS = {1: "spiculated", 2: "smooth", 3: "poorly defined", 9: "unable to determine"}
+GENDER = {1: "male", 2: "female"}
+YES_NO = {0: "no", 1: "yes"}
+FAMILY = ("famfather", "fammother", "fambrother", "famsister", "famchild")
+RELATIVE = {"famfather": "father", "fammother": "mother", "fambrother": "brother",
+            "famsister": "sister", "famchild": "child"}
+
+NODULE_FIELDS = ("SCT_PRE_ATT", "SCT_EPI_LOC", "SCT_LONG_DIA", "SCT_PERP_DIA", "SCT_MARGINS")
+PATIENT_FIELDS = ("age", "diagemph", "gender", *FAMILY)
+EHR_FIELDS = NODULE_FIELDS + PATIENT_FIELDS
+
+CATEGORICAL: dict[str, dict[int, str]] = {
+    "SCT_PRE_ATT": ATTENUATION, "SCT_EPI_LOC": LOBE, "SCT_MARGINS": MARGINS,
+    "gender": GENDER, "diagemph": YES_NO, **{f: YES_NO for f in FAMILY},
+}
+# Plausible physical ranges (inclusive). NLST nodules are >= 4 mm; masses rarely exceed 10 cm.
+CONTINUOUS: dict[str, tuple[float, float]] = {
+    "SCT_LONG_DIA": (0.5, 150.0), "SCT_PERP_DIA": (0.0, 150.0), "age": (18.0, 110.0),
+}
+
+
+class EHRError(ValueError):
+    """An EHR value that cannot be used; the message names the record, field and value."""
+
+
+def is_missing(value: Any) -> bool:
+    """True for None, NaN and the NLST missing codes ('.M', '.N', '' ...)."""
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip().upper() in MISSING_CODES
+
+
+def _parse_field(name: str, value: Any, record: str) -> float | int | None:
+    """Parse and range-check one field; raise EHRError naming record, field and value."""
+    if is_missing(value):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise EHRError(f"record {record}: field {name} has non-numeric value {value!r}") from None
+    if not math.isfinite(number):
+        raise EHRError(f"record {record}: field {name} has non-finite value {value!r}")
+    if name in CATEGORICAL:
+        codes = CATEGORICAL[name]
+        if number != int(number) or int(number) not in codes:
+            allowed = ", ".join(f"{k} ({v})" for k, v in codes.items())
+            raise EHRError(f"record {record}: field {name} has code {value!r}; allowed: {allowed}")
+        return int(number)
+    lo, hi = CONTINUOUS[name]
+    if not lo <= number <= hi:
+        raise EHRError(f"record {record}: field {name} = {value!r} is outside [{lo:g}, {hi:g}]")
+    return number
+
+
+@dataclass(frozen=True)
+class EHR:
+    """The 13 baseline-year features of one nodule and its patient (None = missing)."""
+
+    SCT_PRE_ATT: int | None = None
+    SCT_EPI_LOC: int | None = None
+    SCT_LONG_DIA: float | None = None
+    SCT_PERP_DIA: float | None = None
+    SCT_MARGINS: int | None = None
+    age: float | None = None
+    diagemph: int | None = None
+    gender: int | None = None
+    famfather: int | None = None
+    fammother: int | None = None
+    fambrother: int | None = None
+    famsister: int | None = None
+    famchild: int | None = None
+
+    @classmethod
+    def from_mapping(cls, row: Mapping[str, Any], record: str = "?") -> EHR:
+        """Build a validated EHR from a dict or table row; absent keys are missing values.
+
+        Keys are matched case-insensitively, so NLST's lower-case `sct_long_dia` works.
+        """
+        lower = {str(k).lower(): v for k, v in row.items()}
+        values = {name: _parse_field(name, lower.get(name.lower()), record) for name in EHR_FIELDS}
+        ehr = cls(**values)
+        ehr.check(record)
+        return ehr
+
+    def check(self, record: str = "?") -> None:
+        """Validate codes, ranges and the cross-field rule (perpendicular <= longest)."""
+        for name in EHR_FIELDS:
+            _parse_field(name, getattr(self, name), record)
+        long, perp = self.SCT_LONG_DIA, self.SCT_PERP_DIA
+        if long is not None and perp is not None and perp > long + 0.05:
+            raise EHRError(f"record {record}: field SCT_PERP_DIA = {perp:g} exceeds SCT_LONG_DIA = {long:g}")
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """Field name -> value (None for missing)."""
+        return asdict(self)
+
+    def family_history(self) -> bool | None:
+        """True if any first-degree relative had lung cancer, False if all five are known 'no',
+        None otherwise (unknown). Fixes the authors' `a or b or c == 1` precedence bug."""
+        values = [getattr(self, f) for f in FAMILY]
+        if any(v == 1 for v in values):
+            return True
+        if all(v == 0 for v in values):
+            return False
+        return None
+
+    def missing(self) -> list[str]:
+        """Names of the missing fields."""
+        return [f.name for f in fields(self) if getattr(self, f.name) is None]
+
+
+def _patient_clause(ehr: EHR) -> str:
+    """'63 years old male with family history of lung cancer (father)' from known fields only."""
+    who = []
+    if ehr.age is not None:
+        who.append(f"{int(round(ehr.age))} years old")
+    who.append(GENDER[ehr.gender] if ehr.gender is not None else "patient")
+    extras = []
+    history = ehr.family_history()
+    if history:
+        relatives = [RELATIVE[f] for f in FAMILY if getattr(ehr, f) == 1]
+        extras.append(f"family history of lung cancer ({', '.join(relatives)})")
+    elif history is False:
+        extras.append("no family history of lung cancer")
+    if ehr.diagemph == 1:
+        extras.append("emphysema")
+    elif ehr.diagemph == 0:
+        extras.append("no emphysema")
+    clause = " ".join(who)
+    return f"{clause} with {' and '.join(extras)}" if extras else clause
+
+
+def _nodule_sentence(ehr: EHR) -> str:
+    """'A part solid nodule with spiculated margin, 12.4 mm by 9.8 mm, is present in the ...'."""
+    kind = ATTENUATION.get(ehr.SCT_PRE_ATT) if ehr.SCT_PRE_ATT not in (None, 7, 9) else None
+    noun = f"{kind} nodule" if kind else "nodule"
+    article = "An" if noun[0] in "aeiou" else "A"
+    text = f"{article} {noun}"
+    if ehr.SCT_MARGINS in (1, 2, 3):
+        text += f" with {MARGINS[ehr.SCT_MARGINS]} margin"
+    long, perp = ehr.SCT_LONG_DIA, ehr.SCT_PERP_DIA
+    if long is not None and perp is not None:
+        text += f", {long:.1f} mm by {perp:.1f} mm,"
+    elif long is not None:
+        text += f", {long:.1f} mm in longest diameter,"
+    elif perp is not None:
+        text += f", {perp:.1f} mm in perpendicular diameter,"
+    text += " is present"
+    if ehr.SCT_EPI_LOC == 8:
+        text += " in the lung"
+    elif ehr.SCT_EPI_LOC is not None:
+        text += f" in the {LOBE[ehr.SCT_EPI_LOC]}"
+    return text + "."
+
+
+def report_sentence(ehr: EHR) -> str:
+    """The radiology-report prompt of paper Figures 1 and 4, from baseline-year fields only.
+
+    Missing fields are left out of the text, never guessed; no label or follow-up field enters.
+    """
+    return ("Lung cancer screening with low dose computed tomography performed for this "
+            f"{_patient_clause(ehr)}. {_nodule_sentence(ehr)}")

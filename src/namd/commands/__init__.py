@@ -1,0 +1,1 @@
+"""Sub-commands of `namd`; each module defines `register(subparsers)`."""

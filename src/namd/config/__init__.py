@@ -1,0 +1,110 @@
+"""Typed configuration loaded from YAML presets (`tiny`, `bench`, `paper`) plus overrides.
+
+Each stage owns one section (see the modules of this package). Defaults are CPU-sized
+(`tiny`); `paper` holds the paper's sizes and Appendix B hyper-parameters.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from namd.config.base import Section, TrainConfig
+from namd.config.data import DataConfig, SynthConfig
+from namd.config.diffusion import DiffusionConfig, SamplingConfig, UNetConfig
+from namd.config.evaluation import EvalConfig, EvaluatorConfig
+from namd.config.text import TextConfig
+from namd.config.vae import VAEConfig
+
+__all__ = [
+    "NamdConfig", "TrainConfig", "DataConfig", "SynthConfig", "VAEConfig", "TextConfig",
+    "DiffusionConfig", "UNetConfig", "SamplingConfig", "EvaluatorConfig", "EvalConfig",
+    "ConfigError", "PRESETS", "load_config", "save_config",
+]
+
+PRESETS = ("tiny", "bench", "paper")
+
+
+class ConfigError(ValueError):
+    """A config file, preset or override that cannot be used; the message names the key."""
+
+
+class NamdConfig(Section):
+    """The whole configuration of a run."""
+
+    preset: str = "tiny"
+    data: DataConfig = DataConfig()
+    synth: SynthConfig = SynthConfig()
+    vae: VAEConfig = VAEConfig()
+    text: TextConfig = TextConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Merge `over` into a copy of `base`, recursing into nested sections."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _preset_dict(name: str) -> dict[str, Any]:
+    """The overrides a named preset applies on top of the defaults."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    text = resources.files("namd.presets").joinpath(f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def _parse_override(item: str) -> dict[str, Any]:
+    """Turn 'vae.train.lr=1e-4' into {'vae': {'train': {'lr': 1e-4}}} (value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw)
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(preset: str = "tiny", file: str | Path | None = None,
+                overrides: list[str] | None = None, base: dict[str, Any] | None = None) -> NamdConfig:
+    """Resolve a config: defaults <- preset (or `base`, a saved config) <- YAML file <- overrides."""
+    merged = dict(base) if base is not None else _deep_merge({"preset": preset}, _preset_dict(preset))
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            merged = _deep_merge(merged, yaml.safe_load(path.read_text()) or {})
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    for item in overrides or []:
+        merged = _deep_merge(merged, _parse_override(item))
+    try:
+        return NamdConfig.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"config field {where}: {first['msg']} (got {first.get('input')!r})") from exc
+
+
+def save_config(config: NamdConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from namd.runinfo import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

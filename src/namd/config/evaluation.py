@@ -1,0 +1,27 @@
+"""The malignancy evaluator (ViT) and the evaluation protocol (paper section 4)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from namd.config.base import Section, TrainConfig
+
+
+class EvaluatorConfig(Section):
+    """ViT classifier (tiny defaults; paper preset: patch 8, width 1024, depth 6, 32 heads, MLP 2048)."""
+
+    patch_size: int = 8
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_dim: int = 256
+    dropout: float = Field(0.1, ge=0, lt=1)
+    train: TrainConfig = TrainConfig(lr=3e-4, batch_size=64, max_steps=400)
+
+
+class EvalConfig(Section):
+    """Protocol of `namd evaluate`."""
+
+    bootstrap: int = Field(1000, ge=10)
+    ci: float = Field(0.95, gt=0, lt=1)
+    seed: int = 23

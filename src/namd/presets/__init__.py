@@ -1,0 +1,1 @@
+"""Named YAML presets: tiny (CPU, minutes), bench (CPU, hours), paper (GPU, the paper's sizes)."""

@@ -1,0 +1,79 @@
+"""The run directory: one folder per stage, data flowing one way between them.
+
+    RUN/config.yaml     the run's resolved config (written by the first stage)
+    RUN/cohort          the cohort (synthetic or prepared)
+    RUN/vae, RUN/vae_no_align, RUN/prior, RUN/cond, RUN/evaluator, RUN/samples, RUN/eval, RUN/report
+Each stage folder holds its own run_info.json; a stage is finished when that file says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from namd.config import PRESETS, NamdConfig, load_config, save_config
+from namd.runinfo import RUN_INFO, write_run_info
+
+STAGES = ("cohort", "vae", "vae_no_align", "prior", "cond", "evaluator", "samples", "eval", "report")
+
+
+class RunDir:
+    """Paths and bookkeeping of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def stage(self, name: str) -> Path:
+        """Folder of a stage (not created)."""
+        return self.path / name
+
+    def is_done(self, name: str) -> bool:
+        """True when the stage recorded its completion in its run_info.json."""
+        info = self.stage(name) / RUN_INFO
+        if not info.is_file():
+            return False
+        return bool(json.loads(info.read_text()).get("complete"))
+
+    def mark_done(self, name: str, config: NamdConfig, seed: int | None, **extra: Any) -> None:
+        """Write the stage's run_info.json with `complete: true`."""
+        out = self.stage(name)
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_info(out, config, seed, stage=name, complete=True, **extra)
+
+    def require(self, name: str, needed_by: str) -> Path:
+        """The stage folder, or a clear error telling which command makes it."""
+        path = self.stage(name)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: `namd {needed_by}` needs the {name} stage of "
+                                    f"run {self.path} (run the stages in order, or `namd demo`)")
+        return path
+
+    def saved_config(self) -> dict[str, Any] | None:
+        """The run's config.yaml as a dict, if the run has one."""
+        p = self.path / "config.yaml"
+        return yaml.safe_load(p.read_text()) if p.is_file() else None
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """--preset / --config / --set, shared by every command that reads a config."""
+    parser.add_argument("--preset", choices=PRESETS, default=None,
+                        help="named preset (default: the run's saved config, else tiny)")
+    parser.add_argument("--config", default=None, help="YAML file overlaid on the preset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one value, e.g. --set vae.train.max_steps=50 (repeatable)")
+
+
+def resolve_config(args: argparse.Namespace, run: RunDir | None = None) -> NamdConfig:
+    """Config of a command: the run's saved config (unless --preset is given) <- file <- --set.
+
+    The first command of a run saves it as RUN/config.yaml so later stages agree on it.
+    """
+    saved = run.saved_config() if run is not None and args.preset is None else None
+    config = load_config(args.preset or "tiny", args.config, args.overrides, base=saved)
+    if run is not None and not (run.path / "config.yaml").exists():
+        save_config(config, run.path / "config.yaml")
+    return config
