@@ -1,0 +1,245 @@
+"""The one training loop every stage uses (VAE, prior, conditional U-Net, evaluator).
+
+A stage supplies a `TrainTask` (its networks and its loss) and two `BatchSource`s; the trainer
+supplies AdamW, the learning-rate schedule, gradient clipping, mixed precision and multi-GPU via
+`accelerate`, validation-based checkpoint selection, CSV logs of every loss term, optional EMA,
+safetensors checkpoints and exact resume.
+
+Exact resume without saving RNG state: the batch order of epoch e is a permutation seeded by
+(seed, e), and all randomness inside step s (noise, timesteps, augmentation) comes from a
+generator seeded by (seed, s). A run stopped and resumed therefore replays the same steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from namd.config import TrainConfig
+from namd.runinfo import progress
+from namd.training.checkpoint import load_checkpoint, save_checkpoint
+
+Batch = dict[str, torch.Tensor]
+
+
+class BatchSource(Protocol):
+    """Indexable training data: `len()` items, `batch(indices)` gives tensors for them."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: np.ndarray) -> Batch: ...
+
+
+class TrainTask(Protocol):
+    """What a stage hands the trainer."""
+
+    def trainable(self) -> dict[str, torch.nn.Module]:
+        """Named modules whose parameters with requires_grad are optimised and checkpointed."""
+        ...
+
+    def frozen(self) -> dict[str, torch.nn.Module]:
+        """Named modules used by the loss but never updated (moved to the device, eval mode)."""
+        ...
+
+    def loss(self, batch: Batch, generator: torch.Generator, train: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        """The scalar loss and its logged terms; all randomness from `generator`."""
+        ...
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up from warmup_start_lr, then constant or cosine decay to min_lr (Appendix B)."""
+    if step < cfg.warmup_steps:
+        return cfg.warmup_start_lr + (cfg.lr - cfg.warmup_start_lr) * step / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = cfg.cosine_steps or max(1, cfg.max_steps - cfg.warmup_steps)
+    t = min(step - cfg.warmup_steps, span) / span
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * t))
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator that owns all randomness of one training step."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+@dataclass
+class FitResult:
+    """What `Trainer.fit` reports."""
+
+    steps: int
+    best_val: float
+    best_step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs a TrainTask for cfg.max_steps steps, writing checkpoints and logs under `out`."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, accelerator: Accelerator | None = None):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+        self.ckpt_last = self.out / "checkpoints" / "last"
+        self.ckpt_best = self.out / "checkpoints" / "best"
+        self.log_path = self.out / "log.csv"
+
+    # -- data order ---------------------------------------------------------------------------
+    def batch_indices(self, n: int, step: int) -> np.ndarray:
+        """Indices of this process's share of the global batch of `step` (deterministic)."""
+        world, rank, size = self.acc.num_processes, self.acc.process_index, self.cfg.batch_size
+        global_size = size * world
+        per_epoch = max(1, n // global_size)
+        epoch, pos = divmod(step, per_epoch)
+        perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
+        if n < global_size:
+            perm = np.resize(perm, global_size)
+        chunk = perm[pos * global_size:(pos + 1) * global_size]
+        return chunk[rank * size:(rank + 1) * size]
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return {k: v.to(self.acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    # -- validation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, task: TrainTask, data: BatchSource) -> dict[str, float]:
+        """Mean loss terms over the first val_batches fixed batches, with a fixed generator."""
+        modules = task.trainable()
+        for m in modules.values():
+            m.eval()
+        totals: dict[str, float] = {}
+        count = 0
+        size = self.cfg.batch_size
+        for b in range(min(self.cfg.val_batches, math.ceil(len(data) / size))):
+            idx = np.arange(b * size, min((b + 1) * size, len(data)))
+            loss, terms = task.loss(self._to_device(data.batch(idx)), step_generator(self.cfg.seed, -1 - b), False)
+            for k, v in {"loss": float(loss), **terms}.items():
+                totals[k] = totals.get(k, 0.0) + v * len(idx)
+            count += len(idx)
+        for m in modules.values():
+            m.train()
+        return {k: v / max(count, 1) for k, v in totals.items()}
+
+    # -- logging --------------------------------------------------------------------------------
+    def _log(self, row: dict[str, float]) -> None:
+        """Append one row to log.csv (header from the first row)."""
+        if not self.acc.is_main_process:
+            return
+        new = not self.log_path.exists()
+        with self.log_path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(row), extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log rows after the resumed step so the log reads like one run."""
+        if not self.log_path.exists():
+            return
+        with self.log_path.open() as fh:
+            rows = [r for r in csv.DictReader(fh) if int(float(r["step"])) <= step]
+        self.log_path.unlink()
+        for r in rows:
+            self._log(r)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self, task: TrainTask, train: BatchSource, val: BatchSource | None = None,
+            resume: bool = False) -> FitResult:
+        """Train; with `resume`, continue from checkpoints/last when it exists."""
+        cfg, acc = self.cfg, self.acc
+        self.out.mkdir(parents=True, exist_ok=True)
+        modules = task.trainable()
+        for m in task.frozen().values():
+            m.to(acc.device).eval().requires_grad_(False)
+        params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        names = list(modules)
+        prepared = acc.prepare(*modules.values(), optimizer)
+        wrapped = dict(zip(names, prepared[:-1], strict=True))
+        optimizer = prepared[-1]
+        ema = {f"ema_{k}": copy.deepcopy(acc.unwrap_model(m)).requires_grad_(False)
+               for k, m in wrapped.items()} if cfg.ema_decay else {}
+        ckpt_modules = {**{k: acc.unwrap_model(m) for k, m in wrapped.items()}, **ema}
+
+        step, best_val, best_step = 0, math.inf, -1
+        if resume and (self.ckpt_last / "state.json").is_file():
+            state = load_checkpoint(self.ckpt_last, ckpt_modules, optimizer)
+            step, best_val, best_step = state["step"], state["best_val"], state["best_step"]
+            self._truncate_log(step)
+        elif self.log_path.exists() and acc.is_main_process:
+            self.log_path.unlink()
+
+        history: list[dict[str, float]] = []
+        for m in wrapped.values():
+            m.train()
+        bar = progress(total=cfg.max_steps, desc=f"train {self.out.name}", unit="step",
+                       disable=None if acc.is_main_process else True)
+        bar.update(step)
+        while step < cfg.max_steps:
+            lr = learning_rate(cfg, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = self._to_device(train.batch(self.batch_indices(len(train), step)))
+            with acc.autocast():
+                loss, terms = task.loss(batch, step_generator(cfg.seed, step), True)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{self.out.name}: loss became {float(loss)} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            if cfg.grad_clip:
+                acc.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            self._ema_update(wrapped, ema)
+            step += 1
+            row = {"step": step, "phase": "train", "lr": lr, "loss": float(loss), **terms}
+            self._log(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.4f}")
+            if val is not None and (step % cfg.val_every == 0 or step == cfg.max_steps):
+                scores = self.validate(task, val)
+                self._log({"step": step, "phase": "val", "lr": lr, **scores})
+                history.append({"step": step, **scores})
+                if scores["loss"] < best_val:
+                    best_val, best_step = scores["loss"], step
+                    if acc.is_main_process:
+                        save_checkpoint(self.ckpt_best, ema or ckpt_modules, None,
+                                        {"step": step, "best_val": best_val, "best_step": step})
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                acc.wait_for_everyone()
+                if acc.is_main_process:
+                    save_checkpoint(self.ckpt_last, ckpt_modules, optimizer,
+                                    {"step": step, "best_val": best_val, "best_step": best_step})
+        bar.close()
+        if val is None and acc.is_main_process:  # no validation: the last weights are the best
+            save_checkpoint(self.ckpt_best, ema or ckpt_modules, None,
+                            {"step": step, "best_val": math.nan, "best_step": step})
+            best_step = step
+        return FitResult(steps=step, best_val=best_val, best_step=best_step, history=history)
+
+    @torch.no_grad()
+    def _ema_update(self, wrapped: dict[str, torch.nn.Module], ema: dict[str, torch.nn.Module]) -> None:
+        """Exponential moving average of the trained weights (optional, off in the paper)."""
+        if not ema:
+            return
+        for name, module in wrapped.items():
+            target = ema[f"ema_{name}"]
+            for e, p in zip(target.parameters(), self.acc.unwrap_model(module).parameters(), strict=True):
+                e.lerp_(p.detach(), 1.0 - self.cfg.ema_decay)
+
+
+def load_best(out: Path, modules: dict[str, torch.nn.Module]) -> dict:
+    """Load the best (validation-selected) weights of a finished stage into `modules`.
+
+    With EMA the best checkpoint holds `ema_<name>` files; they are loaded into `<name>`.
+    """
+    best = Path(out) / "checkpoints" / "best"
+    if any((best / f"ema_{k}.safetensors").is_file() for k in modules):
+        return load_checkpoint(best, {f"ema_{k}": m for k, m in modules.items()}, None)
+    return load_checkpoint(best, modules, None)

@@ -1,0 +1,112 @@
+"""The shared trainer: schedule, deterministic order, checkpoints, exact resume, EMA."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from namd.config import TrainConfig
+from namd.training.trainer import Trainer, learning_rate, load_best
+
+
+class Data:
+    """y = 3x - 1 with noise, as a BatchSource."""
+
+    def __init__(self, n: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.x = torch.tensor(rng.normal(size=(n, 4)), dtype=torch.float32)
+        self.y = self.x.sum(1, keepdim=True) * 3 - 1
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        return {"x": self.x[indices], "y": self.y[indices]}
+
+
+class Task:
+    """A linear model with dropout-free noise injection drawn from the step generator."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.net = torch.nn.Linear(4, 1)
+
+    def trainable(self):
+        return {"net": self.net}
+
+    def frozen(self):
+        return {}
+
+    def loss(self, batch, generator, train):
+        noise = torch.randn(batch["x"].shape, generator=generator) * 0.01 if train else 0.0
+        err = self.net(batch["x"] + noise) - batch["y"]
+        mse = err.pow(2).mean()
+        return mse, {"mse": float(mse)}
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(lr=0.05, batch_size=8, max_steps=12, checkpoint_every=4, val_every=4, val_batches=2, seed=5)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_learning_rate_warmup_then_cosine_to_min():
+    cfg = TrainConfig(lr=1e-4, warmup_start_lr=1e-6, warmup_steps=4000, schedule="cosine",
+                      min_lr=1e-5, cosine_steps=100000, max_steps=104000)
+    assert learning_rate(cfg, 0) == pytest.approx(1e-6)
+    assert learning_rate(cfg, 2000) == pytest.approx((1e-6 + 1e-4) / 2)
+    assert learning_rate(cfg, 4000) == pytest.approx(1e-4)
+    assert learning_rate(cfg, 54000) == pytest.approx(1e-5 + 0.5 * 9e-5)
+    assert learning_rate(cfg, 104000) == pytest.approx(1e-5)
+    assert learning_rate(cfg, 200000) == pytest.approx(1e-5)
+
+
+def test_fit_learns_and_logs_every_term(tmp_path):
+    result = Trainer(_cfg(max_steps=60), tmp_path).fit(Task(), Data(64), Data(16, seed=1))
+    assert result.history[-1]["loss"] < result.history[0]["loss"] * 0.5
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    assert {r["phase"] for r in rows} == {"train", "val"}
+    assert "mse" in rows[0] and len([r for r in rows if r["phase"] == "train"]) == 60
+    assert (tmp_path / "checkpoints" / "best" / "net.safetensors").is_file()
+    assert result.best_step > 0 and math.isfinite(result.best_val)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    Trainer(_cfg(), tmp_path / "full").fit(Task(), Data(40), Data(16, seed=1))
+    Trainer(_cfg(max_steps=8), tmp_path / "part").fit(Task(), Data(40), Data(16, seed=1))
+    Trainer(_cfg(), tmp_path / "part").fit(Task(), Data(40), Data(16, seed=1), resume=True)
+    full = load_file(str(tmp_path / "full/checkpoints/last/net.safetensors"))
+    part = load_file(str(tmp_path / "part/checkpoints/last/net.safetensors"))
+    for key in full:
+        assert torch.equal(full[key], part[key]), key
+    rows = list(csv.DictReader((tmp_path / "part/log.csv").open()))
+    assert [int(r["step"]) for r in rows if r["phase"] == "train"] == list(range(1, 13))
+
+
+def test_epoch_order_covers_every_item_once(tmp_path):
+    trainer = Trainer(_cfg(batch_size=5), tmp_path)
+    seen = np.concatenate([trainer.batch_indices(20, s) for s in range(4)])
+    assert sorted(seen.tolist()) == list(range(20))
+    assert not np.array_equal(trainer.batch_indices(20, 0), trainer.batch_indices(20, 4))
+
+
+def test_ema_weights_are_checkpointed_and_loaded(tmp_path):
+    Trainer(_cfg(ema_decay=0.9), tmp_path).fit(Task(), Data(40), Data(16, seed=1))
+    assert (tmp_path / "checkpoints/best/ema_net.safetensors").is_file()
+    net = torch.nn.Linear(4, 1)
+    load_best(tmp_path, {"net": net})
+    ema = load_file(str(tmp_path / "checkpoints/best/ema_net.safetensors"))
+    assert torch.equal(net.weight, ema["weight"])
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    class Bad(Task):
+        def loss(self, batch, generator, train):
+            return torch.tensor(float("nan"), requires_grad=True), {}
+
+    with pytest.raises(FloatingPointError, match="step 0"):
+        Trainer(_cfg(), tmp_path).fit(Bad(), Data(16))
