@@ -1,0 +1,52 @@
+"""`namd train {vae,prior,cond,evaluator} --run RUN`: train one stage of the pipeline.
+
+Each stage reads what the stage before it wrote in the run directory and writes its own folder
+(RUN/vae or RUN/vae_no_align, RUN/prior, RUN/cond, RUN/evaluator). The same command runs on
+several GPUs with `accelerate launch -m namd.cli train ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from namd.rundir import add_config_args
+
+# stage -> (module implementing `run_stage(config, run, args) -> Path`, help)
+STAGES = {
+    "vae": ("namd.training.vae", "the nodule-aligned VAE (paper 3.2); --no-align for the ablation"),
+    "prior": ("namd.training.diffusion", "the unconditional U-Net prior (Equation 9)"),
+    "cond": ("namd.training.diffusion", "the conditional U-Net with LLM context (Equation 10)"),
+    "evaluator": ("namd.training.evaluator", "the ViT malignancy classifier on real crops"),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `namd train STAGE`."""
+    parser = sub.add_parser("train", help="train one stage", description=__doc__)
+    inner = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name, (_, text) in STAGES.items():
+        p = inner.add_parser(name, help=text, description=text)
+        p.add_argument("--run", required=True, help="run directory (holds RUN/cohort)")
+        p.add_argument("--resume", action="store_true", help="continue an interrupted training")
+        p.add_argument("--overwrite", action="store_true", help="retrain a finished stage")
+        if name != "evaluator":
+            p.add_argument("--no-align", action="store_true",
+                           help="use/train the ablation VAE without L_align and L_pred (RUN/vae_no_align)")
+        if name == "cond":
+            p.add_argument("--null-context", action="store_true",
+                           help="ablation: image-only conditioning (null context), in RUN/cond_null")
+        add_config_args(p)
+        p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve the config and hand over to the stage's module."""
+    from namd.rundir import RunDir, resolve_config
+
+    run_dir = RunDir(args.run)
+    config = resolve_config(args, run_dir)
+    module = importlib.import_module(STAGES[args.stage][0])
+    out = module.run_stage(config, run_dir, args)
+    print(f"{args.stage}: done -> {out}")
+    return 0
