@@ -18,7 +18,8 @@ import yaml
 from namd.config import PRESETS, NamdConfig, load_config, save_config
 from namd.runinfo import RUN_INFO, write_run_info
 
-STAGES = ("cohort", "vae", "vae_no_align", "prior", "cond", "evaluator", "samples", "eval", "report")
+STAGES = ("cohort", "vae", "vae_no_align", "prior", "prior_no_align", "cond", "cond_no_align",
+          "cond_null", "evaluator", "samples", "samples_no_align", "samples_null", "eval", "report")
 
 
 class RunDir:
@@ -77,3 +78,18 @@ def resolve_config(args: argparse.Namespace, run: RunDir | None = None) -> NamdC
     if run is not None and not (run.path / "config.yaml").exists():
         save_config(config, run.path / "config.yaml")
     return config
+
+
+def variant_dirs(no_align: bool = False, null_context: bool = False) -> dict[str, str]:
+    """Stage folder names of one pipeline variant of the comparison table.
+
+    namd:          vae,          prior,          cond,          samples
+    no_align:      vae_no_align, prior_no_align, cond_no_align, samples_no_align  (paper's ablation)
+    null_context:  vae,          prior,          cond_null,     samples_null      (image-only conditioning)
+    """
+    if no_align and null_context:
+        raise ValueError("choose one ablation: --no-align or --null-context")
+    suffix = "_no_align" if no_align else ""
+    return {"vae": f"vae{suffix}", "prior": f"prior{suffix}",
+            "cond": "cond_null" if null_context else f"cond{suffix}",
+            "samples": "samples_null" if null_context else f"samples{suffix}"}

@@ -8,6 +8,22 @@ from pydantic import Field
 
 from namd.config.base import Section
 
+# Scaled to NLST: ages 55-74 at entry (centre 62 as in the Brock model, sd ~5); nodules >= 4 mm,
+# most under 20 mm (approximate centre and spread, ../shared/reference sections 1, 2, 5).
+_DEFAULT_SCALES = {"age": (62.0, 5.0), "SCT_LONG_DIA": (8.0, 5.0), "SCT_PERP_DIA": (6.0, 4.0)}
+
+
+class StructuredConfig(Section):
+    """The plain-encoding alternative (beyond the paper): an MLP over the 13 EHR fields."""
+
+    hidden: int = Field(256, ge=1, description="width of the MLP's hidden layers")
+    layers: int = Field(2, ge=1, description="hidden layers")
+    dim: int | None = Field(None, ge=1, description="D; None = the hidden size of text.model, so the U-Net is the same")
+    seed: int = Field(0, description="initialisation seed, independent of the global RNG")
+    scales: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(_DEFAULT_SCALES),
+        description="(centre, spread) that standardise each continuous field")
+
 
 class TextConfig(Section):
     """Which frozen language model encodes the report sentence, and its soft prompts."""
@@ -16,6 +32,16 @@ class TextConfig(Section):
     model: str = Field("minilm", description="'minilm' (embedded, offline) or a local Hugging Face model directory")
     n_prompt_sets: int = Field(2, ge=1, description="m (authors' code: 2)")
     n_prompt_tokens: int = Field(8, ge=1, description="n (authors' code: 8)")
-    pooling: Literal["last", "mean", "cls"] = Field("last", description="decoder-only: last non-pad token; encoders: configurable")
+    pooling: Literal["auto", "last", "mean", "cls"] = Field(
+        "auto", description="auto = last non-pad token (EOS) for decoder-only models, mean over the "
+                            "real tokens for encoders (how all-MiniLM-L6-v2 was trained)")
+    architecture: Literal["auto", "decoder", "encoder"] = Field(
+        "auto", description="auto = decoder-only when the model type is a causal LM and not a masked LM")
     dtype: Literal["float32", "bfloat16", "nf4"] = "float32"
-    max_length: int = Field(128, ge=8)
+    max_length: int = Field(128, ge=8, description="most tokens of the report sentence (longer is an error)")
+    padding_side: Literal["left", "right"] = Field("right", description="batch padding; results do not depend on it")
+    prompt_init_text: str = Field(
+        "Predict the one year follow up low dose computed tomography appearance of this lung "
+        "nodule from the radiology report of the patient and the nodule",
+        description="soft prompts start as the embeddings of these tokens (set j from token j*n on)")
+    structured: StructuredConfig = StructuredConfig()
