@@ -23,6 +23,13 @@ RUN_INFO = "run_info.json"
 _VERSIONED = ("namd", "torch", "numpy", "diffusers", "transformers", "accelerate")
 
 
+def _umask() -> int:
+    """The process umask (read without changing it for long)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see either the old content or the whole new one."""
     path = Path(path)
@@ -33,6 +40,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; publish like a normal file
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -52,10 +60,10 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def _json_default(obj: Any) -> Any:
     """Serialise numpy scalars, paths and tuples that json does not know."""
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars alike
+        return obj.tolist()
     if hasattr(obj, "item"):
         return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
     return str(obj)
 
 
@@ -70,6 +78,7 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
         raise FileExistsError(f"{final} already exists (use --overwrite to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; publish like a normal folder
     try:
         yield tmp
         if final.exists():

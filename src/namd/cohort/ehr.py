@@ -46,11 +46,14 @@ class EHRError(ValueError):
 
 def is_missing(value: Any) -> bool:
     """True for None, NaN and the NLST missing codes ('.M', '.N', '' ...)."""
-    if value is None:
+    if value is None or type(value).__name__ in ("NAType", "NaTType"):  # pandas missing markers
         return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and value.strip().upper() in MISSING_CODES
+    if isinstance(value, str):
+        return value.strip().upper() in MISSING_CODES
+    try:  # any real number type (float, numpy float32/64...) that is NaN
+        return math.isnan(value)
+    except TypeError:
+        return False
 
 
 def _parse_field(name: str, value: Any, record: str) -> float | int | None:

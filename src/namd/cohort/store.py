@@ -137,7 +137,9 @@ def validate_manifest(manifest: pd.DataFrame, where: str) -> None:
                           f"{r.kind}, timepoint {r.timepoint}) at row {int(dup.index[0])}")
     paired = manifest[manifest["kind"] != "unpaired"]
     counts = paired.groupby("pair_id")["kind"].agg(lambda k: tuple(sorted(k)))
-    bad = counts[counts != ("baseline", "followup")]
+    # Compare element by element: pandas treats a tuple on the right of `!=` as list-like
+    # (deprecated), and raises when there are no pairs at all (an unpaired-only cohort).
+    bad = counts[[k != ("baseline", "followup") for k in counts]]
     if len(bad):
         raise CohortError(f"{where}: pair {bad.index[0]!r} must have exactly one baseline and one "
                           f"follow-up crop, has {list(bad.iloc[0])}")
