@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from namd.config.base import Section
 
@@ -23,6 +23,18 @@ class StructuredConfig(Section):
     scales: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: dict(_DEFAULT_SCALES),
         description="(centre, spread) that standardise each continuous field")
+
+    @field_validator("scales")
+    @classmethod
+    def _complete_scales(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        """Fields not given keep their default; unknown fields and spreads <= 0 are errors."""
+        unknown = sorted(set(value) - set(_DEFAULT_SCALES))
+        if unknown:
+            raise ValueError(f"unknown fields {unknown}; continuous fields are {sorted(_DEFAULT_SCALES)}")
+        bad = sorted(k for k, (_, spread) in value.items() if spread <= 0)
+        if bad:
+            raise ValueError(f"spread must be > 0 for {bad}")
+        return {**_DEFAULT_SCALES, **value}
 
 
 class TextConfig(Section):

@@ -1,0 +1,178 @@
+"""The context C that the U-Net cross-attends to: the shared interface, its factory and a cache.
+
+Every context encoder maps a batch of EHR records to C of shape (B, m, D):
+
+    encoder = build_context_encoder(cfg.text)
+    encoder.dim          # D, the U-Net's cross-attention width (UNet2DConditionModel
+                         #    cross_attention_dim)
+    encoder.n_tokens     # m, the number of context vectors per record
+    C = encoder(ehrs)    # (B, m, D) float32, on the encoder's device; differentiable in the
+                         #    trainable parameters only
+    encoder.null_context(B)            # (B, m, D) zeros: the null prompt (see below)
+    encoder.trainable_parameters()     # soft prompts, or the structured MLP
+    encoder.trainable_state_dict()     # name -> tensor, for safetensors checkpoints
+    encoder.load_trainable_state_dict(sd)
+    cache = ContextCache(encoder); C = cache(ehrs)   # each record's C computed once, no grad
+
+Two encoders implement it: `namd.models.text.LLMContextEncoder` (paper 3.3.1: frozen language
+model + m x n soft prompts) and `namd.models.structured.StructuredEncoder` (beyond the paper: an
+MLP over the same 13 fields, to measure what the language model adds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from namd.cohort.ehr import EHR
+from namd.config.text import TextConfig
+from namd.runinfo import progress
+
+
+class ContextEncoder(nn.Module, ABC):
+    """Base class: EHR records -> context C (B, m, D), float32.
+
+    Subclasses set `dim` (D) and `n_tokens` (m) and implement `forward` and `cache_key`. Only
+    parameters with requires_grad=True count as trainable (and are saved in checkpoints).
+    """
+
+    dim: int
+    n_tokens: int
+
+    @abstractmethod
+    def forward(self, ehrs: Sequence[EHR]) -> Tensor:
+        """C for each record: (len(ehrs), n_tokens, dim), float32."""
+
+    @abstractmethod
+    def cache_key(self, ehr: EHR) -> str:
+        """A string equal for two records exactly when they must get the same C."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where C is produced (the device of the trainable parameters)."""
+        return next(iter(self.trainable_parameters())).device
+
+    def null_context(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
+        """The null prompt of the unconditional stage (Eq. 9) and of condition dropout: zeros.
+
+        Zeros, as the authors' null conditioning: with an all-zero C every cross-attention key and
+        value is the same (diffusers' to_k/to_v have no bias), so attention returns a constant and
+        no record information reaches the U-Net. It needs no forward pass and no parameters.
+        """
+        device = self.device if device is None else device
+        return torch.zeros(batch_size, self.n_tokens, self.dim, dtype=torch.float32, device=device)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters an optimiser should update (soft prompts, or the structured MLP)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _trainable_named(self) -> dict[str, nn.Parameter]:
+        """Name -> trainable parameter."""
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Copies of the trainable parameters only (never the frozen language model)."""
+        return {name: p.detach().clone().contiguous() for name, p in self._trainable_named().items()}
+
+    def load_trainable_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Load what `trainable_state_dict` saved; names and shapes must match exactly."""
+        own = self._trainable_named()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"context encoder checkpoint does not match {type(self).__name__}: "
+                             f"missing {missing}, unexpected {unexpected}")
+        for name, param in own.items():
+            value = state[name]
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(f"context encoder checkpoint: {name} has shape {tuple(value.shape)}, "
+                                 f"expected {tuple(param.shape)} (check text.n_prompt_sets/"
+                                 f"n_prompt_tokens and the model)")
+            with torch.no_grad():
+                param.copy_(value.to(device=param.device, dtype=param.dtype))
+
+    def trainable_fingerprint(self) -> str:
+        """A hash of the trainable values: it changes whenever an optimiser step changes them."""
+        digest = hashlib.sha1()
+        for name, p in sorted(self._trainable_named().items()):
+            digest.update(name.encode())
+            digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+def build_context_encoder(cfg: TextConfig) -> ContextEncoder:
+    """The encoder that `cfg.encoder` names: 'llm' (paper) or 'structured' (plain fields)."""
+    if cfg.encoder == "structured":
+        from namd.models.structured import StructuredEncoder
+        return StructuredEncoder(cfg)
+    from namd.models.text import LLMContextEncoder
+    return LLMContextEncoder.from_config(cfg)
+
+
+class ContextCache:
+    """Each record's C computed once, without gradients, then reused (sampling, evaluation).
+
+    At sampling time one patient's C serves all K samples and all DDIM steps; the cache also
+    serves repeated passes over the same records. Records are keyed by `encoder.cache_key`
+    (the report sentence for the LLM encoder) or by the `keys` the caller passes (a record id).
+    If the trainable parameters change (a training step), the cache empties itself.
+    """
+
+    def __init__(self, encoder: ContextEncoder, batch_size: int = 64) -> None:
+        """Wrap `encoder`; at most `batch_size` records go through it per forward pass."""
+        if batch_size < 1:
+            raise ValueError(f"ContextCache batch_size must be >= 1, got {batch_size}")
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self._store: dict[str, Tensor] = {}
+        self._fingerprint = encoder.trainable_fingerprint()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        """Number of distinct records whose C is stored."""
+        return len(self._store)
+
+    def clear(self) -> None:
+        """Forget every stored C."""
+        self._store.clear()
+
+    def _check_fresh(self) -> None:
+        """Drop stored contexts made with trainable values that have since changed."""
+        now = self.encoder.trainable_fingerprint()
+        if now != self._fingerprint:
+            self._store.clear()
+            self._fingerprint = now
+
+    def __call__(self, ehrs: Sequence[EHR], keys: Sequence[str] | None = None) -> Tensor:
+        """C for `ehrs` (B, m, D), computing only records not seen before (no grad)."""
+        if keys is None:
+            keys = [self.encoder.cache_key(e) for e in ehrs]
+        elif len(keys) != len(ehrs):
+            raise ValueError(f"ContextCache: {len(keys)} keys for {len(ehrs)} records")
+        self._check_fresh()
+        todo: dict[str, EHR] = {}
+        for key, ehr in zip(keys, ehrs, strict=True):
+            if key not in self._store and key not in todo:
+                todo[key] = ehr
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo)
+        self._compute(list(todo.items()))
+        if not keys:
+            return self.encoder.null_context(0)
+        return torch.stack([self._store[k] for k in keys])
+
+    def _compute(self, items: list[tuple[str, EHR]]) -> None:
+        """Run the encoder over new records in batches and store each C (m, D)."""
+        starts = range(0, len(items), self.batch_size)
+        bar = progress(starts, desc="contexts", unit="batch", disable=None if len(starts) > 1 else True)
+        with torch.no_grad():
+            for start in bar:
+                chunk = items[start:start + self.batch_size]
+                out = self.encoder([ehr for _, ehr in chunk])
+                for (key, _), c in zip(chunk, out, strict=True):
+                    self._store[key] = c
