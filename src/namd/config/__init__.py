@@ -14,14 +14,14 @@ import yaml
 from pydantic import ValidationError
 
 from namd.config.base import Section, TrainConfig
-from namd.config.data import DataConfig, SynthConfig
+from namd.config.data import DataConfig, IngestConfig, SynthConfig
 from namd.config.diffusion import DiffusionConfig, SamplingConfig, UNetConfig
 from namd.config.evaluation import EvalConfig, EvaluatorConfig
 from namd.config.text import TextConfig
 from namd.config.vae import VAEConfig
 
 __all__ = [
-    "NamdConfig", "TrainConfig", "DataConfig", "SynthConfig", "VAEConfig", "TextConfig",
+    "NamdConfig", "TrainConfig", "DataConfig", "SynthConfig", "IngestConfig", "VAEConfig", "TextConfig",
     "DiffusionConfig", "UNetConfig", "SamplingConfig", "EvaluatorConfig", "EvalConfig",
     "ConfigError", "PRESETS", "load_config", "save_config",
 ]
@@ -39,6 +39,7 @@ class NamdConfig(Section):
     preset: str = "tiny"
     data: DataConfig = DataConfig()
     synth: SynthConfig = SynthConfig()
+    ingest: IngestConfig = IngestConfig()
     vae: VAEConfig = VAEConfig()
     text: TextConfig = TextConfig()
     diffusion: DiffusionConfig = DiffusionConfig()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from namd.config.base import Section
@@ -27,7 +29,46 @@ class SynthConfig(Section):
 
     pairs: int = Field(600, ge=0)
     unpaired: int = Field(400, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="numpy seeds must be non-negative")
     malignant_share: float = Field(0.12, gt=0, lt=1, description="target share near the paper's test set")
     missing_rate: float = Field(0.05, ge=0, lt=1, description="per-field missingness of EHR values")
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+
+    @model_validator(mode="after")
+    def _fractions_usable(self) -> SynthConfig:
+        if min(self.split_fractions) < 0 or sum(self.split_fractions) <= 0:
+            raise ValueError("synth.split_fractions must be three non-negative numbers with a "
+                             f"positive sum (train, val, test), got {self.split_fractions}")
+        return self
+
+
+class IngestConfig(Section):
+    """How `namd prepare` turns real scans and tables into a cohort (docs/data-sources.md).
+
+    Where the paper is silent (it does not describe preprocessing) these are documented choices.
+    """
+
+    split_fractions: tuple[float, float, float] = Field(
+        (0.7, 0.1, 0.2), description="train/val/test shares of patients when no split column")
+    split_seed: int = Field(0, ge=0)
+    coordinate_frame: Literal["LPS", "RAS"] = Field(
+        "LPS", description="frame of world coordinates in the inputs (LPS = DICOM/ITK, as LUNA16)")
+    slice_spacing_tolerance: float = Field(
+        0.05, gt=0, lt=0.5, description="allowed relative deviation of slice steps from the median")
+    max_tilt_degrees: float = Field(5.0, ge=0, le=45, description="largest angle of the slice normal from z")
+    avoid_kernels: tuple[str, ...] = Field(
+        ("BONE", "B70", "B75", "B80", "EDGE", "DETAIL"),
+        description="kernel substrings of series used only when no other series exists")
+    label_window_years: int = Field(
+        2, ge=0, le=7, description="NLST: malignant if cancyr <= baseline study year + this")
+    pair_max_distance_mm: float = Field(30.0, gt=0, description="NLST pairing rule: centre distance")
+    pair_max_diameter_change_mm: float = Field(10.0, gt=0, description="NLST pairing rule: size change")
+    slice_agreement_mm: float = Field(
+        10.0, gt=0, description="largest gap between a given slice and the coordinate's z")
+
+    @model_validator(mode="after")
+    def _fractions_usable(self) -> IngestConfig:
+        if min(self.split_fractions) < 0 or sum(self.split_fractions) <= 0:
+            raise ValueError("ingest.split_fractions must be three non-negative numbers with a "
+                             f"positive sum (train, val, test), got {self.split_fractions}")
+        return self
