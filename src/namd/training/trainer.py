@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from accelerate import Accelerator
 
 from namd.config import TrainConfig
-from namd.runinfo import progress
+from namd.runinfo import atomic_write_text, progress
 from namd.training.checkpoint import load_checkpoint, save_checkpoint
 
 Batch = dict[str, torch.Tensor]
@@ -53,6 +54,12 @@ class TrainTask(Protocol):
         """The scalar loss and its logged terms; all randomness from `generator`."""
         ...
 
+    # Optional hooks (looked up with getattr, so tasks without them keep the default behaviour):
+    #   val_metrics(data: BatchSource) -> dict[str, float]: metrics over the whole validation
+    #       source (e.g. AUROC), computed in eval mode and logged beside the loss terms;
+    #   select_on: tuple[str, "min" | "max"]: the validation value that picks the best
+    #       checkpoint (default ("loss", "min")).
+
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up from warmup_start_lr, then constant or cosine decay to min_lr (Appendix B)."""
@@ -75,7 +82,7 @@ class FitResult:
     """What `Trainer.fit` reports."""
 
     steps: int
-    best_val: float
+    best_val: float  # the selection value, lower is better (negated when select_on is "max")
     best_step: int
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -123,18 +130,37 @@ class Trainer:
             for k, v in {"loss": float(loss), **terms}.items():
                 totals[k] = totals.get(k, 0.0) + v * len(idx)
             count += len(idx)
+        scores = {k: v / max(count, 1) for k, v in totals.items()}
+        whole_set = getattr(task, "val_metrics", None)  # optional hook, e.g. validation AUROC
+        if whole_set is not None:
+            scores.update(whole_set(data))
         for m in modules.values():
             m.train()
-        return {k: v / max(count, 1) for k, v in totals.items()}
+        return scores
 
     # -- logging --------------------------------------------------------------------------------
     def _log(self, row: dict[str, float]) -> None:
-        """Append one row to log.csv (header from the first row)."""
+        """Append one row to log.csv (header from the first row, widened when a later row
+        brings a new column, e.g. a validation-only metric from `val_metrics`)."""
         if not self.acc.is_main_process:
             return
-        new = not self.log_path.exists()
+        fields: list[str] = []
+        if self.log_path.exists():
+            with self.log_path.open(newline="") as fh:
+                fields = next(csv.reader(fh), [])
+        new = not fields
+        extra = [k for k in row if k not in fields]
+        if extra and not new:  # rewrite the log once with the wider header (atomically)
+            with self.log_path.open(newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            buffer = io.StringIO(newline="")
+            writer = csv.DictWriter(buffer, fieldnames=fields + extra)
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(self.log_path, buffer.getvalue())
+        fields += extra
         with self.log_path.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(row), extrasaction="ignore")
+            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -206,8 +232,10 @@ class Trainer:
                 scores = self.validate(task, val)
                 self._log({"step": step, "phase": "val", "lr": lr, **scores})
                 history.append({"step": step, **scores})
-                if scores["loss"] < best_val:
-                    best_val, best_step = scores["loss"], step
+                key, mode = getattr(task, "select_on", ("loss", "min"))
+                value = scores[key] if mode == "min" else -scores[key]  # lower is better
+                if value < best_val:
+                    best_val, best_step = value, step
                     if acc.is_main_process:
                         save_checkpoint(self.ckpt_best, ema or ckpt_modules, None,
                                         {"step": step, "best_val": best_val, "best_step": step})

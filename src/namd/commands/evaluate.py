@@ -1,0 +1,33 @@
+"""`namd evaluate --run RUN [--split test]`: the comparison table (paper Table 1), image quality
+and prediction variance, written to RUN/eval/metrics.json (schema: docs/metrics-schema.md) and
+RUN/eval/per_nodule.csv, with the table printed."""
+
+from __future__ import annotations
+
+import argparse
+
+from namd.rundir import add_config_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `namd evaluate`."""
+    parser = sub.add_parser("evaluate", help="diagnosis metrics, image quality, variance",
+                            description=__doc__)
+    parser.add_argument("--run", required=True, help="run directory (cohort, evaluator, samples)")
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="split to evaluate (default: test)")
+    add_config_args(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate the run and print the table."""
+    from namd.evaluation.evaluate import evaluate_run, format_table
+    from namd.rundir import RunDir, resolve_config
+
+    run_dir = RunDir(args.run)
+    config = resolve_config(args, run_dir)
+    result = evaluate_run(run_dir, config, args.split)
+    print(format_table(result))
+    print(f"evaluate: done -> {run_dir.stage('eval') / 'metrics.json'}")
+    return 0

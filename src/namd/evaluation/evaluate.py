@@ -1,0 +1,329 @@
+"""`namd evaluate`: the comparison table of paper Table 1, image quality and variance analysis.
+
+Reads RUN/cohort, RUN/evaluator and the sample folders of the three generative variants
+(RUN/samples, RUN/samples_no_align, RUN/samples_null; a missing one gives a "not run" row),
+writes RUN/eval/metrics.json (schema: docs/metrics-schema.md), RUN/eval/per_nodule.csv and
+RUN/eval/run_info.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from namd.cohort.store import Cohort
+from namd.config import NamdConfig
+from namd.evaluation import baselines, metrics, quality, variance
+from namd.models.evaluator import MalignancyViT, load_evaluator, predict
+from namd.rundir import RunDir, variant_dirs
+from namd.runinfo import RUN_INFO, atomic_write_json, atomic_write_text, progress
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+GENERATED = {"namd": variant_dirs()["samples"],
+             "namd_no_align": variant_dirs(no_align=True)["samples"],
+             "namd_null_context": variant_dirs(null_context=True)["samples"]}
+ROWS = {
+    "real_baseline": "Real baseline LDCT",
+    "real_followup": "Real follow-up LDCT",
+    "namd": "NAMD (generated follow-up)",
+    "namd_no_align": "NAMD without L_align / L_pred",
+    "namd_null_context": "NAMD with null context (image only)",
+    "copy_baseline": "Copy the baseline (identity)",
+    "brock": "Brock model (EHR, no image)",
+    "ehr_logistic": "Logistic regression on the EHR",
+    "baseline_plus_ehr": "Evaluator on baseline crop + EHR",
+}
+QUALITY_ROWS = (*GENERATED, "copy_baseline")
+INDEX_COLUMNS = ("pair_id", "patient_id", "split", "label", "baseline_index", "followup_index")
+
+
+@dataclass
+class Scored:
+    """Probabilities of one table row: runs (K, N), or a reason it was not run."""
+
+    runs: np.ndarray | None = None
+    status: str = "ok"
+    info: dict = field(default_factory=dict)
+
+
+def test_pairs(cohort: Cohort, split: str) -> tuple[pd.DataFrame, int]:
+    """Labelled pairs of the evaluated split and how many unlabelled pairs were left out."""
+    pairs = cohort.pairs(split)
+    unlabelled = int(pairs["label"].isna().sum())
+    if unlabelled:
+        log.warning("%s: %d pair(s) of split %s have no label and are left out", cohort.path,
+                    unlabelled, split)
+    pairs = pairs[pairs["label"].notna()].reset_index(drop=True)
+    y = pairs["label"].astype(int).to_numpy()
+    if len(pairs) == 0 or y.min() == y.max():
+        raise ValueError(f"{cohort.path}: split {split!r} needs labelled pairs of both classes, "
+                         f"has {int((y == 0).sum())} benign and {int((y == 1).sum())} malignant")
+    return pairs, unlabelled
+
+
+def load_samples(folder: Path, pairs: pd.DataFrame, split: str,
+                 crop_size: int) -> tuple[np.ndarray | None, str, dict]:
+    """Generated crops (N, K, H, W) of a sample folder in the order of `pairs`, or a status.
+
+    A folder that is absent or unfinished is "not run"; one that contradicts the cohort is an
+    error naming the file.
+    """
+    if not folder.is_dir():
+        return None, f"not run: {folder} not found", {}
+    info_path = folder / RUN_INFO
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if not info.get("complete"):
+        return None, f"not run: {folder} is unfinished (no complete {RUN_INFO})", {}
+    index_path, array_path = folder / "index.csv", folder / "samples.npy"
+    for p in (index_path, array_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} missing: {folder} breaks the samples contract")
+    index = pd.read_csv(index_path, dtype={"pair_id": str, "patient_id": str})
+    missing = [c for c in INDEX_COLUMNS if c not in index.columns]
+    if missing:
+        raise ValueError(f"{index_path}: lacks column(s) {', '.join(missing)}")
+    splits = set(index["split"].astype(str))
+    if splits != {split}:
+        return None, f"not run: {folder} holds split(s) {sorted(splits)}, not {split!r}", {}
+    samples = np.load(array_path, mmap_mode="r")
+    if samples.ndim != 4 or samples.shape[0] != len(index) or samples.shape[2:] != (crop_size, crop_size):
+        raise ValueError(f"{array_path}: shape {samples.shape} is not (N={len(index)}, K, "
+                         f"{crop_size}, {crop_size})")
+    position = {pid: i for i, pid in enumerate(index["pair_id"])}
+    absent = [p for p in pairs["pair_id"] if p not in position]
+    if absent or len(position) != len(index):
+        raise ValueError(f"{index_path}: pair ids do not match the cohort's {split} pairs "
+                         f"(e.g. missing {absent[:3]}, or duplicates)")
+    order = np.array([position[p] for p in pairs["pair_id"]])
+    for col in ("baseline_index", "followup_index", "label"):
+        ours = pd.to_numeric(index[col], errors="coerce").to_numpy(dtype=float)[order]
+        if not np.array_equal(ours, pairs[col].to_numpy(dtype=float)):
+            raise ValueError(f"{index_path}: column {col} disagrees with the cohort")
+    data = np.asarray(samples[order], dtype=np.float32)  # reordered like `pairs`
+    if not np.isfinite(data).all():
+        raise ValueError(f"{array_path}: holds non-finite values")
+    return data, "ok", info
+
+
+def evaluator_scores(model: MalignancyViT, crops: np.ndarray, window: tuple[float, float],
+                     batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and features of crops (N, K, H, W) -> (K, N) and (N, K, d)."""
+    n, k = crops.shape[:2]
+    probs, feats = predict(model, crops.reshape(n * k, *crops.shape[2:]), window, batch, True)
+    return probs.reshape(n, k).T, feats.reshape(n, k, -1)
+
+
+def row_entry(name: str, scored: Scored, y: np.ndarray, reference: np.ndarray,
+              cfg: NamdConfig) -> dict:
+    """One row of metrics.json (metrics, interval and paired test against the real baseline)."""
+    entry: dict = {"name": name, "description": ROWS[name], "status": scored.status}
+    if scored.runs is None:
+        return {**entry, "k": None, "auroc": None, "auprc": None, **scored.info}
+    ev = cfg.eval
+    entry.update(metrics.score_block(y, scored.runs, ev.bootstrap, ev.ci, ev.seed))
+    if name != "real_baseline":
+        mean = scored.runs.mean(axis=0)
+        try:
+            test = metrics.delong_test(y, mean, reference)
+        except ValueError:  # fewer than two nodules in a class: fall back to the bootstrap
+            test = metrics.paired_bootstrap_test(y, mean, reference, "auroc", ev.bootstrap,
+                                                 ev.seed)
+            test["delta_auroc"] = test.pop("delta")
+        auprc = metrics.paired_bootstrap_test(y, mean, reference, "auprc", ev.bootstrap, ev.seed)
+        entry["vs_real_baseline"] = {**test, "delta_auprc": auprc["delta"],
+                                     "p_value_auprc": auprc["p_value"],
+                                     "test_auprc": "paired bootstrap"}
+    return {**entry, **scored.info}
+
+
+def clean(obj):
+    """NaN and infinities -> None, so metrics.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def nodule_table(pairs: pd.DataFrame, scored: dict[str, Scored],
+                 per_crop: dict[str, dict[str, np.ndarray]], real_diameter: np.ndarray) -> pd.DataFrame:
+    """per_nodule.csv: p_<row> per single-run row, p_<variant>_k<NN> per sample run of the
+    generated rows, their mean/variance/error/group over K, and per-crop quality means."""
+    table = pairs[["pair_id", "patient_id", "label"]].copy()
+    table["label"] = table["label"].astype(int)
+    table["real_followup_diameter_mm"] = real_diameter
+    for name, s in scored.items():
+        if s.runs is None:
+            continue
+        if name not in GENERATED:
+            table[f"p_{name}"] = s.runs[0]
+            continue
+        for j, run in enumerate(s.runs, start=1):
+            table[f"p_{name}_k{j:02d}"] = run
+        stats = variance.per_nodule(s.runs.T, table["label"].to_numpy())
+        for col in ("mean_prob", "variance", "error", "group"):
+            table[f"{name}_{col}"] = stats[col].to_numpy()
+    for name, arrays in per_crop.items():
+        for measure in ("mae_hu", "ssim", "diameter_mm", "diameter_error_mm"):
+            table[f"{name}_{measure}_mean"] = arrays[measure].mean(axis=1)
+    return table
+
+
+@dataclass
+class Inputs:
+    """What every part of the evaluation shares: labelled pairs, their real crops, the evaluator."""
+
+    pairs: pd.DataFrame
+    y: np.ndarray
+    real: dict[str, np.ndarray]  # "baseline" / "followup" -> (N, H, W) HU
+    spacing: np.ndarray
+    model: MalignancyViT
+    window: tuple[float, float]
+    batch: int
+
+
+def score_images(run: RunDir, cohort: Cohort, inp: Inputs, split: str
+                 ) -> tuple[dict[str, Scored], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Evaluator probabilities of the image rows; features (N, K, d) and crops (N, K, H, W) of
+    the rows whose images are compared with the real follow-up."""
+    scored: dict[str, Scored] = {}
+    feats: dict[str, np.ndarray] = {}
+    crops_of: dict[str, np.ndarray] = {}
+    for kind in ("baseline", "followup"):
+        p, feats[kind] = evaluator_scores(inp.model, inp.real[kind][:, None], inp.window, inp.batch)
+        scored[f"real_{kind}"] = Scored(p)
+    for name, folder in progress(GENERATED.items(), desc="evaluate variants", unit="variant"):
+        crops, status, info = load_samples(run.stage(folder), inp.pairs, split, cohort.crop_size)
+        if crops is None:
+            scored[name] = Scored(status=status)
+            continue
+        p, feats[name] = evaluator_scores(inp.model, crops, inp.window, inp.batch)
+        scored[name] = Scored(p, info={"samples": folder, "sampling_seed": info.get("seed")})
+        crops_of[name] = crops
+    scored["copy_baseline"] = Scored(scored["real_baseline"].runs)  # identity "generator"
+    crops_of["copy_baseline"], feats["copy_baseline"] = inp.real["baseline"][:, None], feats["baseline"]
+    return scored, feats, crops_of
+
+
+def image_quality_blocks(inp: Inputs, scored: dict[str, Scored], feats: dict[str, np.ndarray],
+                         crops_of: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """The image_quality block of every row in QUALITY_ROWS, and per-crop arrays."""
+    blocks: dict = {}
+    per_crop: dict[str, dict[str, np.ndarray]] = {}
+    for name in progress(QUALITY_ROWS, desc="image quality", unit="row"):
+        if name not in crops_of:
+            blocks[name] = {"status": scored[name].status}
+            continue
+        blocks[name], per_crop[name] = quality.image_quality(
+            crops_of[name], inp.real["followup"], inp.spacing, inp.window, feats[name],
+            feats["followup"][:, 0])
+        blocks[name]["status"] = "ok"
+    return blocks, per_crop
+
+
+def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
+    """Compute every row, image quality and the variance analysis; write RUN/eval."""
+    cohort = Cohort(run.require("cohort", "evaluate"))
+    model, window, ev_info = load_evaluator(run.stage("evaluator"))  # says how to train it
+    if torch.cuda.is_available():
+        model = model.cuda()
+    pairs, unlabelled = test_pairs(cohort, split)
+    inp = Inputs(pairs, pairs["label"].astype(int).to_numpy(),
+                 {kind: cohort.images(pairs[f"{kind}_index"]) for kind in ("baseline", "followup")},
+                 pairs["pixel_spacing_mm"].to_numpy(dtype=np.float64), model, window,
+                 config.sampling.max_batch)
+    scored, feats, crops_of = score_images(run, cohort, inp, split)
+    reference = scored["real_baseline"].runs[0]
+    scored.update(clinical_rows(cohort, pairs, split, reference, model, window, inp.batch,
+                                config.eval.seed))
+    rows = [row_entry(name, scored[name], inp.y, reference, config)
+            for name in progress(ROWS, desc="metrics", unit="row")]
+    image_quality, per_crop = image_quality_blocks(inp, scored, feats, crops_of)
+    var_rows = {n: variance.variance_summary(scored[n].runs.T, inp.y)
+                for n in GENERATED if scored[n].runs is not None}
+    namd = scored["namd"].runs
+    result = clean({
+        "schema_version": SCHEMA_VERSION, "split": split, "n_test": int(len(inp.y)),
+        "n_malignant": int(inp.y.sum()), "n_unlabelled_excluded": unlabelled,
+        "k": int(namd.shape[0]) if namd is not None else config.sampling.k,
+        "bootstrap": {"n": config.eval.bootstrap, "level": config.eval.ci, "stratified": True,
+                      "seed": config.eval.seed,
+                      "generated_rows_ci_of": "the mean probability over the K runs"},
+        "evaluator": {"val_auroc": ev_info.get("val_auroc"), "best_step": ev_info.get("best_step")},
+        "rows": rows,
+        "image_quality": image_quality,
+        "variance": ({"variant": "namd", **var_rows["namd"]} if "namd" in var_rows
+                     else {"variant": "namd", "status": scored["namd"].status}),
+        "variance_other_variants": {n: v for n, v in var_rows.items() if n != "namd"},
+    })
+    out = run.stage("eval")
+    real_diameter = quality.diameters_mm(inp.real["followup"], inp.spacing)
+    table = nodule_table(pairs, scored, per_crop, real_diameter)
+    atomic_write_text(out / "per_nodule.csv", table.to_csv(index=False))
+    atomic_write_json(out / "metrics.json", result)
+    run.mark_done("eval", config, config.eval.seed, split=split,
+                  outputs=["metrics.json", "per_nodule.csv"])
+    return result
+
+
+def clinical_rows(cohort: Cohort, pairs: pd.DataFrame, split: str, baseline_prob: np.ndarray,
+                  model: MalignancyViT, window: tuple[float, float], batch: int,
+                  seed: int) -> dict[str, Scored]:
+    """The brock, ehr_logistic and baseline_plus_ehr rows as Scored entries."""
+    train, val = cohort.pairs("train"), cohort.pairs("val")
+    train, val = train[train["label"].notna()], val[val["label"].notna()]
+    val_prob = None
+    if split != "val" and len(val):
+        val_prob = predict(model, cohort.images(val["baseline_index"]), window, batch)[0]
+    out = baselines.clinical_scores(train, val, pairs, val_prob, baseline_prob, seed)
+    scored = {}
+    for name, item in out.items():
+        info = {k: v for k, v in item.items() if k not in ("score", "status")}
+        if "score" in item:
+            scored[name] = Scored(np.asarray(item["score"])[None], info=info)
+        else:
+            scored[name] = Scored(status=item["status"], info=info)
+    return scored
+
+
+def format_table(result: dict) -> str:
+    """The comparison table as text (the paper's Table 1, as far as this run goes)."""
+    lines = [f"namd evaluate: split {result['split']}, {result['n_test']} nodules "
+             f"({result['n_malignant']} malignant), K = {result['k']}",
+             f"{'row':<19} {'k':>3}  {'AUROC mean+-std [95% CI]':<29} {'AUPRC mean+-std [95% CI]':<29}"
+             f" {'dAUROC vs base (p)':<20} {'SSIM':>6} {'FD-eval':>8}"]
+    for row in result["rows"]:
+        if row["status"] != "ok":
+            lines.append(f"{row['name']:<19} {'-':>3}  {row['status']}")
+            continue
+        cells = [_metric_cell(row["auroc"]), _metric_cell(row["auprc"])]
+        vs = row.get("vs_real_baseline")
+        test = f"{vs['delta_auroc']:+.3f} (p={vs['p_value']:.3g})" if vs else ""
+        iq = result["image_quality"].get(row["name"], {})
+        ssim = f"{iq['ssim']['mean']:.3f}" if iq.get("status") == "ok" else ""
+        fd = f"{iq['frechet_evaluator']:.3g}" if iq.get("status") == "ok" else ""
+        lines.append(f"{row['name']:<19} {row['k']:>3}  {cells[0]:<29} {cells[1]:<29} {test:<20} "
+                     f"{ssim:>6} {fd:>8}")
+    return "\n".join(lines)
+
+
+def _metric_cell(block: dict) -> str:
+    """'0.805+-0.018 [0.741, 0.861]' (None-safe)."""
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lo, hi = block["ci95"]
+    return f"{f(block['mean'])}+-{f(block['std'])} [{f(lo)}, {f(hi)}]"

@@ -1,0 +1,115 @@
+"""The malignancy evaluator of paper 4.1.2: a plain ViT binary classifier on 64 x 64 crops.
+
+Built from the typed `EvaluatorConfig` on top of the `transformers` ViT encoder (one input
+channel, patch 8; the paper preset is width 1024, depth 6, 32 heads, MLP 2048, dropout 0.5 as
+in the authors' code). The classification head reads the final-layer-normed [CLS] token, which
+is also the penultimate feature vector used for the Frechet distance of `namd evaluate`.
+
+Where the paper is silent: the authors' ViT (lucidrains style) uses 64-dimensional heads, so its
+attention width is heads x 64; the transformers ViT splits the width across heads (1024 / 32).
+Dropout is applied to hidden states and attention weights, as in the authors' code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import ViTConfig, ViTModel
+
+from namd.config import EvaluatorConfig
+from namd.imaging import hu_to_unit
+from namd.runinfo import RUN_INFO
+from namd.training.trainer import load_best
+
+MODULE = "vit"  # name of the evaluator's weights in its stage checkpoints
+
+
+def vit_config(cfg: EvaluatorConfig, image_size: int) -> ViTConfig:
+    """The transformers ViT configuration of the evaluator (1 channel, square crops)."""
+    if image_size % cfg.patch_size:
+        raise ValueError(f"evaluator: crop size {image_size} is not a multiple of the patch size "
+                         f"{cfg.patch_size}")
+    if cfg.width % cfg.heads:
+        raise ValueError(f"evaluator: width {cfg.width} is not divisible by heads {cfg.heads}")
+    return ViTConfig(hidden_size=cfg.width, num_hidden_layers=cfg.depth,
+                     num_attention_heads=cfg.heads, intermediate_size=cfg.mlp_dim,
+                     hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+                     image_size=image_size, patch_size=cfg.patch_size, num_channels=1)
+
+
+class MalignancyViT(nn.Module):
+    """ViT encoder + linear head giving one malignancy logit per crop."""
+
+    def __init__(self, cfg: EvaluatorConfig, image_size: int):
+        super().__init__()
+        self.encoder = ViTModel(vit_config(cfg, image_size), add_pooling_layer=False)
+        self.head = nn.Linear(cfg.width, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (B, width): the final-layer-normed [CLS] token."""
+        return self.encoder(pixel_values=x).last_hidden_state[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Malignancy logits (B,) of network-range crops (B, 1, H, W)."""
+        return self.head(self.features(x)).squeeze(-1)
+
+
+def build_evaluator(cfg: EvaluatorConfig, image_size: int) -> MalignancyViT:
+    """A randomly initialised evaluator of the configured size."""
+    return MalignancyViT(cfg, image_size)
+
+
+def to_input(hu: np.ndarray | torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
+    """HU crops (B, H, W) -> evaluator input (B, 1, H, W) in [-1, 1] (lung window)."""
+    x = torch.as_tensor(np.asarray(hu) if not torch.is_tensor(hu) else hu, dtype=torch.float32)
+    return hu_to_unit(x, window).unsqueeze(1)
+
+
+@torch.no_grad()
+def predict(model: MalignancyViT, hu: np.ndarray, window: tuple[float, float],
+            batch_size: int = 256, with_features: bool = False
+            ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Malignancy probabilities (N,) of HU crops (N, H, W), and optionally features (N, width).
+
+    Runs in eval mode (no dropout) on the model's device, in batches; `hu` may be a memory map.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    probs, feats = [], []
+    for start in range(0, len(hu), batch_size):
+        x = to_input(np.asarray(hu[start:start + batch_size]), window).to(device)
+        f = model.features(x)
+        probs.append(torch.sigmoid(model.head(f).squeeze(-1)).cpu())
+        if with_features:
+            feats.append(f.cpu())
+    model.train(was_training)
+    width = model.head.in_features
+    p = torch.cat(probs).double().numpy() if probs else np.zeros(0)
+    if not with_features:
+        return p, None
+    return p, torch.cat(feats).double().numpy() if feats else np.zeros((0, width))
+
+
+def load_evaluator(stage_dir: Path) -> tuple[MalignancyViT, tuple[float, float], dict]:
+    """The trained evaluator of a run (best validation-AUROC weights), its HU window and its
+    run_info; the architecture is rebuilt from the config the stage was trained with."""
+    stage_dir = Path(stage_dir)
+    info_path = stage_dir / RUN_INFO
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{info_path} not found: train the evaluator first "
+                                f"(`namd train evaluator --run RUN`)")
+    info = json.loads(info_path.read_text())
+    if not info.get("complete"):
+        raise FileNotFoundError(f"{info_path}: the evaluator stage did not finish "
+                                f"(`namd train evaluator --run RUN --resume`)")
+    cfg = EvaluatorConfig.model_validate(info["config"]["evaluator"])
+    model = build_evaluator(cfg, int(info["image_size"]))
+    load_best(stage_dir, {MODULE: model})
+    model.eval()
+    window = tuple(float(v) for v in info["config"]["data"]["window_hu"])
+    return model, window, info

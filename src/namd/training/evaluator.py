@@ -1,0 +1,164 @@
+"""`namd train evaluator`: the ViT malignancy classifier, on real crops only (paper 4.1.2).
+
+Training data: every labelled real crop of the train split (baseline, follow-up and unpaired),
+never a generated image. Class imbalance: the BCE loss weighs malignant crops by
+pos_weight = n_benign / n_malignant of the training crops. Augmentation: the paper's random
+rotations (Appendix B). Selection: the checkpoint with the best validation AUROC over all
+labelled validation crops, through the shared trainer's optional `val_metrics` / `select_on`
+hooks (the trainer's default is validation loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from namd.cohort.store import Cohort
+from namd.config import NamdConfig
+from namd.evaluation.metrics import auprc, auroc
+from namd.imaging import random_rotations, rotate
+from namd.models.evaluator import MODULE, MalignancyViT, build_evaluator, predict, to_input
+from namd.rundir import RunDir
+from namd.training.trainer import Batch, Trainer, load_best
+
+STAGE = "evaluator"
+
+
+def labelled_crops(cohort: Cohort, split: str) -> pd.DataFrame:
+    """Manifest rows of the real crops of a split that carry a malignancy label (all kinds)."""
+    rows = cohort.crops(split)
+    return rows[rows["label"].notna()]
+
+
+class CropSource:
+    """A BatchSource of real crops: evaluator inputs `x` (B, 1, H, W) and labels `y` (B,)."""
+
+    def __init__(self, cohort: Cohort, rows: pd.DataFrame, window: tuple[float, float]):
+        self.cohort = cohort
+        self.index = rows["crop_index"].to_numpy(dtype=np.int64)
+        self.labels = rows["label"].to_numpy(dtype=np.float32)
+        self.window = window
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def batch(self, indices: np.ndarray) -> Batch:
+        """Crops and labels of the given positions (HU -> lung window -> [-1, 1])."""
+        return {"x": to_input(self.cohort.images(self.index[indices]), self.window),
+                "y": torch.from_numpy(self.labels[indices])}
+
+    def hu(self) -> np.ndarray:
+        """All crops of the source in HU (N, H, W), in order."""
+        return self.cohort.images(self.index)
+
+
+class EvaluatorTask:
+    """Weighted BCE on rotated real crops; validation AUROC selects the checkpoint."""
+
+    # Validation AUROC picks the checkpoint; among equal AUROCs (frequent on small or easy
+    # validation sets, e.g. several checkpoints at 1.0) the lower whole-set BCE wins: the
+    # tie-break weight is far below the smallest AUROC step 1 / (n_malignant x n_benign).
+    select_on = ("selection", "max")
+    TIE_BREAK = 1e-7
+
+    def __init__(self, model: MalignancyViT, pos_weight: float, rotation_augment: bool,
+                 window: tuple[float, float], eval_batch: int):
+        self.model = model
+        self.pos_weight = pos_weight
+        self.rotation_augment = rotation_augment
+        self.window = window
+        self.eval_batch = eval_batch
+
+    def trainable(self) -> dict[str, torch.nn.Module]:
+        return {MODULE: self.model}
+
+    def frozen(self) -> dict[str, torch.nn.Module]:
+        return {}
+
+    def loss(self, batch: Batch, generator: torch.Generator, train: bool
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Class-weighted BCE; rotations and dropout masks both drawn from `generator`, so a
+        resumed run replays the same steps."""
+        x, y = batch["x"], batch["y"]
+        if train and self.rotation_augment:
+            x = rotate(x, random_rotations(len(x), generator))
+        dropout_seed = int(torch.randint(2**62, (1,), generator=generator))
+        devices = [x.device.index or 0] if x.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(dropout_seed)
+            logits = self.model(x)
+        weight = torch.tensor(self.pos_weight, device=logits.device, dtype=logits.dtype)
+        loss = F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), pos_weight=weight)
+        return loss, {"bce": float(loss.detach())}
+
+    def val_metrics(self, data: CropSource) -> dict[str, float]:
+        """AUROC, AUPRC and class-weighted BCE of the current weights over the whole validation
+        source, and the selection value (AUROC, ties broken by the BCE)."""
+        model = getattr(self.model, "module", self.model)  # unwrap DDP, if any
+        probs, _ = predict(model, data.hu(), self.window, self.eval_batch)
+        p = np.clip(probs, 1e-7, 1 - 1e-7)
+        y = data.labels
+        bce = float(-np.mean(self.pos_weight * y * np.log(p) + (1 - y) * np.log1p(-p)))
+        area = auroc(y, probs)
+        return {"auroc": area, "auprc": auprc(y, probs), "bce_all": bce,
+                "selection": area - self.TIE_BREAK * min(bce, 100.0)}
+
+
+def class_counts(labels: np.ndarray, where: str) -> tuple[int, int]:
+    """(benign, malignant) counts; a clear error when either class is absent."""
+    n_pos = int((labels == 1).sum())
+    n_neg = int((labels == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"{where}: needs both benign and malignant labelled crops to train and "
+                         f"select the evaluator, has {n_neg} benign and {n_pos} malignant")
+    return n_neg, n_pos
+
+
+def prepare_stage_dir(run: RunDir, args: argparse.Namespace) -> Path:
+    """The stage folder, honouring --resume / --overwrite; refuses to clobber a finished stage."""
+    out = run.stage(STAGE)
+    resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
+    if run.is_done(STAGE) and not overwrite:
+        raise FileExistsError(f"{out} is already trained (use --overwrite to retrain it)")
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    elif out.exists() and not resume and any(out.iterdir()):
+        raise FileExistsError(f"{out} holds an unfinished training; use --resume to continue it "
+                              f"or --overwrite to start again")
+    return out
+
+
+def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path:
+    """Train the evaluator of `run` on its cohort's real train crops; returns RUN/evaluator."""
+    cohort = Cohort(run.require("cohort", "train evaluator"))
+    out = prepare_stage_dir(run, args)
+    window = tuple(config.data.window_hu)
+    train_rows, val_rows = labelled_crops(cohort, "train"), labelled_crops(cohort, "val")
+    train = CropSource(cohort, train_rows, window)
+    val = CropSource(cohort, val_rows, window)
+    n_neg, n_pos = class_counts(train.labels, f"{cohort.path} train split")
+    class_counts(val.labels, f"{cohort.path} val split")
+
+    cfg = config.evaluator
+    model = build_evaluator(cfg, cohort.crop_size)
+    task = EvaluatorTask(model, n_neg / n_pos, cfg.train.rotation_augment, window,
+                         cfg.train.batch_size)
+    result = Trainer(cfg.train, out).fit(task, train, val, resume=getattr(args, "resume", False))
+
+    load_best(out, {MODULE: model})
+    final = task.val_metrics(val)
+    run.mark_done(STAGE, config, cfg.train.seed, image_size=cohort.crop_size,
+                  selection="validation AUROC over all labelled val crops (ties: lower BCE)",
+                  best_step=result.best_step, steps=result.steps,
+                  val_auroc=final["auroc"], val_auprc=final["auprc"],
+                  pos_weight=n_neg / n_pos,
+                  n_train={"crops": len(train), "malignant": n_pos, "benign": n_neg,
+                           "by_kind": train_rows["kind"].value_counts().to_dict()},
+                  n_val={"crops": len(val), "malignant": int((val.labels == 1).sum())})
+    return out
