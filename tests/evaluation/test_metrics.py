@@ -131,6 +131,8 @@ def test_score_block_reports_runs_and_the_mean_probability():
     assert block["auroc"]["std"] == pytest.approx(np.std(per_run)) and block["auroc"]["std"] > 0
     assert block["mean_prob_auroc"] == pytest.approx(roc_auc_score(y, runs.mean(0)))
     lo, hi = block["auroc"]["ci95"]
-    assert lo < block["mean_prob_auroc"] < hi
+    assert lo < block["auroc"]["mean"] < hi  # the interval brackets the mean it is reported with
+    mlo, mhi = block["mean_prob_ci95"]["auroc"]
+    assert mlo < block["mean_prob_auroc"] < mhi
     single = metrics.score_block(y, s, n_boot=50, level=0.95, seed=0)
     assert single["k"] == 1 and single["auroc"]["std"] == 0.0 and "mean_prob_auroc" not in single

@@ -160,17 +160,25 @@ def score_block(y: np.ndarray, runs: np.ndarray, n_boot: int, level: float,
                 seed: int) -> dict:
     """The metrics of one table row from scores `runs` (K, N): K = 1 for single-run rows.
 
-    Per metric: mean and std over the K runs, and a bootstrap interval (over nodules) of the
-    score averaged over the K runs. With K > 1 also the metrics of that mean score.
+    Per metric: mean and std over the K runs (the paper's numbers) and a bootstrap interval of
+    that same statistic, the metric averaged over the K runs: each resample of nodules is
+    scored in every run and the K values averaged, so the interval brackets the mean it goes
+    with. With K > 1 also the metrics of the mean probability over K, with their own interval.
     """
     runs = np.atleast_2d(np.asarray(runs, dtype=np.float64))
+    y = np.asarray(y)
     mean_score = runs.mean(axis=0)
+    idx = stratified_resamples(y, n_boot, seed)
+    alpha = (1.0 - level) / 2.0
     out: dict = {"k": int(runs.shape[0])}
     for name, metric in METRICS.items():
         block = summary(np.array([metric(y, r) for r in runs]))
-        block["ci95"] = list(bootstrap_ci(y, mean_score, name, n_boot, level, seed))
+        resampled = np.mean([BATCHED[name](y[idx], r[idx]) for r in runs], axis=0)
+        block["ci95"] = [float(v) for v in np.nanquantile(resampled, [alpha, 1.0 - alpha])]
         out[name] = block
     if runs.shape[0] > 1:
         out["mean_prob_auroc"] = auroc(y, mean_score)
         out["mean_prob_auprc"] = auprc(y, mean_score)
+        out["mean_prob_ci95"] = {name: list(bootstrap_ci(y, mean_score, name, n_boot, level, seed))
+                                 for name in METRICS}
     return out

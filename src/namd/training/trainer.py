@@ -127,7 +127,7 @@ class Trainer:
         for b in range(min(self.cfg.val_batches, math.ceil(len(data) / size))):
             idx = np.arange(b * size, min((b + 1) * size, len(data)))
             loss, terms = task.loss(self._to_device(data.batch(idx)), step_generator(self.cfg.seed, -1 - b), False)
-            for k, v in {"loss": float(loss), **terms}.items():
+            for k, v in {"loss": float(loss.detach()), **terms}.items():
                 totals[k] = totals.get(k, 0.0) + v * len(idx)
             count += len(idx)
         scores = {k: v / max(count, 1) for k, v in totals.items()}
@@ -216,7 +216,7 @@ class Trainer:
             with acc.autocast():
                 loss, terms = task.loss(batch, step_generator(cfg.seed, step), True)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{self.out.name}: loss became {float(loss)} at step {step}")
+                raise FloatingPointError(f"{self.out.name}: loss became {float(loss.detach())} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
             if cfg.grad_clip:
@@ -224,10 +224,10 @@ class Trainer:
             optimizer.step()
             self._ema_update(wrapped, ema)
             step += 1
-            row = {"step": step, "phase": "train", "lr": lr, "loss": float(loss), **terms}
+            row = {"step": step, "phase": "train", "lr": lr, "loss": float(loss.detach()), **terms}
             self._log(row)
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
             if val is not None and (step % cfg.val_every == 0 or step == cfg.max_steps):
                 scores = self.validate(task, val)
                 self._log({"step": step, "phase": "val", "lr": lr, **scores})
