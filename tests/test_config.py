@@ -75,3 +75,19 @@ def test_assignment_is_validated():
     cfg = load_config()
     with pytest.raises(ValueError):
         cfg.synth.pairs = -5
+
+
+def test_partial_override_keeps_each_stage_own_defaults():
+    """`--set diffusion.prior.max_steps=5` must not reset the prior's lr to TrainConfig's."""
+    from namd.config import load_config
+
+    base = load_config("tiny")
+    cfg = load_config("tiny", overrides=["diffusion.prior.max_steps=5", "diffusion.cond.max_steps=5",
+                                         "evaluator.train.max_steps=5", "vae.train.max_steps=5"])
+    for section in ("prior", "cond"):
+        got, want = getattr(cfg.diffusion, section), getattr(base.diffusion, section)
+        assert got.max_steps == 5 and got.lr == want.lr and got.batch_size == want.batch_size
+    assert cfg.evaluator.train.lr == base.evaluator.train.lr
+    assert cfg.vae.train.lr == base.vae.train.lr == 5e-5
+    paper = load_config("paper", overrides=["diffusion.prior.max_steps=7"])
+    assert paper.diffusion.prior.warmup_steps == 4000 and paper.diffusion.prior.max_steps == 7

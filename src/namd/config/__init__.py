@@ -85,7 +85,11 @@ def _parse_override(item: str) -> dict[str, Any]:
 def load_config(preset: str = "tiny", file: str | Path | None = None,
                 overrides: list[str] | None = None, base: dict[str, Any] | None = None) -> NamdConfig:
     """Resolve a config: defaults <- preset (or `base`, a saved config) <- YAML file <- overrides."""
-    merged = dict(base) if base is not None else _deep_merge({"preset": preset}, _preset_dict(preset))
+    # Start from the full defaults so a partial section (`--set diffusion.prior.max_steps=50`)
+    # keeps that stage's own defaults for the keys it omits.
+    defaults = NamdConfig().model_dump(mode="json")
+    layer = dict(base) if base is not None else {"preset": preset, **_preset_dict(preset)}
+    merged = _deep_merge(defaults, layer)
     if file is not None:
         path = Path(file)
         if not path.is_file():

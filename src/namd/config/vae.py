@@ -18,11 +18,14 @@ class VAEConfig(Section):
     latent_channels: int = Field(4, ge=1)
     in_channels: int = Field(1, description="1, or 3 replicated channels for SD1.5 weights")
     norm_num_groups: int = Field(16, ge=1)
-    pretrained: str | None = Field(None, description="local SD1.5 VAE: diffusers folder or .safetensors/.ckpt file")
+    pretrained: str | None = Field(None, description="local SD1.5 VAE: a diffusers folder or a .safetensors "
+                                   "file (diffusers or original layout); pickle .ckpt files are refused")
     # losses (Equation 6); defaults follow the authors' code where the paper is silent
     lambda_kl: float = Field(1e-6, ge=0)
     lambda_lpips: float = Field(0.0, ge=0)
-    lpips_weights: str | None = Field(None, description="local LPIPS weights; off when absent")
+    lpips_weights: str | None = Field(None, description="local LPIPS weights (.safetensors of the whole "
+                                      "lpips.LPIPS module); L_LPIPS is off when absent")
+    lpips_net: Literal["vgg", "alex", "squeeze"] = "vgg"
     lambda_align: float = Field(1.0, ge=0)
     lambda_pred: float = Field(0.2, ge=0)
     align: bool = Field(True, description="False = the paper's 'w/o L_align' ablation (no L_align, no L_pred)")
@@ -30,5 +33,13 @@ class VAEConfig(Section):
     sigma_z: float = Field(1.0, gt=0)
     temperature: float = Field(0.5, gt=0)
     projection: Literal["mean", "flatten"] = "mean"
-    pred_balance: Literal["pos_weight", "none"] = "pos_weight"
+    pred_balance: Literal["balanced", "pos_weight", "none"] = Field(
+        "balanced", description="L_pred class imbalance (training-split counts): balanced class weights "
+                                "n / (2 n_c) (mean weight 1), BCE pos_weight n_neg / n_pos, or none")
+    # the stage's report (namd vae report)
+    report_knn_k: int = Field(5, ge=1, description="neighbours of the k-NN diameter regression")
+    report_folds: int = Field(5, ge=2, description="cross-validation folds of the k-NN regression")
+    report_grid: int = Field(8, ge=1, description="crops shown next to their reconstructions")
+    report_tsne_max: int = Field(2000, ge=10, description="at most this many crops in the t-SNE")
+    # the stage's own training defaults (CPU-sized; the paper preset sets Appendix B's values)
     train: TrainConfig = TrainConfig(lr=5e-5, batch_size=32, max_steps=300)

@@ -5,6 +5,11 @@ and out of the latent space.
 Conventions: crops in HU -> lung window -> [-1, 1] (namd.imaging.hu_to_unit), replicated to
 `in_channels`; latents are the posterior mean (deterministic, so cached latents are stable),
 multiplied by the stage's saved scale factor before diffusion.
+
+Pretrained SD1.5 weights (paper 4.1.1) are read only from a local path: a diffusers folder, or a
+single .safetensors file in either the diffusers or the original (CompVis/LDM) key layout. The
+original layout is converted with diffusers' own key mapping against the config built here, so
+nothing is fetched from a hub; pickle checkpoints (.ckpt/.pt/.bin) are refused.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from namd.runinfo import atomic_write_json
 
 SCALE_FILE = "latent_scale.json"
 MODEL_DIR = "autoencoder"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 
 def build_vae(cfg: VAEConfig) -> AutoencoderKL:
@@ -85,3 +92,72 @@ def load_trained_vae(stage_dir: Path, device: str | torch.device = "cpu") -> tup
     vae = AutoencoderKL.from_pretrained(model_path, local_files_only=True, use_safetensors=True)
     vae.to(device).eval().requires_grad_(False)
     return vae, float(json.loads(scale_path.read_text())["scale_factor"])
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file (pickle formats are refused, never opened)."""
+    from safetensors.torch import load_file
+
+    if path.suffix in PICKLE_SUFFIXES:
+        raise ValueError(f"vae.pretrained: {path} is a pickle checkpoint; namd never unpickles "
+                         "files. Convert it once to .safetensors (e.g. with safetensors.torch.save_file)")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"vae.pretrained: {path} must be a diffusers folder or a .safetensors file")
+    return load_file(str(path))
+
+
+def _weights_file(folder: Path) -> Path:
+    """The VAE weights of a diffusers folder: the VAE's own folder or a pipeline's vae/."""
+    for candidate in (folder / DIFFUSERS_WEIGHTS, folder / "vae" / DIFFUSERS_WEIGHTS):
+        if candidate.is_file():
+            return candidate
+    pickled = sorted(p.name for p in [*folder.glob("*.bin"), *folder.glob("vae/*.bin")])
+    hint = f" (found only pickle files {pickled}: convert them to safetensors)" if pickled else ""
+    raise FileNotFoundError(f"vae.pretrained: no {DIFFUSERS_WEIGHTS} in {folder} or {folder}/vae{hint}")
+
+
+def read_pretrained_state_dict(source: str | Path, vae: AutoencoderKL) -> dict[str, torch.Tensor]:
+    """Diffusers-layout VAE weights from a local folder or single file (either layout).
+
+    Original-layout keys (`encoder.down.0.block.0...`, optionally prefixed `first_stage_model.`
+    or `vae.` as in a full SD checkpoint) are converted with diffusers' mapping using the
+    config of `vae`, the network built from our own config: no config is downloaded.
+    """
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"vae.pretrained: {path} not found (weights are read only from "
+                                "local paths; nothing is downloaded)")
+    state = _read_safetensors(_weights_file(path) if path.is_dir() else path)
+    if any(k.startswith("encoder.down_blocks.") for k in state):
+        return state
+    if not any(".down.0." in k or k.startswith("encoder.down.0.") for k in state):
+        raise ValueError(f"vae.pretrained: {path} holds no VAE weights in the diffusers or the "
+                         "original (LDM) layout")
+    return convert_ldm_vae_checkpoint(state, vae.config)
+
+
+def load_pretrained_weights(vae: AutoencoderKL, source: str | Path) -> AutoencoderKL:
+    """Overwrite `vae` with local SD1.5 weights; every key and shape must match the config."""
+    state = read_pretrained_state_dict(source, vae)
+    own = vae.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"vae.pretrained: {source} does not fit the configured network: "
+                         f"{len(missing)} missing key(s) (e.g. {missing[:3]}), {len(unexpected)} "
+                         f"unexpected (e.g. {unexpected[:3]}); SD1.5 needs the paper preset's vae sizes")
+    for key, tensor in own.items():
+        if state[key].shape != tensor.shape:
+            raise ValueError(f"vae.pretrained: {source}: {key} has shape {tuple(state[key].shape)}, "
+                             f"the configured network needs {tuple(tensor.shape)} (SD1.5 weights need "
+                             "the paper preset: block_out_channels 128,256,512,512, in_channels 3)")
+    vae.load_state_dict(state, strict=True)
+    return vae
+
+
+def build_vae_from_config(cfg: VAEConfig) -> AutoencoderKL:
+    """The configured network, with local pretrained weights when `cfg.pretrained` names them."""
+    vae = build_vae(cfg)
+    return load_pretrained_weights(vae, cfg.pretrained) if cfg.pretrained else vae

@@ -186,13 +186,13 @@ class Trainer:
             m.to(acc.device).eval().requires_grad_(False)
         params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        names = list(modules)
-        prepared = acc.prepare(*modules.values(), optimizer)
-        wrapped = dict(zip(names, prepared[:-1], strict=True))
-        optimizer = prepared[-1]
-        ema = {f"ema_{k}": copy.deepcopy(acc.unwrap_model(m)).requires_grad_(False)
+        # Modules stay unwrapped (tasks call their own methods, e.g. vae.encode, which a DDP
+        # wrapper would bypass); data-parallel gradients are averaged in `_sync_gradients`.
+        wrapped = {k: m.to(acc.device) for k, m in modules.items()}
+        optimizer = acc.prepare(optimizer)
+        ema = {f"ema_{k}": copy.deepcopy(m).requires_grad_(False)
                for k, m in wrapped.items()} if cfg.ema_decay else {}
-        ckpt_modules = {**{k: acc.unwrap_model(m) for k, m in wrapped.items()}, **ema}
+        ckpt_modules = {**wrapped, **ema}
 
         step, best_val, best_step = 0, math.inf, -1
         if resume and (self.ckpt_last / "state.json").is_file():
@@ -219,6 +219,7 @@ class Trainer:
                 raise FloatingPointError(f"{self.out.name}: loss became {float(loss.detach())} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
+            self._sync_gradients(params)
             if cfg.grad_clip:
                 acc.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
@@ -252,13 +253,25 @@ class Trainer:
         return FitResult(steps=step, best_val=best_val, best_step=best_step, history=history)
 
     @torch.no_grad()
+    def _sync_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Average gradients over processes (multi-GPU data parallelism); a no-op on one."""
+        if self.acc.num_processes == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self.acc.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+        offset = 0
+        for p, g in zip(params, grads, strict=True):
+            p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+            offset += g.numel()
+
+    @torch.no_grad()
     def _ema_update(self, wrapped: dict[str, torch.nn.Module], ema: dict[str, torch.nn.Module]) -> None:
         """Exponential moving average of the trained weights (optional, off in the paper)."""
         if not ema:
             return
         for name, module in wrapped.items():
             target = ema[f"ema_{name}"]
-            for e, p in zip(target.parameters(), self.acc.unwrap_model(module).parameters(), strict=True):
+            for e, p in zip(target.parameters(), module.parameters(), strict=True):
                 e.lerp_(p.detach(), 1.0 - self.cfg.ema_decay)
 
 

@@ -1,0 +1,210 @@
+"""Benchmark of the nodule-aligned VAE stage: training throughput, and aligned vs --no-align.
+
+    python benchmarks/bench_vae.py --steps 300 --write benchmarks/results/vae.md
+
+1. Throughput: training steps of the VAE task (forward, Equation 6, backward, AdamW) on random
+   crops, for the benchmark network and the paper's SD1.5 VAE (crops/s, peak memory).
+2. Comparison: a synthetic cohort (namd.cohort.synthetic), then the VAE stage twice with the
+   same data, seed, steps and learning rate: aligned (L_align + L_pred) and the paper's
+   "w/o L_align" ablation. Each stage writes its report; the table puts them side by side.
+Runs on CUDA when available, else CPU. Wall time depends on other work on the machine, so the
+process CPU time is given too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+KEYS = ("recon_mae", "recon_psnr", "recon_ssim", "distance_spearman", "distance_spearman_flat",
+        "knn_r2_diameter", "knn_r2_diameter_flat", "probe_auroc", "linear_probe_auroc")
+
+
+def machine() -> str:
+    """CPU/GPU, core count, load and versions, for the results file."""
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} CPUs ({cpu}), {gpu}, torch {torch.__version__}, Python "
+            f"{platform.python_version()}; torch threads {torch.get_num_threads()}; 1-min load "
+            f"average at the end {os.getloadavg()[0]:.1f}")
+
+
+def bench_overrides(args: argparse.Namespace) -> list[str]:
+    """The config of the comparison (also used for the throughput of the benchmark network)."""
+    return [f"data.crop_size={args.crop}", f"data.pixel_spacing_mm={args.spacing}",
+            f"vae.block_out_channels={args.channels}", "vae.layers_per_block=1", "vae.norm_num_groups=8",
+            f"vae.train.max_steps={args.steps}", f"vae.train.batch_size={args.batch}", f"vae.train.lr={args.lr}",
+            f"vae.train.val_every={max(1, args.steps // 3)}", "vae.train.val_batches=2",
+            f"vae.train.checkpoint_every={args.steps}", f"synth.pairs={args.pairs}",
+            f"synth.unpaired={args.unpaired}", "synth.split_fractions=[0.6,0.2,0.2]"]
+
+
+def throughput(preset: str, overrides: list[str], crop: int, batch: int, steps: int) -> dict:
+    """Crops per second and peak memory of `steps` training steps (after one warm-up step)."""
+    from namd.config import load_config
+    from namd.models.probe import LinearProbe
+    from namd.models.vae import build_vae, latent_shape
+    from namd.training.vae import VAETask
+
+    cfg = load_config(preset, overrides=overrides).vae
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    vae, probe = build_vae(cfg).to(device), LinearProbe(latent_shape(cfg, crop)).to(device)
+    task = VAETask(vae, probe, cfg, True, (0.6, 3.0))
+    opt = torch.optim.AdamW([*vae.parameters(), *probe.parameters()], lr=cfg.train.lr)
+    g = torch.Generator().manual_seed(0)
+    data = {"image": (torch.rand(batch, cfg.in_channels, crop, crop) * 2 - 1).to(device),
+            "features": torch.randn(batch, 5, device=device),
+            "label": (torch.rand(batch) < 0.2).float().to(device)}
+
+    def step() -> None:
+        loss, _ = task.loss(data, g, True)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    params = sum(p.numel() for p in vae.parameters())
+    return {"network": f"{preset} {tuple(cfg.block_out_channels)}", "params_m": params / 1e6, "crop": crop,
+            "batch": batch, "steps": steps, "crops_per_s_wall": batch * steps / wall,
+            "crops_per_s_cpu": batch * steps / cpu if device.type == "cpu" else None,
+            "peak_memory_gb": peak / 2**30, "memory_kind": "CUDA max allocated" if device.type == "cuda"
+            else "process peak RSS"}
+
+
+def compare(root: Path, overrides: list[str], variants: tuple[bool, ...] = (False, True)) -> dict:
+    """Synthetic cohort, then the aligned and the ablation VAE stage on it; their reports."""
+    from namd.cohort.synthetic import generate_cohort
+    from namd.config import load_config
+    from namd.rundir import RunDir
+    from namd.training.vae import run_stage
+
+    config = load_config("tiny", overrides=overrides)
+    run = RunDir(root / "run")
+    start = time.perf_counter()
+    generate_cohort(run.path / "cohort", config.synth, config.data)
+    out = {"cohort_s": time.perf_counter() - start}
+    for no_align in variants:
+        start, cpu = time.perf_counter(), time.process_time()
+        stage = run_stage(config, run, argparse.Namespace(no_align=no_align, resume=False, overwrite=False))
+        report = json.loads((stage / "report.json").read_text())
+        report.update(wall_s=time.perf_counter() - start, cpu_s=time.process_time() - cpu)
+        out["no_align" if no_align else "aligned"] = report
+    return out
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(command: str, through: list[dict], comp: dict | None, args: argparse.Namespace) -> str:
+    """The results file."""
+    lines = ["# Benchmark: the nodule-aligned VAE stage", "", f"- command: `{command}`",
+             f"- machine: {machine()}", ""]
+    if through:
+        lines += ["## Training-step throughput (forward, Equation 6, backward, AdamW; random crops)", "",
+                  "| network | params (M) | crop | batch | steps | crops/s (wall) | crops/s (CPU time) | peak memory (GB) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {t['network']} | {t['params_m']:.2f} | {t['crop']} | {t['batch']} | {t['steps']} | "
+                  f"{t['crops_per_s_wall']:.1f} | {_fmt(t['crops_per_s_cpu'], 1)} | {t['peak_memory_gb']:.2f} "
+                  f"({t['memory_kind']}) |" for t in through]
+        lines.append("")
+    if comp:
+        a, n = comp["aligned"], comp.get("no_align")
+        side = args.crop // 2 ** (len(json.loads(args.channels)) - 1)
+        lines += ["## Aligned vs --no-align (same synthetic cohort, seed, steps, learning rate)", "",
+                  f"- cohort: {args.pairs} pairs + {args.unpaired} unpaired crops, {args.crop} x {args.crop} at "
+                  f"{args.spacing} mm, split 60/20/20 by patient; report on the val split ({a['n_crops']} crops, "
+                  f"{a['n_complete_features']} with all five nodule features, {a['n_labelled']} labelled)",
+                  f"- network: block_out_channels {args.channels}, 1 block per level, latent 4 x "
+                  f"{side} x {side}; {args.steps} steps of "
+                  f"batch {args.batch}, lr {args.lr}, rotation augmentation, seed 23",
+                  f"- wall time: cohort {comp['cohort_s']:.0f} s, aligned stage {a['wall_s']:.0f} s "
+                  f"(CPU {a['cpu_s']:.0f} s)" + (f", ablation stage {n['wall_s']:.0f} s (CPU {n['cpu_s']:.0f} s)"
+                                                 if n else ""),
+                  f"- extra settings: {' '.join(args.set) or 'none'}", "",
+                  "| metric | aligned | w/o L_align | difference |", "|---|---:|---:|---:|"]
+        for key in KEYS:
+            other = n[key] if n else None
+            diff = None if a[key] is None or other is None else a[key] - other
+            lines.append(f"| {key} | {_fmt(a[key])} | {_fmt(other)} | {_fmt(diff)} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Run the requested parts and print (and optionally write) the markdown."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--crop", type=int, default=32)
+    parser.add_argument("--spacing", type=float, default=1.4, help="mm per pixel (32 px x 1.4 mm = 45 mm)")
+    parser.add_argument("--channels", default="[16,32,32]")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--pairs", type=int, default=300)
+    parser.add_argument("--unpaired", type=int, default=200)
+    parser.add_argument("--throughput-steps", type=int, default=3)
+    parser.add_argument("--paper-throughput", action="store_true",
+                        help="also time the SD1.5-sized VAE on 64 x 64 crops (slow on a CPU)")
+    parser.add_argument("--skip-compare", action="store_true")
+    parser.add_argument("--aligned-only", action="store_true", help="train only the aligned stage")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config override for the comparison, e.g. vae.lambda_pred=0")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (on a shared 2-core machine 1 is several times faster)")
+    parser.add_argument("--keep", default=None, help="keep the run directory here instead of a temp dir")
+    parser.add_argument("--write", default=None, help="markdown file to (over)write")
+    args = parser.parse_args()
+    os.environ.setdefault("NAMD_NO_PROGRESS", "1")
+    torch.set_num_threads(args.threads)
+    command = " ".join(["python", *sys.argv])
+    over = bench_overrides(args) + args.set
+    variants = (False,) if args.aligned_only else (False, True)
+    through = [throughput("tiny", over, args.crop, args.batch, args.throughput_steps)]
+    if args.paper_throughput:
+        through.append(throughput("paper", [], 64, args.batch, args.throughput_steps))
+    comp = None
+    if not args.skip_compare:
+        if args.keep:
+            comp = compare(Path(args.keep), over, variants)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                comp = compare(Path(tmp), over, variants)
+    text = markdown(command, through, comp, args)
+    print(text)
+    if args.write:
+        Path(args.write).write_text(text)
+        Path(args.write).with_suffix(".json").write_text(json.dumps(
+            {"throughput": through, "compare": comp}, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

@@ -1,0 +1,164 @@
+"""The loss terms of the nodule-aligned VAE (paper Equation 6), each a separate function.
+
+    L_VAE = L_rec + lambda_KL L_KL + lambda_LPIPS L_LPIPS + lambda_align L_align + lambda_pred L_pred
+
+L_align (Equations 2-4) matches, row by row, the softmax over pairwise feature distances (P) with
+the softmax over pairwise latent distances (Q); L_pred (Equation 5) is a BCE on a linear probe
+of the latent. Where the paper is silent the authors' code decides (../shared/reference,
+section 6): mean-pooled latents, sigma_f = 4, sigma_z = 1, logits divided by a temperature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def reconstruction_loss(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """L_rec: mean absolute error per pixel (the authors' `use_nll_loss: false` L1)."""
+    return (recon - x).abs().mean()
+
+
+def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """L_KL: KL(N(mean, exp(logvar)) || N(0, I)) summed over latent elements, averaged over the
+    batch (as LDM's and the authors' code do; lambda_KL = 1e-6 is calibrated for this sum)."""
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+    return kl.flatten(1).sum(1).mean()
+
+
+def project_latents(z: torch.Tensor, projection: str) -> torch.Tensor:
+    """(B, C, h, w) latents -> (B, D) vectors for distances: spatial mean (authors' default,
+    D = C) or flattening (D = C*h*w)."""
+    if projection == "mean":
+        return z.flatten(2).mean(2)
+    if projection == "flatten":
+        return z.flatten(1)
+    raise ValueError(f"latent projection must be 'mean' or 'flatten', got {projection!r}")
+
+
+def standardise_features(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x - mean) / std per feature; NaN (missing) stays NaN; a constant feature (std 0) is
+    only centred, so it contributes no distance instead of dividing by zero."""
+    safe = np.where(np.asarray(std) > 0, std, 1.0)
+    return (np.asarray(features, dtype=np.float64) - mean) / safe
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation per column, ignoring missing values (0 / 1 if all missing)."""
+    f = np.asarray(features, dtype=np.float64)
+    known = np.isfinite(f)
+    count = known.sum(0)
+    mean = np.where(count > 0, np.nansum(np.where(known, f, 0.0), 0) / np.maximum(count, 1), 0.0)
+    var = np.where(count > 1, np.nansum(np.where(known, (f - mean) ** 2, 0.0), 0) / np.maximum(count, 1), 1.0)
+    return mean, np.sqrt(var)
+
+
+def _offdiagonal_log_softmax(points: torch.Tensor, sigma: float, temperature: float) -> torch.Tensor:
+    """log P_ij (Equation 3) for j != i as a (n, n-1) matrix: logits -||x_j - x_i||^2 /
+    (2 sigma^2) / temperature, the diagonal removed before the row-wise softmax."""
+    n = points.shape[0]
+    diff = points[:, None, :] - points[None, :, :]
+    logits = -diff.pow(2).sum(-1) / (2.0 * sigma**2) / temperature
+    keep = ~torch.eye(n, dtype=torch.bool, device=points.device)
+    return torch.log_softmax(logits[keep].view(n, n - 1), dim=1)
+
+
+@dataclass
+class AlignmentResult:
+    """L_align and how many samples entered it (0 or 1 means the loss is 0 by definition)."""
+
+    loss: torch.Tensor
+    n_used: int
+
+
+def alignment_loss(z: torch.Tensor, features: torch.Tensor, sigma_f: float, sigma_z: float,
+                   temperature: float = 1.0, projection: str = "mean") -> AlignmentResult:
+    """L_align (Equations 2-4): (1/B') sum_i KL(P_i || Q_i) over the B' samples whose features
+    are all known (a sample with any missing feature leaves both P and Q).
+
+    `features` (B, T) are expected standardised (see `standardise_features`), NaN = missing.
+    With fewer than two usable samples there is no distribution to match: the loss is an
+    exact 0 (still attached to the graph) and `n_used` tells the caller to say so.
+    """
+    usable = torch.isfinite(features).all(1)
+    n = int(usable.sum())
+    if n < 2:
+        return AlignmentResult(z.sum() * 0.0, n)
+    f = features[usable].to(torch.float32)
+    zp = project_latents(z[usable], projection).to(torch.float32)
+    log_p = _offdiagonal_log_softmax(f, sigma_f, temperature)
+    log_q = _offdiagonal_log_softmax(zp, sigma_z, temperature)
+    # P log(P/Q) with 0 log 0 = 0: log_p is finite, exp(log_p) may underflow to exactly 0.
+    kl_rows = (log_p.exp() * (log_p - log_q)).sum(1)
+    return AlignmentResult(kl_rows.mean(), n)
+
+
+def class_weights(n_neg: int, n_pos: int, mode: str) -> tuple[float, float] | None:
+    """(w_benign, w_malignant) for L_pred from the training split's label counts.
+
+    "balanced": n / (2 n_c) per class, the mean weight over samples is 1, so the BCE keeps the
+    scale lambda_pred = 0.2 was set for in the authors' unweighted code; "pos_weight": (1,
+    n_neg / n_pos), BCE's pos_weight; "none": unweighted. None when a class is absent.
+    """
+    if mode == "none" or n_neg == 0 or n_pos == 0:
+        return None
+    if mode == "balanced":
+        n = n_neg + n_pos
+        return n / (2 * n_neg), n / (2 * n_pos)
+    if mode == "pos_weight":
+        return 1.0, n_neg / n_pos
+    raise ValueError(f"vae.pred_balance must be balanced, pos_weight or none, got {mode!r}")
+
+
+def prediction_loss(logits: torch.Tensor, labels: torch.Tensor,
+                    weights: tuple[float, float] | None = None) -> tuple[torch.Tensor, int]:
+    """L_pred (Equation 5): binary cross-entropy of the probe's logits against the malignancy
+    label, averaged over the samples that have one (NaN = no label), each weighted by its
+    class's weight (w_benign, w_malignant) against class imbalance; None = plain BCE."""
+    logits, labels = logits.reshape(-1), labels.reshape(-1).to(logits.dtype)
+    known = torch.isfinite(labels)
+    n = int(known.sum())
+    if n == 0:
+        return logits.sum() * 0.0, 0
+    y = labels[known]
+    per_sample = F.binary_cross_entropy_with_logits(logits[known], y, reduction="none")
+    if weights is not None:
+        per_sample = per_sample * torch.where(y > 0.5, weights[1], weights[0])
+    return per_sample.mean(), n
+
+
+class PerceptualLoss(torch.nn.Module):
+    """L_LPIPS with the `lpips` package and a local weight file, never a download.
+
+    The file must hold the whole LPIPS module's state dict (backbone and linear heads), as
+    safetensors; the backbone is built randomly initialised (`pnet_rand=True`) and then
+    overwritten, so torchvision never fetches ImageNet weights.
+    """
+
+    def __init__(self, weights: str | Path, net: str = "vgg"):
+        super().__init__()
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"vae.lpips_weights: {path} not found (LPIPS needs local weights)")
+        if path.suffix != ".safetensors":
+            raise ValueError(f"vae.lpips_weights: {path} must be a .safetensors file (nothing is unpickled)")
+        try:
+            import lpips
+        except ImportError as exc:
+            raise ImportError("vae.lpips_weights is set but the optional `lpips` package is not "
+                              "installed; install it or unset vae.lpips_weights") from exc
+        from safetensors.torch import load_file
+
+        self.net = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
+        self.net.load_state_dict(load_file(str(path)), strict=True)
+        self.net.eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """Mean LPIPS distance; 1-channel crops are replicated to the 3 channels LPIPS expects."""
+        if x.shape[1] == 1:
+            x, recon = x.expand(-1, 3, -1, -1), recon.expand(-1, 3, -1, -1)
+        return self.net(recon, x, normalize=False).mean()

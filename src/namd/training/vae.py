@@ -1,0 +1,296 @@
+"""`namd train vae`: the nodule-aligned VAE stage (paper 3.2, Equation 6, Appendix B).
+
+Reads RUN/cohort, trains on every train-split crop (baseline, follow-up, unpaired) with the
+shared Trainer, selects the best weights by validation loss, and writes RUN/vae (RUN/vae_no_align
+for the ablation): the autoencoder with its latent scale factor (1 / std of the posterior-mean
+latents over the training split, computed after training), the probe, the alignment statistics,
+checkpoints/ and log.csv, the report (report.json + PNGs) and run_info.json.
+
+Multi-GPU: `accelerate launch --multi_gpu --num_processes N -m namd.cli train vae --run RUN`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from diffusers import AutoencoderKL
+
+from namd.cohort.ehr import NODULE_FIELDS
+from namd.cohort.store import Cohort
+from namd.config import NamdConfig, VAEConfig
+from namd.imaging import random_rotations, rotate
+from namd.models.alignment import (
+    PerceptualLoss,
+    alignment_loss,
+    class_weights,
+    feature_statistics,
+    kl_loss,
+    prediction_loss,
+    reconstruction_loss,
+    standardise_features,
+)
+from namd.models.probe import LinearProbe, save_probe
+from namd.models.vae import build_vae_from_config, latent_shape, save_trained_vae, to_network
+from namd.rundir import RunDir, variant_dirs
+from namd.runinfo import atomic_write_json, progress
+
+log = logging.getLogger(__name__)
+
+META_FILE = "alignment.json"
+
+
+def cohort_hu(cohort: Cohort, indices: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Crops in HU; a `windowed_uint8` cohort (the authors' JPEG format) is mapped back through
+    the window (grey 0 -> window low, 255 -> window high), the only reading it allows."""
+    images = cohort.images(indices)
+    if cohort.meta.get("units", "HU") == "windowed_uint8":
+        lo, hi = window
+        images = lo + images / 255.0 * (hi - lo)
+    return images.astype(np.float32, copy=False)
+
+
+class CropSource:
+    """A BatchSource of cohort crops: network-range images, standardised nodule features
+    (the five SCT_* fields of the crop's own row, NaN = missing) and labels (NaN = none)."""
+
+    def __init__(self, cohort: Cohort, rows: pd.DataFrame, window: tuple[float, float], channels: int,
+                 feature_mean: np.ndarray, feature_std: np.ndarray):
+        self.cohort, self.window, self.channels = cohort, window, channels
+        self.rows = rows.reset_index(drop=True)
+        self.crop_index = self.rows["crop_index"].to_numpy(np.int64)
+        self.raw_features = self.rows[list(NODULE_FIELDS)].to_numpy(np.float64)
+        self.features = standardise_features(self.raw_features, feature_mean, feature_std).astype(np.float32)
+        self.labels = self.rows["label"].astype("Float64").to_numpy(np.float64, na_value=np.nan)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def hu(self, indices: np.ndarray) -> np.ndarray:
+        """HU crops of the given items."""
+        return cohort_hu(self.cohort, self.crop_index[np.asarray(indices)], self.window)
+
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        """{"image": (B, C, H, W) in [-1, 1], "features": (B, 5), "label": (B,)}."""
+        idx = np.asarray(indices)
+        return {"image": to_network(self.hu(idx), self.window, self.channels),
+                "features": torch.from_numpy(self.features[idx]),
+                "label": torch.from_numpy(self.labels[idx].astype(np.float32))}
+
+
+def split_source(cohort: Cohort, split: str, config: NamdConfig, stats: dict, shuffle_seed: int | None = None) -> CropSource:
+    """All crops of one split (every kind) as a CropSource; validation rows are put in a fixed
+    random order so the trainer's first `val_batches` batches are a fair sample."""
+    rows = cohort.crops(split)
+    if shuffle_seed is not None:
+        rows = rows.iloc[np.random.default_rng(shuffle_seed).permutation(len(rows))]
+    return CropSource(cohort, rows, tuple(config.data.window_hu), config.vae.in_channels,
+                      np.asarray(stats["feature_mean"]), np.asarray(stats["feature_std"]))
+
+
+def training_statistics(rows: pd.DataFrame, balance: str) -> dict:
+    """Feature standardisation and class balance, from the training split only."""
+    mean, std = feature_statistics(rows[list(NODULE_FIELDS)].to_numpy(np.float64))
+    labels = rows["label"].dropna().astype(int)
+    n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
+    weights = class_weights(n_neg, n_pos, balance)
+    if balance != "none" and weights is None:
+        log.warning("L_pred: the training split has %d malignant and %d benign labelled crops; "
+                    "no class weighting possible", n_pos, n_neg)
+    complete = int(np.isfinite(rows[list(NODULE_FIELDS)].to_numpy(np.float64)).all(1).sum())
+    return {"feature_fields": list(NODULE_FIELDS), "feature_mean": mean.tolist(), "feature_std": std.tolist(),
+            "n_train": len(rows), "n_train_complete_features": complete, "n_pos": n_pos, "n_neg": n_neg,
+            "class_weights": weights, "balance": balance}
+
+
+def perceptual_loss(cfg: VAEConfig) -> tuple[PerceptualLoss | None, str]:
+    """The LPIPS network when it can be used, and a sentence saying whether L_LPIPS is on."""
+    if cfg.lambda_lpips == 0:
+        log.info("L_LPIPS off: vae.lambda_lpips is 0")
+        return None, "off: vae.lambda_lpips is 0"
+    if not cfg.lpips_weights:
+        status = "off: no local LPIPS weights (vae.lpips_weights unset); vae.lambda_lpips ignored"
+        log.warning("L_LPIPS %s", status)
+        return None, status
+    return PerceptualLoss(cfg.lpips_weights, cfg.lpips_net), f"on: {cfg.lpips_net} weights from {cfg.lpips_weights}"
+
+
+def _value(t: torch.Tensor) -> float:
+    """A logged loss term as a plain float."""
+    return float(t.detach())
+
+
+class VAETask:
+    """The TrainTask of Equation 6: reconstruction + KL (+ LPIPS) + alignment + probe BCE."""
+
+    def __init__(self, vae: AutoencoderKL, probe: LinearProbe, cfg: VAEConfig, augment: bool,
+                 class_weights: tuple[float, float] | None, perceptual: PerceptualLoss | None = None):
+        self.vae, self.probe, self.cfg, self.augment = vae, probe, cfg, augment
+        self.class_weights, self.perceptual = class_weights, perceptual
+        self.align_skipped = 0
+
+    def trainable(self) -> dict[str, torch.nn.Module]:
+        """The autoencoder, and the probe when L_pred is on (not in the --no-align ablation)."""
+        return {"vae": self.vae, "probe": self.probe} if self.cfg.align else {"vae": self.vae}
+
+    def frozen(self) -> dict[str, torch.nn.Module]:
+        """The LPIPS network, when on."""
+        return {"lpips": self.perceptual} if self.perceptual is not None else {}
+
+    def loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator,
+             train: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_VAE of one batch. Training draws the rotation and the posterior sample from
+        `generator` (the authors align the sampled z); validation uses the posterior mean."""
+        cfg, x = self.cfg, batch["image"]
+        if train and self.augment:
+            x = rotate(x, random_rotations(x.shape[0], generator))
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.sample(generator=generator) if train else posterior.mode()
+        recon = self.vae.decode(z).sample
+        rec, kl = reconstruction_loss(x, recon), kl_loss(posterior.mean, posterior.logvar)
+        total = rec + cfg.lambda_kl * kl
+        terms = {"rec": _value(rec), "kl": _value(kl)}
+        if self.perceptual is not None:
+            lp = self.perceptual(x, recon)
+            total = total + cfg.lambda_lpips * lp
+            terms["lpips"] = _value(lp)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.align):
+            align = alignment_loss(z, batch["features"], cfg.sigma_f, cfg.sigma_z, cfg.temperature, cfg.projection)
+        terms.update(align=_value(align.loss), align_n=float(align.n_used))
+        if align.n_used < 2:
+            self._note_skipped(align.n_used)
+        if cfg.align:
+            pred, n_labelled = prediction_loss(self.probe(z), batch["label"], self.class_weights)
+            total = total + cfg.lambda_align * align.loss + cfg.lambda_pred * pred
+            terms.update(pred=_value(pred), pred_n=float(n_labelled))
+        return total, terms
+
+    def _note_skipped(self, n_used: int) -> None:
+        """Say (once, then every 100th time) that a batch had no alignment term."""
+        self.align_skipped += 1
+        if self.align_skipped == 1 or self.align_skipped % 100 == 0:
+            log.warning("L_align = 0 for a batch with %d crop(s) having all five nodule features "
+                        "(%d such batches so far; see align_n in log.csv)", n_used, self.align_skipped)
+
+
+@torch.no_grad()
+def encode_source(vae: AutoencoderKL, source: CropSource, batch_size: int, desc: str = "encode") -> np.ndarray:
+    """Posterior-mean latents (N, C, h, w) of every item of a source, in order."""
+    vae.eval()
+    device = next(vae.parameters()).device
+    out = []
+    for start in progress(range(0, len(source), batch_size), desc=desc, unit="batch"):
+        idx = np.arange(start, min(start + batch_size, len(source)))
+        out.append(vae.encode(source.batch(idx)["image"].to(device)).latent_dist.mean.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def scale_factor(latents: np.ndarray) -> float:
+    """The paper's scale factor: 1 / std of all latent elements over the training split."""
+    std = float(np.asarray(latents, dtype=np.float64).std())
+    if not np.isfinite(std) or std == 0:
+        raise FloatingPointError(f"latent std is {std}: cannot compute the scale factor")
+    return 1.0 / std
+
+
+def fit_probe_post_hoc(probe: LinearProbe, latents: np.ndarray, labels: np.ndarray, seed: int) -> str:
+    """For the ablation (no L_pred): fit the probe afterwards on the frozen training latents
+    with a class-balanced logistic regression, so both variants ship a usable probe."""
+    from sklearn.linear_model import LogisticRegression
+
+    known = np.isfinite(labels)
+    y = labels[known].astype(int)
+    if len(np.unique(y)) < 2:
+        return "untrained: the training split lacks one of the two classes"
+    clf = LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed)
+    clf.fit(latents[known].reshape(known.sum(), -1), y)
+    with torch.no_grad():
+        probe.linear.weight.copy_(torch.as_tensor(clf.coef_, dtype=torch.float32))
+        probe.linear.bias.copy_(torch.as_tensor(clf.intercept_, dtype=torch.float32))
+    return "fitted after training on frozen latents (class-balanced logistic regression)"
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no NaN or infinity: a missing number is null."""
+    return float(value) if np.isfinite(value) else None
+
+
+def _prepare_stage_dir(out: Path, args: argparse.Namespace) -> None:
+    """Refuse to mix a fresh run into an unfinished one; --overwrite starts from scratch."""
+    if getattr(args, "overwrite", False) and out.exists():
+        shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()) and not getattr(args, "resume", False):
+        raise FileExistsError(f"{out} holds an unfinished training: use --resume to continue it "
+                              "or --overwrite to start again")
+
+
+def stage_config(config: NamdConfig, no_align: bool) -> NamdConfig:
+    """The run's config with vae.align switched off for the ablation (a copy)."""
+    config = config.model_copy(deep=True)
+    if no_align:
+        config.vae.align = False
+    return config
+
+
+def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path:
+    """Train (or resume, or skip when finished) the VAE stage and write its folder."""
+    from namd.evaluation.vae_report import write_report
+    from namd.training.trainer import Trainer, load_best
+
+    no_align = bool(getattr(args, "no_align", False))
+    config = stage_config(config, no_align)
+    cfg, name = config.vae, variant_dirs(no_align=no_align)["vae"]
+    out = run.stage(name)
+    if run.is_done(name) and not getattr(args, "overwrite", False):
+        log.info("%s: already finished (use --overwrite to retrain)", out)
+        return out
+    cohort = Cohort(run.require("cohort", "train vae"))
+    factor = 2 ** (len(cfg.block_out_channels) - 1)
+    if cohort.crop_size % factor:
+        raise ValueError(f"{cohort.path}: crop size {cohort.crop_size} is not divisible by the VAE's "
+                         f"spatial factor {factor}")
+    _prepare_stage_dir(out, args)
+    stats = training_statistics(cohort.crops("train"), cfg.pred_balance)
+    if stats["n_train"] == 0:
+        raise ValueError(f"{cohort.path}: the train split has no crops")
+    train_src = split_source(cohort, "train", config, stats)
+    val_src = split_source(cohort, "val", config, stats, shuffle_seed=cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    vae = build_vae_from_config(cfg)
+    probe = LinearProbe(latent_shape(cfg, cohort.crop_size))
+    perceptual, lpips_status = perceptual_loss(cfg)
+    task = VAETask(vae, probe, cfg, cfg.train.rotation_augment, stats["class_weights"], perceptual)
+    trainer = Trainer(cfg.train, out)
+    result = trainer.fit(task, train_src, val_src if len(val_src) else None,
+                         resume=bool(getattr(args, "resume", False)))
+    if not trainer.acc.is_main_process:
+        return out
+    load_best(out, task.trainable())
+    vae.to(trainer.acc.device)
+    train_latents = encode_source(vae, train_src, cfg.train.batch_size, desc="latent scale")
+    scale = scale_factor(train_latents)
+    probe_status = "trained jointly (L_pred)"
+    if not cfg.align:
+        probe_status = fit_probe_post_hoc(probe, train_latents, train_src.labels, cfg.train.seed)
+    vae.cpu()
+    save_trained_vae(vae, out, scale, latent_std=1.0 / scale, n_train_crops=len(train_src),
+                     best_step=result.best_step)
+    save_probe(probe.cpu(), out)
+    meta = {**stats, "projection": cfg.projection, "lpips": lpips_status, "probe": probe_status,
+            "align": cfg.align, "scale_factor": scale, "best_step": result.best_step,
+            "best_val_loss": _finite_or_none(result.best_val), "steps": result.steps}
+    atomic_write_json(out / META_FILE, meta)
+    split = "val" if len(val_src) else "train"
+    if split == "train":
+        log.warning("%s: no validation crops; the report describes the training split", cohort.path)
+    report = write_report(out, cohort, config, split, train_latents=train_latents, train_labels=train_src.labels)
+    run.mark_done(name, config, cfg.train.seed, lpips=lpips_status, probe=probe_status,
+                  scale_factor=scale, best_step=result.best_step,
+                  best_val_loss=_finite_or_none(result.best_val),
+                  report=report)
+    return out
