@@ -10,40 +10,71 @@ from namd.config.base import Section, TrainConfig
 
 
 class UNetConfig(Section):
-    """UNet2DConditionModel size (tiny defaults; paper preset = SD1.5, 320 channels)."""
+    """UNet2DConditionModel size (tiny defaults; paper preset = SD1.5, 320 channels).
+
+    The block layout follows SD1.5 for any number of levels: cross-attention at every level but
+    the deepest, a cross-attention middle block. The input and cross-attention widths are not
+    set here: they come from the VAE's latent channels and the context encoder's D.
+    """
 
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = Field(1, ge=1)
-    attention_head_dim: int = Field(8, ge=1, description="SD1.5: eight heads")
+    attention_head_dim: int = Field(
+        8, ge=1, description="diffusers' SD1.5 naming: the number of heads (SD1.5: eight)")
     norm_num_groups: int = Field(16, ge=1)
-    pretrained: str | None = Field(None, description="local SD1.5 U-Net: diffusers folder or single file")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    pretrained: str | None = Field(
+        None, description="local SD1.5 U-Net: diffusers folder (or its parent with unet/) or one "
+                          ".safetensors file (diffusers or original LDM key names)")
+    min_transferred: float = Field(
+        0.5, ge=0, le=1, description="smallest share of parameters that must carry over when "
+                                     "loading weights into a different layout (else an error)")
 
 
 class DiffusionConfig(Section):
-    """Noise schedule shared by training and sampling.
+    """Noise schedule shared by training and sampling, and the two training stages.
 
     The paper says 'linear' from 8.5e-4 to 1.2e-2; its CompVis-lineage code takes linspace over
     sqrt(beta) and squares, which diffusers calls 'scaled_linear'. We follow the code.
     """
 
-    num_train_timesteps: int = 1000
-    beta_start: float = 8.5e-4
-    beta_end: float = 1.2e-2
+    num_train_timesteps: int = Field(1000, ge=2)
+    beta_start: float = Field(8.5e-4, gt=0)
+    beta_end: float = Field(1.2e-2, gt=0)
     beta_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"
     prediction_type: Literal["epsilon"] = "epsilon"
     unet: UNetConfig = UNetConfig()
-    prior: TrainConfig = TrainConfig(lr=1e-4, batch_size=32, max_steps=300, warmup_steps=0)
-    cond: TrainConfig = TrainConfig(lr=2e-5, batch_size=16, max_steps=300)
-    condition_dropout: float = Field(0.0, ge=0, lt=1, description="for classifier-free guidance; 0 = paper")
+    # CPU-sized defaults: a few hundred steps need a larger learning rate than the paper's
+    # (prior 1e-4 with 4,000 warm-up steps over 104,000; cond 2e-5 over 60 epochs), which the
+    # paper preset sets.
+    prior: TrainConfig = TrainConfig(lr=1e-3, batch_size=32, max_steps=300)
+    cond: TrainConfig = TrainConfig(lr=5e-4, batch_size=16, max_steps=300)
+    condition_dropout: float = Field(
+        0.0, ge=0, lt=1, description="share of training pairs whose context C is replaced by the "
+                                     "null context, for classifier-free guidance; 0 = paper")
+    encode_batch: int = Field(64, ge=1, description="crops per VAE call when building the latent cache")
 
 
 class SamplingConfig(Section):
-    """K virtual follow-ups per nodule (paper: K = 20, DDIM 50 steps, eta = 0, guidance 1)."""
+    """K virtual follow-ups per nodule (paper: K = 20, DDIM 50 steps, eta = 0, guidance 1).
+
+    DDIM timesteps follow the CompVis sampler of the authors' code: uniform 'leading' spacing
+    shifted by one (range(0, T, T // steps) + 1), alpha_prev of the last step = alphas_cumprod[0].
+    """
 
     k: int = Field(20, ge=1)
     steps: int = Field(50, ge=1)
-    eta: float = Field(0.0, ge=0)
+    eta: float = Field(0.0, ge=0, description="DDIM stochasticity; 0 = deterministic (paper)")
     scheduler: Literal["ddim", "dpmsolver++"] = "ddim"
-    guidance_scale: float = Field(1.0, ge=0)
+    solver_order: int = Field(2, ge=1, le=3, description="DPM-Solver++ order")
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = Field(
+        "leading", description="DDIM only (DPM-Solver++ uses diffusers' 'linspace')")
+    steps_offset: int = Field(1, ge=0, description="DDIM only")
+    guidance_scale: float = Field(1.0, ge=0, description="1 = no guidance (paper)")
     max_batch: int = Field(256, ge=1, description="latents per U-Net call (memory budget)")
+    aux_batch: int = Field(16, ge=1, description="crops per VAE encode/decode call and records per "
+                                                 "context-encoder call (small is fastest on a CPU; "
+                                                 "raise it on a GPU)")
     seed: int = 23
+    split: Literal["train", "val", "test"] = "test"
+    grids: int = Field(6, ge=0, description="nodules drawn as PNG grids")

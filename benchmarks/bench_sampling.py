@@ -1,0 +1,207 @@
+"""Sampling throughput: namd's batched K-sample generation against the authors' evaluation loop.
+
+The authors' eval_all.py (shxjames/NAMD) loops over 20 fixed seeds; for each seed it walks the
+test set in batches (default 64), and for every batch re-encodes the baselines with the VAE,
+recomputes the LLM context, runs DDIM and decodes. namd computes each baseline latent and each
+context once, then draws all K x N samples in batches of up to sampling.max_batch latents.
+
+Both methods run the same networks (tiny preset: VAE, U-Net with in_channels 8, and the
+configured context encoder, MiniLM by default; random weights, which do not change the cost)
+in a fresh subprocess each, so peak memory is per method. Writes a markdown and a JSON file.
+
+    python benchmarks/bench_sampling.py --n 24 --k 20 --steps 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def build(preset: str, n: int, seed: int = 0):
+    """Networks of a preset and n synthetic test nodules (crops in HU and EHR records)."""
+    from namd.cohort.ehr import EHR
+    from namd.config import load_config
+    from namd.models.context import build_context_encoder
+    from namd.models.unet import build_unet
+    from namd.models.vae import build_vae, latent_shape
+
+    cfg = load_config(preset)
+    size = cfg.data.crop_size
+    c, h, _ = latent_shape(cfg.vae, size)
+    torch.manual_seed(seed)
+    vae = build_vae(cfg.vae).eval().requires_grad_(False)
+    encoder = build_context_encoder(cfg.text).eval()
+    unet = build_unet(cfg.diffusion.unet, in_channels=2 * c, out_channels=c,
+                      cross_attention_dim=encoder.dim, sample_size=h, seed=seed).eval().requires_grad_(False)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    crops, ehrs = [], []
+    for i in range(n):
+        r = rng.uniform(3, 10)
+        crops.append(np.where(xx ** 2 + yy ** 2 <= r * r, 30.0, -820.0).astype(np.float32)
+                     + rng.normal(0, 20, (size, size)).astype(np.float32))
+        ehrs.append(EHR(SCT_PRE_ATT=1, SCT_EPI_LOC=1 + i % 6, SCT_LONG_DIA=round(2 * r * 0.7, 1),
+                        SCT_PERP_DIA=round(1.6 * r * 0.7, 1), SCT_MARGINS=1 + i % 3,
+                        age=float(55 + i % 20), gender=1 + i % 2))
+    return cfg, vae, unet, encoder, np.stack(crops), ehrs, (c, h, h)
+
+
+class Phases:
+    """Seconds spent per phase: `with phases("unet"): ...`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def run_ours(cfg, vae, unet, encoder, crops, ehrs, shape, phase: Phases) -> None:
+    """namd: latents and contexts once per nodule, K x N samples in large batches."""
+    from namd.diffusion import training_scheduler
+    from namd.models.context import ContextCache
+    from namd.sampling import Conditioning, decode_to_hu, encode_hu, sample_latents
+
+    window, scfg = tuple(cfg.data.window_hu), cfg.sampling
+    keys = [f"pair{i}" for i in range(len(crops))]
+    with torch.inference_mode():
+        with phase("vae encode"):
+            z1 = encode_hu(vae, crops, 1.0, window, scfg.aux_batch)
+        with phase("context"):
+            ctx = ContextCache(encoder, scfg.aux_batch)(ehrs, keys=keys)
+        cond = Conditioning(keys, z1, ctx, encoder.null_context(1, "cpu")[0])
+        with phase("U-Net sampling"):
+            lat = sample_latents(unet, dict(training_scheduler(cfg.diffusion).config), cond, scfg,
+                                 shape, show_progress=False)
+        with phase("vae decode"):
+            decode_to_hu(vae, lat.flatten(0, 1), 1.0, window, scfg.aux_batch)
+
+
+def run_naive(cfg, vae, unet, encoder, crops, ehrs, shape, batch: int, phase: Phases) -> None:
+    """The authors' loop: per seed, per test batch: VAE encode, context, DDIM, decode."""
+    from namd.diffusion import predict_noise, sampling_scheduler, training_scheduler
+    from namd.sampling import decode_to_hu, encode_hu
+
+    window, scfg = tuple(cfg.data.window_hu), cfg.sampling
+    schedule = dict(training_scheduler(cfg.diffusion).config)
+    seeds = [642, 115, 893, 23, 42, 403, 756, 401, 912, 55, 330, 888, 147, 679, 92, 450, 713, 28, 599, 974]
+    with torch.inference_mode():
+        for k in range(scfg.k):
+            torch.manual_seed(seeds[k % len(seeds)] + k // len(seeds))
+            for s in range(0, len(crops), batch):
+                with phase("vae encode"):
+                    z1 = encode_hu(vae, crops[s:s + batch], 1.0, window, batch)
+                with phase("context"):
+                    ctx = encoder(ehrs[s:s + batch])
+                with phase("U-Net sampling"):
+                    x = torch.randn(len(z1), *shape)
+                    sched = sampling_scheduler(schedule, scfg)
+                    for t in sched.timesteps:
+                        x = sched.step(predict_noise(unet, x, t, ctx, z1), t, x, eta=0.0).prev_sample
+                with phase("vae decode"):
+                    decode_to_hu(vae, x, 1.0, window, batch)
+
+
+def _worker(method: str, args: argparse.Namespace, queue: mp.Queue) -> None:
+    """Build, run one method, report seconds and peak memory."""
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("NAMD_NO_PROGRESS", "1")
+    cfg, vae, unet, encoder, crops, ehrs, shape = build(args.preset, args.n)
+    cfg.sampling = cfg.sampling.model_copy(update={"k": args.k, "steps": args.steps, "max_batch": args.max_batch})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    phase = Phases()
+    start = time.perf_counter()
+    if method == "ours":
+        run_ours(cfg, vae, unet, encoder, crops, ehrs, shape, phase)
+    else:
+        run_naive(cfg, vae, unet, encoder, crops, ehrs, shape, args.naive_batch, phase)
+    seconds = time.perf_counter() - start
+    queue.put({"method": method, "seconds": seconds, "crops_per_second": args.n * args.k / seconds,
+               "phases": phase.seconds,
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "rss_before_run_mb": before})
+
+
+def measure(method: str, args: argparse.Namespace) -> dict:
+    """One method in a fresh process."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(method, args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--n", type=int, default=24, help="test nodules")
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--max-batch", type=int, default=256, help="namd: latents per U-Net call")
+    parser.add_argument("--naive-batch", type=int, default=64, help="authors' eval batch size (eval_all.py default)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs per method (best kept)")
+    parser.add_argument("--out", default=str(HERE / "results" / "sampling"))
+    args = parser.parse_args()
+    load = os.getloadavg()
+    runs: dict[str, list[dict]] = {"ours": [], "naive": []}
+    for _ in range(args.repeats):  # alternate, so load changes on a shared machine hit both
+        for method in runs:
+            runs[method].append(measure(method, args))
+    ours, naive = (min(r, key=lambda x: x["seconds"]) for r in runs.values())
+    ratio = naive["seconds"] / ours["seconds"]
+    record = {"args": vars(args), "ours": ours, "naive": naive, "speedup": ratio, "all_runs": runs,
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                          "loadavg_before": load, "loadavg_after": os.getloadavg()}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(record))
+    print(markdown(record))
+
+
+def markdown(r: dict) -> str:
+    """The results table."""
+    a, m = r["args"], r["machine"]
+    rows = [f"| {name} | {r[key]['seconds']:.1f} | {r[key]['crops_per_second']:.2f} | "
+            f"{r[key]['peak_rss_mb']:.0f} |" for name, key in
+            ((f"namd (latents + context once, batches of {a['max_batch']})", "ours"),
+             (f"authors' loop (per seed, batches of {a['naive_batch']}, all recomputed)", "naive"))]
+    return "\n".join([
+        "# Sampling throughput", "",
+        f"`python benchmarks/bench_sampling.py --preset {a['preset']} --n {a['n']} --k {a['k']} "
+        f"--steps {a['steps']} --max-batch {a['max_batch']} --naive-batch {a['naive_batch']} "
+        f"--threads {a['threads']} --repeats {a['repeats']}`", "",
+        f"{a['n']} nodules x K = {a['k']} samples, DDIM {a['steps']} steps, eta 0, guidance 1.",
+        f"Machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}; load average "
+        f"{m['loadavg_before'][0]:.1f} before, {m['loadavg_after'][0]:.1f} after (shared machine).", "",
+        "| method | seconds | generated crops / s | peak RSS (MB, models included) |",
+        "|---|---|---|---|", *rows, "",
+        f"Speed-up: **{r['speedup']:.1f}x** (best of {a['repeats']} alternating runs per method; "
+        "all runs in the JSON file).", "",
+        "Seconds per phase (same runs):", "",
+        "| phase | namd | authors' loop |", "|---|---|---|",
+        *[f"| {p} | {r['ours']['phases'].get(p, 0):.1f} | {r['naive']['phases'].get(p, 0):.1f} |"
+          for p in ("vae encode", "context", "U-Net sampling", "vae decode")], ""])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""`namd sample --run RUN`: K virtual one-year follow-ups for every nodule of a split.
+
+Reads RUN/cohort, the VAE and the conditional U-Net of the chosen variant, and writes
+RUN/samples (samples_no_align with --no-align, samples_null with --null-context): samples.npy
+(N, K, H, W) in HU, index.csv, PNG grids and run_info.json. Paper settings: K = 20, DDIM with 50
+steps, eta = 0, guidance 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from namd.rundir import add_config_args
+
+# command-line flag -> sampling config field
+FLAGS = {"split": "split", "k": "k", "steps": "steps", "scheduler": "scheduler",
+         "guidance_scale": "guidance_scale", "eta": "eta", "max_batch": "max_batch",
+         "seed": "seed", "grids": "grids"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `namd sample`."""
+    p = sub.add_parser("sample", help="draw K virtual follow-ups per nodule", description=__doc__)
+    p.add_argument("--run", required=True, help="run directory (cohort, vae, cond)")
+    p.add_argument("--split", choices=("train", "val", "test"), default=None, help="pairs to sample (default test)")
+    p.add_argument("--k", type=int, default=None, help="samples per nodule (paper: 20)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (paper: 50)")
+    p.add_argument("--scheduler", choices=("ddim", "dpmsolver++"), default=None,
+                   help="DDIM (paper) or DPM-Solver++ (fewer steps)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance with the null context (paper: 1 = none)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta (paper: 0)")
+    p.add_argument("--max-batch", type=int, default=None, help="latents per U-Net call")
+    p.add_argument("--seed", type=int, default=None, help="base seed of the per-sample generators")
+    p.add_argument("--grids", type=int, default=None, help="nodules drawn as PNG grids")
+    variant = p.add_mutually_exclusive_group()
+    variant.add_argument("--no-align", action="store_true", help="the ablation without L_align (RUN/samples_no_align)")
+    variant.add_argument("--null-context", action="store_true",
+                         help="the image-only model (RUN/cond_null -> RUN/samples_null)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing samples")
+    add_config_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve the config (flags override sampling.*), sample, report where the files are."""
+    import torch
+
+    from namd.config import SamplingConfig
+    from namd.rundir import RunDir, resolve_config
+    from namd.sampling_io import run_sample_stage
+
+    run_dir = RunDir(args.run)
+    config = resolve_config(args, run_dir)
+    updates = {field: getattr(args, flag) for flag, field in FLAGS.items() if getattr(args, flag) is not None}
+    config.sampling = SamplingConfig.model_validate({**config.sampling.model_dump(), **updates})
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = run_sample_stage(config, run_dir, no_align=args.no_align, null_context=args.null_context,
+                           overwrite=args.overwrite, device=device)
+    print(f"sample: done -> {out}")
+    return 0

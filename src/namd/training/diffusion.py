@@ -1,0 +1,315 @@
+"""`namd train prior` and `namd train cond`: the two latent diffusion stages (paper 3.3.2) on
+the shared trainer.
+
+prior (Equation 9): every train-split crop (baseline, follow-up and unpaired) with the null
+    context; writes RUN/prior (RUN/prior_no_align with --no-align).
+cond (Equation 10): train-split pairs; the U-Net starts from the prior with conv_in widened
+    4 -> 8 (new channels zero) and is trained together with the context encoder's soft prompts
+    (the language model stays frozen); writes RUN/cond (cond_no_align, or cond_null for the
+    image-only ablation whose context is null in training and sampling).
+
+Both read the frozen VAE's latents from the cache of namd.training.latents (one rotation drawn
+per item and step from the step generator, the same for both crops of a pair). Each stage folder
+holds: unet/ (diffusers, safetensors), scheduler/ (the training noise schedule), checkpoints/,
+log.csv, run_info.json; cond also context_encoder.safetensors (soft prompts) and
+context_encoder.json (the text config, D and m). The validation-selected checkpoint is exported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from safetensors.torch import save
+
+import namd.models.context as context_module
+from namd.cohort.store import Cohort
+from namd.config import NamdConfig, TrainConfig
+from namd.diffusion import predict_noise, save_scheduler, training_scheduler
+from namd.models.unet import (
+    build_unet,
+    load_pretrained_into,
+    load_unet,
+    save_unet,
+    transfer_weights,
+)
+from namd.rundir import RunDir, variant_dirs
+from namd.runinfo import atomic_write_bytes, atomic_write_json
+from namd.training.latents import LatentStore, cache_path, load_or_build, vae_fingerprint
+from namd.training.trainer import Batch, Trainer, load_best
+
+log = logging.getLogger(__name__)
+
+PROMPTS_FILE = "context_encoder.safetensors"
+ENCODER_FILE = "context_encoder.json"
+
+
+# -- data -----------------------------------------------------------------------------------------
+class LatentCrops:
+    """BatchSource of single crops: {"z": (B, R, C, h, w)} scaled latents under every rotation."""
+
+    def __init__(self, store: LatentStore, crop_indices: np.ndarray):
+        self.store = store
+        self.rows = np.asarray(crop_indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, indices: np.ndarray) -> Batch:
+        return {"z": self.store.all_rotations(self.rows[indices])}
+
+
+class LatentPairs:
+    """BatchSource of pairs: {"z1", "z2": (B, R, C, h, w), "ehr": list of EHR}."""
+
+    def __init__(self, store: LatentStore, pairs: pd.DataFrame):
+        self.store = store
+        self.base = pairs["baseline_index"].to_numpy(np.int64)
+        self.follow = pairs["followup_index"].to_numpy(np.int64)
+        self.ehrs = [Cohort.ehr(row) for _, row in pairs.iterrows()]
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def batch(self, indices: np.ndarray) -> Batch:
+        return {"z1": self.store.all_rotations(self.base[indices]),
+                "z2": self.store.all_rotations(self.follow[indices]),
+                "ehr": [self.ehrs[i] for i in indices]}  # type: ignore[dict-item]
+
+
+def pick_rotation(stacks: list[torch.Tensor], generator: torch.Generator, augment: bool) -> list[torch.Tensor]:
+    """One rotation per item, drawn once and applied to every stack (baseline and follow-up of
+    a pair turn together); slot 0 (no rotation) without augmentation."""
+    n, slots = stacks[0].shape[0], stacks[0].shape[1]
+    choice = (torch.randint(slots, (n,), generator=generator) if augment
+              else torch.zeros(n, dtype=torch.long))
+    rows = torch.arange(n)
+    return [s[rows, choice.to(s.device)] for s in stacks]
+
+
+def noised(scheduler: DDPMScheduler, z: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z_t, t, eps): the forward process at a uniform random timestep (Ho et al., 2020)."""
+    noise = torch.randn(z.shape, generator=generator).to(z.device, z.dtype)
+    t = torch.randint(scheduler.config.num_train_timesteps, (z.shape[0],), generator=generator).to(z.device)
+    return scheduler.add_noise(z, noise, t), t, noise
+
+
+# -- tasks ----------------------------------------------------------------------------------------
+class PriorTask:
+    """Equation 9: || eps - eps_theta(z_t, t, null) ||^2 over single crops."""
+
+    def __init__(self, unet: UNet2DConditionModel, scheduler: DDPMScheduler, null_context: torch.Tensor,
+                 rotate: bool):
+        self.unet, self.scheduler, self.rotate = unet, scheduler, rotate
+        self.null = null_context  # (1, m, D)
+
+    def trainable(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unet}
+
+    def frozen(self) -> dict[str, torch.nn.Module]:
+        return {}
+
+    def loss(self, batch: Batch, generator: torch.Generator, train: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        (z,) = pick_rotation([batch["z"]], generator, train and self.rotate)
+        noisy, t, noise = noised(self.scheduler, z, generator)
+        context = self.null.to(z.device).expand(z.shape[0], -1, -1)
+        mse = F.mse_loss(predict_noise(self.unet, noisy, t, context).float(), noise.float())
+        return mse, {"mse": float(mse.detach())}
+
+
+class PromptParameters(torch.nn.Module):
+    """The context encoder's trainable parameters (soft prompts) as a module of their own.
+
+    The same Parameter objects, so the optimiser updates the encoder, while checkpoints and EMA
+    copies hold only these tensors, never the frozen language model.
+    """
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = torch.nn.ParameterList([p for _, p in named])
+
+
+class CondTask:
+    """Equation 10: || eps - eps_theta(z1, z2_t, t, C) ||^2 over pairs; C from the encoder (with
+    gradients into its soft prompts), the null context (ablation), or dropped to null with
+    probability `dropout` per pair (classifier-free guidance; 0 in the paper)."""
+
+    def __init__(self, unet: UNet2DConditionModel, scheduler: DDPMScheduler,
+                 encoder: context_module.ContextEncoder, null_context: bool, rotate: bool,
+                 dropout: float = 0.0):
+        self.unet, self.scheduler, self.encoder = unet, scheduler, encoder
+        self.use_null, self.rotate, self.dropout = null_context, rotate, dropout
+        self.prompts = PromptParameters(encoder)
+
+    def trainable(self) -> dict[str, torch.nn.Module]:
+        if self.use_null or not self.prompts.names:
+            return {"unet": self.unet}
+        return {"unet": self.unet, "prompts": self.prompts}
+
+    def frozen(self) -> dict[str, torch.nn.Module]:
+        return {}
+
+    def context(self, ehrs: list, generator: torch.Generator, train: bool, device: torch.device) -> torch.Tensor:
+        """C for a batch of records, with condition dropout when training."""
+        null = self.encoder.null_context(len(ehrs), device=device)
+        if self.use_null:
+            return null
+        c = self.encoder(ehrs).to(device)
+        if train and self.dropout > 0:
+            drop = (torch.rand(len(ehrs), generator=generator) < self.dropout).to(device)
+            c = torch.where(drop[:, None, None], null, c)
+        return c
+
+    def loss(self, batch: Batch, generator: torch.Generator, train: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        z1, z2 = pick_rotation([batch["z1"], batch["z2"]], generator, train and self.rotate)
+        noisy, t, noise = noised(self.scheduler, z2, generator)
+        context = self.context(batch["ehr"], generator, train, z2.device)  # type: ignore[arg-type]
+        pred = predict_noise(self.unet, noisy, t, context, baseline=z1)
+        mse = F.mse_loss(pred.float(), noise.float())
+        return mse, {"mse": float(mse.detach())}
+
+
+# -- the stages -----------------------------------------------------------------------------------
+def _prepare_out(run: RunDir, name: str, args: argparse.Namespace) -> Path:
+    """The stage folder; refuses to clobber a finished or interrupted stage without a flag."""
+    out = run.stage(name)
+    resume, overwrite = bool(getattr(args, "resume", False)), bool(getattr(args, "overwrite", False))
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    elif run.is_done(name) and not resume:
+        raise FileExistsError(f"{out} is already trained (use --overwrite to retrain)")
+    elif (out / "checkpoints" / "last").exists() and not resume:
+        raise FileExistsError(f"{out} holds an interrupted training: use --resume to continue "
+                              "it or --overwrite to start again")
+    return out
+
+
+def _place(encoder: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move the context encoder; quantised models stay where they were loaded (their own
+    device map), only the trainable tensors move."""
+    try:
+        encoder.to(device)
+    except (ValueError, RuntimeError):
+        for p in encoder.parameters():
+            if p.requires_grad:
+                p.data = p.data.to(device)
+    return encoder.eval()
+
+
+def _latent_store(config: NamdConfig, run: RunDir, vae_name: str, acc: Accelerator) -> LatentStore:
+    """The cohort's latents (built by the main process, then read by all)."""
+    vae_dir = run.require(vae_name, "train prior/cond")
+    if not run.is_done(vae_name):
+        raise FileNotFoundError(f"{vae_dir} is not finished: run `namd train vae` first")
+    cohort_dir = run.require("cohort", "train prior/cond")
+    args = (cache_path(run.path, vae_name), cohort_dir, vae_dir, config.data.window_hu,
+            config.diffusion.encode_batch, acc.device)
+    if acc.is_main_process:
+        load_or_build(*args)
+    acc.wait_for_everyone()
+    return load_or_build(*args)
+
+
+def _split(frame: pd.DataFrame, what: str, split: str, needed: bool) -> pd.DataFrame | None:
+    """Rows of a split, an error when a needed split is empty."""
+    if len(frame):
+        return frame
+    if needed:
+        raise ValueError(f"the cohort has no {what} in the {split} split")
+    return None
+
+
+def _prior(config: NamdConfig, cohort: Cohort, store: LatentStore, dim: int, null: torch.Tensor,
+           seed: int) -> tuple[PriorTask, LatentCrops, LatentCrops | None, dict]:
+    """Prior task (random init or SD1.5 weights) and its data: all crops of train / val."""
+    c, h, _ = store.shape
+    unet = build_unet(config.diffusion.unet, in_channels=c, out_channels=c,
+                      cross_attention_dim=dim, sample_size=h, seed=seed)
+    report = load_pretrained_into(unet, config.diffusion.unet)
+    train = _split(cohort.crops("train"), "crops", "train", True)
+    val = _split(cohort.crops("val"), "crops", "val", False)
+    task = PriorTask(unet, training_scheduler(config.diffusion), null, config.diffusion.prior.rotation_augment)
+    return (task, LatentCrops(store, train["crop_index"].to_numpy()),
+            None if val is None else LatentCrops(store, val["crop_index"].to_numpy()),
+            {"pretrained": report.as_dict() if report else None})
+
+
+def _cond(config: NamdConfig, run: RunDir, prior_name: str, cohort: Cohort, store: LatentStore,
+          encoder: context_module.ContextEncoder, null_context: bool,
+          seed: int) -> tuple[CondTask, LatentPairs, LatentPairs | None, dict]:
+    """Cond task (the prior's weights, conv_in widened) and its data: pairs of train / val."""
+    prior_dir = run.require(prior_name, "train cond")
+    if not run.is_done(prior_name):
+        raise FileNotFoundError(f"{prior_dir} is not finished: run `namd train prior` first")
+    c, h, _ = store.shape
+    unet = build_unet(config.diffusion.unet, in_channels=2 * c, out_channels=c,
+                      cross_attention_dim=encoder.dim, sample_size=h, seed=seed)
+    report = transfer_weights(load_unet(prior_dir).state_dict(), unet,
+                              min_share=config.diffusion.unet.min_transferred,
+                              what=f"{prior_name} -> cond")
+    train = _split(cohort.pairs("train"), "pairs", "train", True)
+    val = _split(cohort.pairs("val"), "pairs", "val", False)
+    task = CondTask(unet, training_scheduler(config.diffusion), encoder, null_context,
+                    config.diffusion.cond.rotation_augment, config.diffusion.condition_dropout)
+    return (task, LatentPairs(store, train), None if val is None else LatentPairs(store, val),
+            {"from_prior": report.as_dict(), "prior_dir": prior_name})
+
+
+def _export(out: Path, task: PriorTask | CondTask, config: NamdConfig) -> None:
+    """unet/, scheduler/ and (cond) the soft prompts and the encoder's config."""
+    save_unet(task.unet, out)
+    save_scheduler(task.scheduler, out)
+    if isinstance(task, CondTask):
+        enc = task.encoder
+        state = {k: v.cpu().contiguous() for k, v in enc.trainable_state_dict().items()}
+        atomic_write_bytes(out / PROMPTS_FILE, save(state, metadata={"null_context": str(task.use_null)}))
+        atomic_write_json(out / ENCODER_FILE, {"text": config.text.model_dump(mode="json"),
+                                               "dim": enc.dim, "n_tokens": enc.n_tokens,
+                                               "null_context": task.use_null})
+
+
+def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path:
+    """Train `args.stage` ("prior" or "cond") of the variant the flags select; returns its folder."""
+    stage = args.stage
+    if stage not in ("prior", "cond"):
+        raise ValueError(f"namd.training.diffusion trains prior or cond, not {stage!r}")
+    null_context = bool(getattr(args, "null_context", False)) and stage == "cond"
+    dirs = variant_dirs(bool(getattr(args, "no_align", False)), null_context)
+    name = dirs[stage]
+    tcfg: TrainConfig = getattr(config.diffusion, stage)
+    out = _prepare_out(run, name, args)
+    acc = Accelerator(mixed_precision=tcfg.mixed_precision)
+    store = _latent_store(config, run, dirs["vae"], acc)
+    cohort = Cohort(run.require("cohort", f"train {stage}"))
+    encoder = context_module.build_context_encoder(config.text).eval()
+    if stage == "cond" and not null_context:  # the prior and the ablation need only D, m and zeros
+        _place(encoder, acc.device)
+    if stage == "prior":
+        task, train, val, extra = _prior(config, cohort, store, encoder.dim,
+                                         encoder.null_context(1, device="cpu"), tcfg.seed)
+    else:
+        task, train, val, extra = _cond(config, run, dirs["prior"], cohort, store, encoder,
+                                        null_context, tcfg.seed)
+    result = Trainer(tcfg, out, accelerator=acc).fit(task, train, val, resume=bool(getattr(args, "resume", False)))
+    load_best(out, task.trainable())
+    if acc.is_main_process:
+        _export(out, task, config)
+        best_val = result.best_val if math.isfinite(result.best_val) else None
+        run.mark_done(name, config, tcfg.seed, vae_dir=dirs["vae"],
+                      vae_fingerprint=vae_fingerprint(run.stage(dirs["vae"])),
+                      latent_fingerprint=store.fingerprint, scale_factor=store.scale_factor,
+                      latent_shape=list(store.shape), null_context=null_context,
+                      condition_dropout=config.diffusion.condition_dropout, steps=result.steps,
+                      best_step=result.best_step, best_val=best_val, **extra)
+    return out

@@ -1,0 +1,164 @@
+"""The latent cache: every crop of a cohort encoded once by the frozen VAE, for every rotation.
+
+Both diffusion stages train on latents of the frozen VAE (paper 3.3.2), and Appendix B augments
+with rotations of 45, 90, 135 and 180 degrees. A latent of a rotated crop is not a rotated
+latent (the VAE is not rotation-equivariant, and 45/135 degrees have no exact latent-space
+counterpart), so the cache holds the latent of each rotated *image*: shape (R, N, C, h, w) for
+R = len(namd.imaging.ROTATIONS) rotations (0 included) and N crops, row n = crop_index n.
+Training draws one rotation per item, the same one for the baseline and the follow-up of a
+pair; validation and sampling use rotation 0.
+
+Where: RUN/cache/latents_<vae folder>.safetensors (e.g. latents_vae.safetensors), one file per
+VAE variant, shared by the prior, cond and sampling stages. What is stored: the VAE's posterior
+means, unscaled; the VAE's saved scale factor is applied on read. Validity: the file records a
+fingerprint (SHA-256 over the VAE folder's weights, config and scale factor, the cohort's
+manifest, meta and image chunks, the HU window, the input channels and the rotations); any
+change, such as a retrained VAE, rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
+from namd.cohort.store import Cohort
+from namd.imaging import ROTATIONS, rotate
+from namd.models.vae import MODEL_DIR, SCALE_FILE, encode, load_trained_vae, to_network
+from namd.runinfo import atomic_write_bytes, progress
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = "cache"
+CACHE_VERSION = "1"
+
+
+def cache_path(run_path: Path, vae_dir_name: str) -> Path:
+    """RUN/cache/latents_<vae folder>.safetensors."""
+    return Path(run_path) / CACHE_DIR / f"latents_{vae_dir_name}.safetensors"
+
+
+def _hash_files(paths: list[Path], digest: hashlib._Hash) -> None:
+    """Feed names and contents of files into a digest (streamed, sorted by name)."""
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+
+
+def vae_fingerprint(vae_dir: Path) -> str:
+    """SHA-256 of a VAE stage's autoencoder folder and scale factor."""
+    vae_dir = Path(vae_dir)
+    files = [p for p in (vae_dir / MODEL_DIR).glob("*") if p.is_file()] + [vae_dir / SCALE_FILE]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing or not (vae_dir / MODEL_DIR).is_dir():
+        raise FileNotFoundError(f"{vae_dir} is not a finished `namd train vae` stage "
+                                f"(missing {missing or [str(vae_dir / MODEL_DIR)]})")
+    digest = hashlib.sha256()
+    _hash_files(files, digest)
+    return digest.hexdigest()
+
+
+def cohort_fingerprint(cohort_dir: Path) -> str:
+    """SHA-256 of a cohort's meta, manifest and image chunks."""
+    cohort_dir = Path(cohort_dir)
+    digest = hashlib.sha256()
+    _hash_files([cohort_dir / "cohort.json", cohort_dir / "manifest.csv",
+                 *(cohort_dir / "images").glob("*.npy")], digest)
+    return digest.hexdigest()
+
+
+@dataclass
+class LatentStore:
+    """Cached latents of a cohort: `latents` (R, N, C, h, w) unscaled, row = crop_index."""
+
+    latents: torch.Tensor
+    rotations: tuple[int, ...]
+    scale_factor: float
+    fingerprint: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of one latent."""
+        return tuple(self.latents.shape[2:])  # type: ignore[return-value]
+
+    def all_rotations(self, crop_indices: np.ndarray | list[int]) -> torch.Tensor:
+        """Scaled latents of the given crops under every rotation: (n, R, C, h, w)."""
+        idx = torch.as_tensor(np.asarray(crop_indices, dtype=np.int64))
+        return (self.latents[:, idx] * self.scale_factor).transpose(0, 1).contiguous()
+
+    def upright(self, crop_indices: np.ndarray | list[int]) -> torch.Tensor:
+        """Scaled latents of the unrotated crops: (n, C, h, w)."""
+        idx = torch.as_tensor(np.asarray(crop_indices, dtype=np.int64))
+        return self.latents[self.rotations.index(0), idx] * self.scale_factor
+
+
+@torch.no_grad()
+def encode_cohort(cohort: Cohort, vae: torch.nn.Module, window: tuple[float, float],
+                  rotations: tuple[int, ...], batch: int, device: torch.device | str) -> torch.Tensor:
+    """Posterior-mean latents (R, N, C, h, w) of every crop under every rotation (unscaled)."""
+    channels = int(vae.config.in_channels)
+    n = len(cohort)
+    out: torch.Tensor | None = None
+    starts = range(0, n, batch)
+    for start in progress(starts, desc="encode latents", unit="batch"):
+        stop = min(start + batch, n)
+        x = to_network(cohort.images(np.arange(start, stop)), window, channels).to(device)
+        for r, angle in enumerate(rotations):
+            xr = x if angle == 0 else rotate(x, [angle] * len(x))
+            z = encode(vae, xr).float().cpu()
+            if out is None:
+                out = torch.empty((len(rotations), n, *z.shape[1:]), dtype=torch.float32)
+            out[r, start:stop] = z
+    if out is None:
+        raise ValueError(f"cohort {cohort.path} holds no crops")
+    return out
+
+
+def _fingerprint(vae_fp: str, cohort_fp: str, window: tuple[float, float],
+                 rotations: tuple[int, ...]) -> str:
+    """One key over everything the cached latents depend on."""
+    text = json.dumps({"version": CACHE_VERSION, "vae": vae_fp, "cohort": cohort_fp,
+                       "window": list(window), "rotations": list(rotations)})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_fingerprint(path: Path) -> str | None:
+    """The fingerprint stored in a cache file, or None when unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get("fingerprint")
+    except Exception:  # noqa: BLE001 - a corrupt cache is simply rebuilt
+        return None
+
+
+def load_or_build(path: Path, cohort_dir: Path, vae_dir: Path, window: tuple[float, float],
+                  batch: int = 64, device: torch.device | str = "cpu",
+                  rotations: tuple[int, ...] = ROTATIONS) -> LatentStore:
+    """The cohort's latents under the VAE of `vae_dir`: read from `path` when its fingerprint
+    matches, otherwise encoded now and written there (atomically)."""
+    if 0 not in rotations:
+        raise ValueError("the latent cache needs rotation 0 (validation and sampling use it)")
+    vae_dir, path = Path(vae_dir), Path(path)
+    key = _fingerprint(vae_fingerprint(vae_dir), cohort_fingerprint(cohort_dir), tuple(window),
+                       tuple(rotations))
+    scale = float(json.loads((vae_dir / SCALE_FILE).read_text())["scale_factor"])
+    if path.is_file() and _read_fingerprint(path) == key:
+        log.info("latent cache %s is up to date", path)
+        return LatentStore(load_file(str(path))["latents"], tuple(rotations), scale, key)
+    if path.is_file():
+        log.info("latent cache %s is stale (VAE, cohort or settings changed): rebuilding", path)
+    vae, scale = load_trained_vae(vae_dir, device)
+    latents = encode_cohort(Cohort(cohort_dir), vae, tuple(window), tuple(rotations), batch, device)
+    meta = {"fingerprint": key, "rotations": ",".join(map(str, rotations)),
+            "vae_dir": str(vae_dir), "cohort_dir": str(cohort_dir), "unscaled": "true"}
+    atomic_write_bytes(path, save({"latents": latents}, metadata=meta))
+    return LatentStore(latents, tuple(rotations), scale, key)

@@ -1,0 +1,225 @@
+"""The prior and conditional diffusion stages: tasks, soft-prompt training, the run-directory
+contract end to end (train prior -> train cond -> namd sample), and an overfitting check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import namd.models.context as context_module
+from namd.cli import main
+from namd.cohort.ehr import EHR
+from namd.cohort.store import CohortWriter
+from namd.config import (
+    DiffusionConfig,
+    SamplingConfig,
+    TrainConfig,
+    UNetConfig,
+    load_config,
+    save_config,
+)
+from namd.diffusion import training_scheduler
+from namd.models.context import ContextEncoder
+from namd.models.unet import build_unet
+from namd.models.vae import build_vae, save_trained_vae
+from namd.rundir import RunDir
+from namd.sampling import Conditioning, sample_latents
+from namd.training.diffusion import CondTask, PriorTask, pick_rotation, run_stage
+from namd.training.trainer import Trainer
+
+TINY_UNET = UNetConfig(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, attention_head_dim=2)
+
+
+class FakeEncoder(ContextEncoder):
+    """Stand-in for the LLM encoder: C = diameter-scaled fixed directions + trainable prompts."""
+
+    def __init__(self, cfg=None, dim: int = 6, m: int = 2):
+        super().__init__()
+        self.dim, self.n_tokens = dim, m
+        self.prompts = torch.nn.Parameter(torch.zeros(m, dim))
+        self.register_buffer("proj", torch.randn(m, dim, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, ehrs):
+        d = torch.tensor([[(e.SCT_LONG_DIA or 0.0) / 10.0] for e in ehrs])
+        return d[:, :, None] * self.proj + self.prompts
+
+    def cache_key(self, ehr):
+        return repr(ehr)
+
+
+class Pairs:
+    """In-memory pair latents as a BatchSource (one rotation slot)."""
+
+    def __init__(self, z1, z2, ehrs):
+        self.z1, self.z2, self.ehrs = z1, z2, ehrs
+
+    def __len__(self):
+        return len(self.z1)
+
+    def batch(self, idx):
+        return {"z1": self.z1[idx][:, None], "z2": self.z2[idx][:, None], "ehr": [self.ehrs[i] for i in idx]}
+
+
+def _unet(in_channels: int = 8, seed: int = 0):
+    return build_unet(TINY_UNET, in_channels=in_channels, out_channels=4, cross_attention_dim=6,
+                      sample_size=4, seed=seed)
+
+
+def test_pick_rotation_turns_both_crops_of_a_pair_together():
+    slots = torch.arange(5.0)[None, :, None].expand(64, 5, 3)  # value = rotation slot
+    z1, z2 = pick_rotation([slots, slots + 10], torch.Generator().manual_seed(0), augment=True)
+    assert torch.equal(z1 + 10, z2) and len(torch.unique(z1[:, 0])) == 5
+    (still,) = pick_rotation([slots], torch.Generator().manual_seed(0), augment=False)
+    assert still.abs().sum() == 0
+
+
+def test_cond_context_dropout_and_null_ablation():
+    enc = FakeEncoder()
+    ehrs = [EHR(SCT_LONG_DIA=5.0 + i) for i in range(4)]
+    sched = training_scheduler(DiffusionConfig())
+    gen = torch.Generator().manual_seed(0)
+    dropped = CondTask(_unet(), sched, enc, False, False, dropout=0.999).context(ehrs, gen, True, torch.device("cpu"))
+    assert dropped.abs().sum() == 0
+    kept = CondTask(_unet(), sched, enc, False, False, dropout=0.999).context(ehrs, gen, False, torch.device("cpu"))
+    assert kept.abs().sum() > 0  # no dropout at validation
+    null_task = CondTask(_unet(), sched, enc, True, False)
+    assert null_task.context(ehrs, gen, True, torch.device("cpu")).abs().sum() == 0
+    assert set(null_task.trainable()) == {"unet"}
+
+
+def test_cond_trains_soft_prompts_and_checkpoints_only_them(tmp_path):
+    enc = FakeEncoder()
+    g = torch.Generator().manual_seed(1)
+    data = Pairs(torch.randn(4, 4, 4, 4, generator=g), torch.randn(4, 4, 4, 4, generator=g),
+                 [EHR(SCT_LONG_DIA=4.0 + i) for i in range(4)])
+    task = CondTask(_unet(), training_scheduler(DiffusionConfig()), enc, False, True)
+    Trainer(TrainConfig(lr=1e-2, batch_size=4, max_steps=3, checkpoint_every=3), tmp_path).fit(task, data)
+    assert enc.prompts.abs().sum() > 0  # moved from their zero start
+    saved = load_file(str(tmp_path / "checkpoints/last/prompts.safetensors"))
+    assert list(saved) == ["params.0"] and torch.equal(saved["params.0"], enc.prompts.detach())
+
+
+def test_prior_loss_is_reproducible_from_the_step_generator():
+    task = PriorTask(_unet(4), training_scheduler(DiffusionConfig()), torch.zeros(1, 2, 6), True)
+    batch = {"z": torch.randn(3, 5, 4, 4, 4, generator=torch.Generator().manual_seed(0))}
+    a, _ = task.loss(batch, torch.Generator().manual_seed(5), True)
+    b, _ = task.loss(batch, torch.Generator().manual_seed(5), True)
+    c, _ = task.loss(batch, torch.Generator().manual_seed(6), True)
+    assert float(a) == float(b) != float(c)
+
+
+def test_overfits_a_handful_of_pairs(tmp_path):
+    """A small model trained on four pairs with unrelated random follow-ups (only learnable by
+    using the conditioning) generates follow-ups close to their own targets, far from others."""
+    g = torch.Generator().manual_seed(0)
+    n = 4
+    z1, z2 = torch.randn(n, 4, 4, 4, generator=g), torch.randn(n, 4, 4, 4, generator=g)
+    ehrs = [EHR(SCT_LONG_DIA=4.0 + 3 * i) for i in range(n)]
+    enc = FakeEncoder()
+    unet = build_unet(TINY_UNET.model_copy(update={"block_out_channels": (16, 32)}), in_channels=8,
+                      out_channels=4, cross_attention_dim=6, sample_size=4, seed=0)
+    task = CondTask(unet, training_scheduler(DiffusionConfig()), enc, False, False)
+    cfg = TrainConfig(lr=5e-3, batch_size=32, max_steps=300, checkpoint_every=10**6, val_every=10**6)
+    Trainer(cfg, tmp_path).fit(task, Pairs(z1, z2, ehrs))
+    with torch.no_grad():
+        cond = Conditioning([f"p{i}" for i in range(n)], z1, enc(ehrs), enc.null_context(1, "cpu")[0])
+    out = sample_latents(unet.eval(), dict(task.scheduler.config), cond, SamplingConfig(k=2, steps=10),
+                         (4, 4, 4), show_progress=False)
+    dist = ((out[:, :, None] - z2[None, None]) ** 2).flatten(3).mean(-1)  # (nodule, k, target)
+    own = dist[torch.arange(n), :, torch.arange(n)]                        # (nodule, k)
+    others = dist.masked_fill(torch.eye(n, dtype=torch.bool)[:, None, :], float("inf")).amin(-1)
+    # targets are N(0, 1): two unrelated latents lie ~2 apart (mean squared difference)
+    assert own.mean() < 0.4 and (own * 3 < others).all(), (own, others)
+
+
+# -- the run-directory contract ------------------------------------------------------------------
+def _write_cohort(path, size=16):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    writer = CohortWriter(path, crop_size=size, pixel_spacing_mm=0.7, source="test")
+
+    def disc(r):
+        return (np.where(xx ** 2 + yy ** 2 <= r * r, 40.0, -800.0) + rng.normal(0, 10, (size, size))).astype(np.float32)
+
+    for i, split in enumerate(["train"] * 4 + ["val", "test", "test"]):
+        label, r = i % 2, 2 + i % 3
+        ehr = EHR(SCT_LONG_DIA=1.4 * r, SCT_PERP_DIA=1.2 * r, age=60.0, gender=1)
+        for kind, t, rad in (("baseline", 0, r), ("followup", 1, r + 2 * label)):
+            writer.add(disc(rad), patient_id=f"p{i}", nodule_id="n", kind=kind, split=split,
+                       label=label, ehr=ehr, pair_id=f"pair{i}", timepoint=t)
+    for j in range(2):
+        writer.add(disc(3), patient_id=f"u{j}", nodule_id="n", kind="unpaired", split="train",
+                   label=None, ehr=EHR())
+    writer.close()
+
+
+def _args(stage, **kw):
+    return argparse.Namespace(**{"stage": stage, "no_align": False, "null_context": False,
+                                 "resume": False, "overwrite": False, **kw})
+
+
+@pytest.fixture
+def tiny_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(context_module, "build_context_encoder", lambda cfg: FakeEncoder())
+    run = RunDir(tmp_path / "run")
+    _write_cohort(run.stage("cohort"))
+    config = load_config("tiny", overrides=[
+        "data.crop_size=16", "diffusion.unet.block_out_channels=[8,16]", "diffusion.unet.norm_num_groups=4",
+        "diffusion.unet.attention_head_dim=2", "diffusion.prior.max_steps=4", "diffusion.prior.batch_size=4",
+        "diffusion.prior.val_every=2", "diffusion.prior.checkpoint_every=2", "diffusion.cond.max_steps=4",
+        "diffusion.cond.batch_size=2", "diffusion.cond.val_every=2", "diffusion.cond.checkpoint_every=2",
+        "sampling.k=3", "sampling.steps=2", "sampling.grids=1", "sampling.max_batch=4"])
+    save_config(config, run.path / "config.yaml")
+    torch.manual_seed(0)
+    save_trained_vae(build_vae(config.vae.model_copy(update={"block_out_channels": (8, 8, 8), "norm_num_groups": 4})),
+                     run.stage("vae"), scale_factor=0.7)
+    run.mark_done("vae", config, 0)
+    return run, config
+
+
+def test_prior_cond_sample_end_to_end(tiny_run):
+    run, config = tiny_run
+    prior = run_stage(config, run, _args("prior"))
+    assert run.is_done("prior") and (prior / "unet/diffusion_pytorch_model.safetensors").is_file()
+    assert (run.path / "cache/latents_vae.safetensors").is_file()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        run_stage(config, run, _args("prior"))
+
+    cond = run_stage(config, run, _args("cond"))
+    info = json.loads((cond / "run_info.json").read_text())
+    assert info["complete"] and info["from_prior"]["widened"] == ["conv_in.weight"]
+    assert not info["from_prior"]["reinitialised"]
+    assert json.loads((cond / "unet/config.json").read_text())["in_channels"] == 8
+    assert list(load_file(str(cond / "context_encoder.safetensors"))) == ["prompts"]
+    assert json.loads((cond / "context_encoder.json").read_text())["dim"] == 6
+
+    assert main(["sample", "--run", str(run.path), "--k", "3", "--steps", "2"]) == 0
+    out = run.stage("samples")
+    samples = np.load(out / "samples.npy")
+    index = pd.read_csv(out / "index.csv")
+    assert samples.shape == (2, 3, 16, 16) and samples.dtype == np.float32
+    assert np.isfinite(samples).all() and samples.min() >= -1000 and samples.max() <= 400
+    assert index["pair_id"].tolist() == ["pair5", "pair6"] and set(index["split"]) == {"test"}
+    assert len(list((out / "grids").glob("*.png"))) == 1 and run.is_done("samples")
+    assert main(["sample", "--run", str(run.path)]) == 1  # exists: one-line error, no overwrite
+
+
+def test_null_context_ablation_and_resume(tiny_run):
+    run, config = tiny_run
+    run_stage(config, run, _args("prior"))
+    null = run_stage(config, run, _args("cond", null_context=True))
+    assert null.name == "cond_null" and run.is_done("cond_null")
+    assert json.loads((null / "context_encoder.json").read_text())["null_context"] is True
+    (null / "run_info.json").unlink()  # as if stopped after its last checkpoint
+    config.diffusion.cond.max_steps = 6
+    with pytest.raises(FileExistsError, match="resume"):  # never silently restarted
+        run_stage(config, run, _args("cond", null_context=True))
+    run_stage(config, run, _args("cond", null_context=True, resume=True))
+    info = json.loads((null / "run_info.json").read_text())
+    assert info["steps"] == 6 and info["null_context"] is True
