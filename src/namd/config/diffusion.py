@@ -48,7 +48,7 @@ class DiffusionConfig(Section):
     # (prior 1e-4 with 4,000 warm-up steps over 104,000; cond 2e-5 over 60 epochs), which the
     # paper preset sets.
     prior: TrainConfig = TrainConfig(lr=1e-3, batch_size=32, max_steps=300)
-    cond: TrainConfig = TrainConfig(lr=5e-4, batch_size=16, max_steps=300)
+    cond: TrainConfig = TrainConfig(lr=5e-4, batch_size=8, max_steps=300)  # paper: batch 8
     condition_dropout: float = Field(
         0.0, ge=0, lt=1, description="share of training pairs whose context C is replaced by the "
                                      "null context, for classifier-free guidance; 0 = paper")

@@ -11,10 +11,10 @@ class EvaluatorConfig(Section):
     """ViT classifier (tiny defaults; paper preset: patch 8, width 1024, depth 6, 32 heads, MLP 2048)."""
 
     patch_size: int = 8
-    width: int = 128
+    width: int = 64
     depth: int = 4
     heads: int = 4
-    mlp_dim: int = 256
+    mlp_dim: int = 128
     dropout: float = Field(0.1, ge=0, lt=1)
     train: TrainConfig = TrainConfig(lr=3e-4, batch_size=64, max_steps=400)
 

@@ -13,11 +13,11 @@ class VAEConfig(Section):
     """Network size, loss weights and training of the nodule-aligned KL autoencoder."""
 
     # network (tiny defaults; the paper preset is the SD1.5 VAE: 128,256,512,512, 2 blocks)
-    block_out_channels: tuple[int, ...] = (32, 64, 64, 64)
+    block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
     layers_per_block: int = Field(1, ge=1)
     latent_channels: int = Field(4, ge=1)
     in_channels: int = Field(1, description="1, or 3 replicated channels for SD1.5 weights")
-    norm_num_groups: int = Field(16, ge=1)
+    norm_num_groups: int = Field(8, ge=1)
     pretrained: str | None = Field(None, description="local SD1.5 VAE: a diffusers folder or a .safetensors "
                                    "file (diffusers or original layout); pickle .ckpt files are refused")
     # losses (Equation 6); defaults follow the authors' code where the paper is silent
@@ -42,4 +42,5 @@ class VAEConfig(Section):
     report_grid: int = Field(8, ge=1, description="crops shown next to their reconstructions")
     report_tsne_max: int = Field(2000, ge=10, description="at most this many crops in the t-SNE")
     # the stage's own training defaults (CPU-sized; the paper preset sets Appendix B's values)
-    train: TrainConfig = TrainConfig(lr=5e-5, batch_size=32, max_steps=300)
+    # tiny: trained from scratch on a CPU, so a larger lr than the paper's 5e-5 fine-tuning of SD1.5
+    train: TrainConfig = TrainConfig(lr=5e-4, batch_size=16, max_steps=300)
