@@ -88,6 +88,6 @@ def test_partial_override_keeps_each_stage_own_defaults():
         got, want = getattr(cfg.diffusion, section), getattr(base.diffusion, section)
         assert got.max_steps == 5 and got.lr == want.lr and got.batch_size == want.batch_size
     assert cfg.evaluator.train.lr == base.evaluator.train.lr
-    assert cfg.vae.train.lr == base.vae.train.lr == 5e-5
+    assert cfg.vae.train.lr == base.vae.train.lr and cfg.vae.train.batch_size == base.vae.train.batch_size
     paper = load_config("paper", overrides=["diffusion.prior.max_steps=7"])
     assert paper.diffusion.prior.warmup_steps == 4000 and paper.diffusion.prior.max_steps == 7
