@@ -11,9 +11,7 @@ runs a short warm-up fit first, then the timed fit. Writes a markdown and a JSON
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
 import tempfile
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _results import machine, publish
 
 HERE = Path(__file__).resolve().parent
 
@@ -113,13 +112,8 @@ def main() -> None:
     load = os.getloadavg()
     stages = measure(args)
     record = {"args": vars(args), "stages": stages,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                          "loadavg_before": load, "loadavg_after": os.getloadavg()}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(record))
-    print(markdown(record))
+              "machine": machine(load)}
+    publish(args.out, record, markdown)
 
 
 if __name__ == "__main__":

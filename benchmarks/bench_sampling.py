@@ -19,13 +19,13 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _results import machine, publish
 
 HERE = Path(__file__).resolve().parent
 
@@ -175,13 +175,8 @@ def main() -> None:
     ours, naive = (min(r, key=lambda x: x["seconds"]) for r in runs.values())
     ratio = naive["seconds"] / ours["seconds"]
     record = {"args": vars(args), "ours": ours, "naive": naive, "speedup": ratio, "all_runs": runs,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                          "loadavg_before": load, "loadavg_after": os.getloadavg()}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(record))
-    print(markdown(record))
+              "machine": machine(load)}
+    publish(args.out, record, markdown)
 
 
 def markdown(r: dict) -> str:

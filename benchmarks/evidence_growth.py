@@ -15,13 +15,13 @@ centre) and reports per label the growth of the real follow-ups and of the gener
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
+from _results import publish
 
 HERE = Path(__file__).resolve().parent
 
@@ -226,11 +226,7 @@ def main() -> None:
               "threshold_hu": args.threshold_hu, "radius_mm": args.radius_mm,
               "growth": growth_table(run, args.threshold_hu, args.radius_mm),
               "context_sensitivity": context_sensitivity(run)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(record))
-    print(markdown(record))
+    publish(args.out, record, markdown)
 
 
 if __name__ == "__main__":

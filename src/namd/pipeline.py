@@ -23,6 +23,13 @@ class Step:
     argv: tuple[str, ...]
 
 
+def _flags(variant: dict[str, bool]) -> tuple[str, ...]:
+    """The command-line flag that selects a pipeline variant (none for NAMD itself)."""
+    if variant["no_align"]:
+        return ("--no-align",)
+    return ("--null-context",) if variant["null_context"] else ()
+
+
 def plan(run: RunDir, ablations: bool) -> list[Step]:
     """The ordered stages of a run; ablations add the no-align and null-context variants.
 
@@ -35,8 +42,7 @@ def plan(run: RunDir, ablations: bool) -> list[Step]:
         variants += [{"no_align": True, "null_context": False}, {"no_align": False, "null_context": True}]
     done_folders: set[str] = {"cohort"}
     for v in variants:
-        dirs = variant_dirs(**v)
-        flag = ("--no-align",) if v["no_align"] else ("--null-context",) if v["null_context"] else ()
+        dirs, flag = variant_dirs(**v), _flags(v)
         vae_flag = ("--no-align",) if v["no_align"] else ()
         for stage, folder, extra in (("vae", dirs["vae"], vae_flag), ("prior", dirs["prior"], vae_flag),
                                      ("cond", dirs["cond"], flag)):
@@ -45,9 +51,7 @@ def plan(run: RunDir, ablations: bool) -> list[Step]:
                 done_folders.add(folder)
     steps.append(Step("evaluator", ("train", "evaluator", "--run", r, "--resume")))
     for v in variants:
-        dirs = variant_dirs(**v)
-        flag = ("--no-align",) if v["no_align"] else ("--null-context",) if v["null_context"] else ()
-        steps.append(Step(dirs["samples"], ("sample", "--run", r, "--split", "test", *flag)))
+        steps.append(Step(variant_dirs(**v)["samples"], ("sample", "--run", r, "--split", "test", *_flags(v))))
     steps.append(Step("eval", ("evaluate", "--run", r)))
     steps.append(Step("report", ("report", "--run", r)))
     return steps
