@@ -7,7 +7,12 @@ import torch
 
 from namd.cohort.ehr import EHR
 from namd.config.text import StructuredConfig, TextConfig
-from namd.models.context import ContextCache, ContextEncoder, build_context_encoder
+from namd.models.context import (
+    ContextCache,
+    ContextEncoder,
+    StandardizedContext,
+    build_context_encoder,
+)
 from namd.models.structured import StructuredEncoder
 from namd.models.text import LLMContextEncoder
 
@@ -16,7 +21,7 @@ from namd.models.text import LLMContextEncoder
 def encoder(request, tiny_llama_dir) -> ContextEncoder:
     """Each kind of encoder, small."""
     cfg = TextConfig(encoder=request.param, model=str(tiny_llama_dir), n_prompt_sets=3,
-                     structured=StructuredConfig(hidden=16))
+                     structured=StructuredConfig(hidden=16), standardize=False)
     return build_context_encoder(cfg)
 
 
@@ -24,6 +29,48 @@ def test_factory_builds_the_named_encoder(encoder):
     kind = LLMContextEncoder if isinstance(encoder, LLMContextEncoder) else StructuredEncoder
     assert isinstance(encoder, kind) and isinstance(encoder, ContextEncoder)
     assert (encoder.dim, encoder.n_tokens) == (32, 3)
+
+
+@pytest.fixture
+def standardized(tiny_llama_dir) -> StandardizedContext:
+    """The default: the LLM encoder wrapped in the standardisation."""
+    enc = build_context_encoder(TextConfig(model=str(tiny_llama_dir), n_prompt_sets=2))
+    assert isinstance(enc, StandardizedContext) and isinstance(enc.inner, LLMContextEncoder)
+    return enc
+
+
+def test_standardize_fits_zero_mean_unit_spread(standardized, ehrs):
+    raw = standardized.inner(ehrs).detach()
+    summary = standardized.fit(ehrs, batch_size=3)
+    out = standardized(ehrs).detach()
+    assert summary["records"] == len(ehrs)
+    assert summary["mean_abs_value"] == pytest.approx(float(raw.abs().mean()), rel=1e-5)
+    torch.testing.assert_close(out.mean(0), torch.zeros_like(out[0]), atol=1e-4, rtol=0)
+    spread = raw.std(0)
+    kept = spread >= 0.1 * spread.median()  # values whose spread was not floored
+    torch.testing.assert_close(out.std(0)[kept], torch.ones(int(kept.sum())), atol=1e-3, rtol=1e-3)
+    assert not standardized.null_context(2).any()
+
+
+def test_standardize_keeps_gradient_to_the_prompts(standardized, ehrs):
+    standardized.fit(ehrs)
+    standardized(ehrs).square().sum().backward()
+    assert standardized.inner.prompts.grad is not None and standardized.inner.prompts.grad.abs().sum() > 0
+    assert not standardized.mean.requires_grad
+
+
+def test_standardize_state_round_trip(standardized, ehrs, tiny_llama_dir):
+    standardized.fit(ehrs)
+    state = standardized.trainable_state_dict()
+    assert set(state) == {"inner.prompts", *StandardizedContext.STATE}
+    fresh = build_context_encoder(TextConfig(model=str(tiny_llama_dir), n_prompt_sets=2))
+    cache = ContextCache(fresh)
+    before = cache(ehrs[:2])
+    fresh.load_trainable_state_dict(state)
+    torch.testing.assert_close(fresh(ehrs), standardized(ehrs), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(cache(ehrs[:2]), before)  # the cache saw the new statistics
+    with pytest.raises(ValueError, match="standardize=false"):
+        fresh.load_trainable_state_dict({"inner.prompts": state["inner.prompts"]})
 
 
 def test_interface(encoder, ehrs):

@@ -15,7 +15,7 @@ SCALES = StructuredConfig().scales
 
 def structured(m: int = 2, dim: int = 16, **kw) -> StructuredEncoder:
     """A small structured encoder that needs no language model."""
-    cfg = TextConfig(encoder="structured", n_prompt_sets=m,
+    cfg = TextConfig(encoder="structured", n_prompt_sets=m, standardize=False,
                      structured=StructuredConfig(dim=dim, hidden=32, **kw))
     return build_context_encoder(cfg)
 

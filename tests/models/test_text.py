@@ -21,7 +21,7 @@ HIDDEN = 32
 
 def llama(folder: Path, **kw) -> LLMContextEncoder:
     """An encoder over the tiny Llama folder."""
-    return build_context_encoder(TextConfig(model=str(folder), **kw))
+    return build_context_encoder(TextConfig(model=str(folder), standardize=False, **kw))
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 4])
@@ -59,7 +59,7 @@ def test_causal_path_picks_eos_after_bos_and_prompts(tiny_llama_dir, ehrs):
 def test_padding_does_not_change_the_context(tiny_llama_dir, tiny_bert_dir, ehrs, side):
     for folder, poolings in ((tiny_llama_dir, ["last", "mean"]), (tiny_bert_dir, ["mean", "cls"])):
         for pooling in poolings:
-            enc = build_context_encoder(TextConfig(model=str(folder), padding_side=side, pooling=pooling))
+            enc = build_context_encoder(TextConfig(model=str(folder), padding_side=side, pooling=pooling, standardize=False))
             lengths = {len(enc.token_ids([report_sentence(e)])[0]) for e in ehrs}
             assert len(lengths) > 2, "the batch must need padding"
             batched = enc(ehrs)
@@ -86,7 +86,7 @@ def test_gradients_reach_only_the_soft_prompts(tiny_llama_dir, ehrs):
 
 def test_frozen_model_stays_in_eval_mode(tiny_bert_dir, ehrs):
     """The tiny BERT has dropout 0.5: train() on the encoder must not switch it on."""
-    enc = build_context_encoder(TextConfig(model=str(tiny_bert_dir)))
+    enc = build_context_encoder(TextConfig(model=str(tiny_bert_dir), standardize=False))
     enc.train()
     assert enc.training and not enc.lm.training
     assert not any(m.training for m in enc.lm.modules())
@@ -198,7 +198,7 @@ def test_sentence_longer_than_max_length_is_an_error(tiny_llama_dir, ehrs):
 @pytest.fixture(scope="module")
 def minilm() -> LLMContextEncoder:
     """The real embedded model, loaded once for this module."""
-    return build_context_encoder(TextConfig())
+    return build_context_encoder(TextConfig(standardize=False))
 
 
 def test_minilm_default_loads_offline(minilm, ehrs):

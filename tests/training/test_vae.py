@@ -103,6 +103,17 @@ def test_stage_writes_the_contract(trained):
     assert info["config"]["vae"]["align"] is True
 
 
+def test_checkpoint_selection_leaves_out_the_probe_term(trained):
+    run, out = trained
+    cfg = load_config("tiny", overrides=OVERRIDES).vae
+    val = [r for r in csv.DictReader((out / "log.csv").open()) if r["phase"] == "val"]
+    for r in val:  # the logged selection value is Eq. 6 without lambda_pred L_pred
+        assert float(r["loss_without_pred"]) == pytest.approx(
+            float(r["loss"]) - cfg.lambda_pred * float(r["pred"]), rel=1e-4, abs=1e-6)
+    best = min(val, key=lambda r: float(r["loss_without_pred"]))
+    assert json.loads((out / "run_info.json").read_text())["best_step"] == int(best["step"])
+
+
 def test_vae_report_command_rewrites_the_report(trained, capsys):
     from namd.cli import main
 

@@ -56,4 +56,11 @@ class TextConfig(Section):
         "Predict the one year follow up low dose computed tomography appearance of this lung "
         "nodule from the radiology report of the patient and the nodule",
         description="soft prompts start as the embeddings of these tokens (set j from token j*n on)")
+    standardize: bool = Field(
+        True, description="beyond the paper: standardise each of the m x D context values with the "
+                          "mean and spread of the training records (fitted once, before cond "
+                          "training, and saved with the soft prompts). A frozen sentence encoder "
+                          "gives nearly the same C for every patient (MiniLM: between-patient std "
+                          "0.03 around values of 0.1), which the U-Net's cross-attention then "
+                          "ignores; false = the paper's raw hidden states (paper preset)")
     structured: StructuredConfig = StructuredConfig()

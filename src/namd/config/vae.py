@@ -36,6 +36,11 @@ class VAEConfig(Section):
     pred_balance: Literal["balanced", "pos_weight", "none"] = Field(
         "balanced", description="L_pred class imbalance (training-split counts): balanced class weights "
                                 "n / (2 n_c) (mean weight 1), BCE pos_weight n_neg / n_pos, or none")
+    select_on: Literal["loss", "loss_without_pred"] = Field(
+        "loss_without_pred", description="validation value that picks the checkpoint: the whole "
+        "Equation 6 ('loss', the paper preset), or without lambda_pred L_pred, whose validation "
+        "value is a noisy, overfitting probe on a few labelled crops and at CPU sizes picked "
+        "checkpoints with worse reconstructions (beyond the paper)")
     # the stage's report (namd vae report)
     report_knn_k: int = Field(5, ge=1, description="neighbours of the k-NN diameter regression")
     report_folds: int = Field(5, ge=2, description="cross-validation folds of the k-NN regression")

@@ -104,13 +104,93 @@ class ContextEncoder(nn.Module, ABC):
         return digest.hexdigest()
 
 
+class StandardizedContext(ContextEncoder):
+    """Another encoder's C, standardised value by value: (C - mean) / std over training records.
+
+    Beyond the paper (text.standardize). The statistics are fitted once (`fit`, with the initial
+    soft prompts, before cond training) and then fixed, so the soft prompts still move C freely;
+    they travel in `trainable_state_dict` under `standardize.*`. The null context stays zeros,
+    which after standardisation is also the average patient. A spread below a tenth of the median
+    spread is raised to it, so near-constant values are not blown up.
+    """
+
+    STATE = ("standardize.mean", "standardize.std")
+
+    def __init__(self, inner: ContextEncoder) -> None:
+        """Wrap `inner`; until `fit` (or a loaded state) the statistics are the identity."""
+        super().__init__()
+        self.inner = inner
+        self.dim, self.n_tokens = inner.dim, inner.n_tokens
+        self.register_buffer("mean", torch.zeros(inner.n_tokens, inner.dim), persistent=False)
+        self.register_buffer("std", torch.ones(inner.n_tokens, inner.dim), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the wrapped encoder produces C."""
+        return self.inner.device
+
+    def cache_key(self, ehr: EHR) -> str:
+        """The wrapped encoder's key."""
+        return self.inner.cache_key(ehr)
+
+    def forward(self, ehrs: Sequence[EHR]) -> Tensor:
+        """Standardised C (B, m, D)."""
+        raw = self.inner(ehrs)
+        return (raw - self.mean.to(raw.device)) / self.std.to(raw.device)
+
+    def fit(self, ehrs: Sequence[EHR], batch_size: int = 64) -> dict[str, float]:
+        """Fit mean and std on `ehrs` (no grad); returns summary numbers for the run's log."""
+        if len(ehrs) < 2:
+            raise ValueError(f"text.standardize needs at least 2 training records, got {len(ehrs)}")
+        with torch.no_grad():
+            raw = torch.cat([self.inner(ehrs[i:i + batch_size]).cpu()
+                             for i in range(0, len(ehrs), batch_size)])
+        mean, std = raw.mean(0), raw.std(0)
+        std = std.clamp_min(0.1 * float(std.median()) + 1e-12)
+        self.mean.copy_(mean.to(self.mean.device))
+        self.std.copy_(std.to(self.std.device))
+        return {"records": len(ehrs), "mean_abs_value": float(raw.abs().mean()),
+                "mean_between_record_std": float(raw.std(0).mean())}
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """The wrapped encoder's trainable tensors plus the fitted statistics."""
+        state = super().trainable_state_dict()
+        state.update(zip(self.STATE, (self.mean.detach().clone(), self.std.detach().clone()), strict=True))
+        return state
+
+    def load_trainable_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Load the trainable tensors and the statistics (both must be present)."""
+        missing = [k for k in self.STATE if k not in state]
+        if missing:
+            raise ValueError(f"context encoder checkpoint lacks {missing}: it was trained with "
+                             f"text.standardize=false")
+        super().load_trainable_state_dict({k: v for k, v in state.items() if k not in self.STATE})
+        for name, key in zip(("mean", "std"), self.STATE, strict=True):
+            buf = getattr(self, name)
+            if tuple(state[key].shape) != tuple(buf.shape):
+                raise ValueError(f"context encoder checkpoint: {key} has shape "
+                                 f"{tuple(state[key].shape)}, expected {tuple(buf.shape)}")
+            buf.copy_(state[key].to(buf.device, buf.dtype))
+
+    def trainable_fingerprint(self) -> str:
+        """Changes with the soft prompts and with the statistics (a fit or a load)."""
+        digest = hashlib.sha1(super().trainable_fingerprint().encode())
+        for buf in (self.mean, self.std):
+            digest.update(buf.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
 def build_context_encoder(cfg: TextConfig) -> ContextEncoder:
-    """The encoder that `cfg.encoder` names: 'llm' (paper) or 'structured' (plain fields)."""
+    """The encoder that `cfg.encoder` names, 'llm' (paper) or 'structured' (plain fields),
+    standardised when `cfg.standardize`."""
+    encoder: ContextEncoder
     if cfg.encoder == "structured":
         from namd.models.structured import StructuredEncoder
-        return StructuredEncoder(cfg)
-    from namd.models.text import LLMContextEncoder
-    return LLMContextEncoder.from_config(cfg)
+        encoder = StructuredEncoder(cfg)
+    else:
+        from namd.models.text import LLMContextEncoder
+        encoder = LLMContextEncoder.from_config(cfg)
+    return StandardizedContext(encoder) if cfg.standardize else encoder
 
 
 class ContextCache:

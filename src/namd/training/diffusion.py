@@ -260,10 +260,16 @@ def _cond(config: NamdConfig, run: RunDir, prior_name: str, cohort: Cohort, stor
                               what=f"{prior_name} -> cond")
     train = _split(cohort.pairs("train"), "pairs", "train", True)
     val = _split(cohort.pairs("val"), "pairs", "val", False)
+    extra: dict = {}
+    if isinstance(encoder, context_module.StandardizedContext) and not null_context:
+        extra["context_standardize"] = encoder.fit([Cohort.ehr(row) for _, row in train.iterrows()])
+        log.info("context standardised on %d training records: mean |C| %.3g, between-record std %.3g",
+                 *(extra["context_standardize"][k] for k in ("records", "mean_abs_value",
+                                                            "mean_between_record_std")))
     task = CondTask(unet, training_scheduler(config.diffusion), encoder, null_context,
                     config.diffusion.cond.rotation_augment, config.diffusion.condition_dropout)
     return (task, LatentPairs(store, train), None if val is None else LatentPairs(store, val),
-            {"from_prior": report.as_dict(), "prior_dir": prior_name})
+            {"from_prior": report.as_dict(), "prior_dir": prior_name, **extra})
 
 
 def _export(out: Path, task: PriorTask | CondTask, config: NamdConfig) -> None:

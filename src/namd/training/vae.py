@@ -133,6 +133,7 @@ class VAETask:
         self.vae, self.probe, self.cfg, self.augment = vae, probe, cfg, augment
         self.class_weights, self.perceptual = class_weights, perceptual
         self.align_skipped = 0
+        self.select_on = (cfg.select_on, "min")
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         """The autoencoder, and the probe when L_pred is on (not in the --no-align ablation)."""
@@ -166,8 +167,12 @@ class VAETask:
             self._note_skipped(align.n_used)
         if cfg.align:
             pred, n_labelled = prediction_loss(self.probe(z), batch["label"], self.class_weights)
-            total = total + cfg.lambda_align * align.loss + cfg.lambda_pred * pred
+            total = total + cfg.lambda_align * align.loss
+            terms["loss_without_pred"] = _value(total)
+            total = total + cfg.lambda_pred * pred
             terms.update(pred=_value(pred), pred_n=float(n_labelled))
+        else:
+            terms["loss_without_pred"] = _value(total)
         return total, terms
 
     def _note_skipped(self, n_used: int) -> None:
