@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from namd.runinfo import atomic_write_text
+
 KEYS = ("recon_mae", "recon_psnr", "recon_ssim", "distance_spearman", "distance_spearman_flat",
         "knn_r2_diameter", "knn_r2_diameter_flat", "probe_auroc", "linear_probe_auroc")
 
@@ -200,8 +202,8 @@ def main() -> None:
     text = markdown(command, through, comp, args)
     print(text)
     if args.write:
-        Path(args.write).write_text(text)
-        Path(args.write).with_suffix(".json").write_text(json.dumps(
+        atomic_write_text(Path(args.write), text)
+        atomic_write_text(Path(args.write).with_suffix(".json"), json.dumps(
             {"throughput": through, "compare": comp}, indent=2, default=float) + "\n")
 
 

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from namd.cohort.ehr import EHR
 from namd.cohort.store import Cohort, CohortWriter
@@ -56,6 +57,7 @@ def fast_config(steps: int = 30):
     config = load_config("tiny")
     config.evaluator = config.evaluator.model_copy(update={
         "width": 32, "depth": 1, "heads": 2, "mlp_dim": 64, "dropout": 0.1,
+        "select_min_malignant": 0,  # the 8 malignant val crops select (see the test below)
         "train": TrainConfig(lr=2e-3, batch_size=16, max_steps=steps, val_every=5,
                              checkpoint_every=10, seed=3)})
     return config
@@ -100,6 +102,21 @@ def test_selects_the_checkpoint_with_the_best_validation_auroc(trained):
     val = stage.labelled_crops(cohort, "val")
     probs, _ = predict(model, cohort.images(val["crop_index"]), window)
     assert auroc(val["label"].astype(int).to_numpy(), probs) == pytest.approx(info["val_auroc"])
+
+
+def test_too_few_malignant_validation_crops_keep_the_last_weights(tmp_path):
+    run = RunDir(tmp_path)
+    make_cohort(run.stage("cohort"))
+    config = fast_config(steps=10)
+    config.evaluator = config.evaluator.model_copy(update={"select_min_malignant": 9})
+    out = stage.run_stage(config, run, _args())
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["selection"].startswith("last weights: the val split has 8 malignant crops")
+    assert info["best_step"] == 10
+    best = load_file(str(out / "checkpoints" / "best" / "vit.safetensors"))
+    last = load_file(str(out / "checkpoints" / "last" / "vit.safetensors"))
+    assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
+    assert any(r["phase"] == "val" for r in csv.DictReader((out / "log.csv").open()))  # still logged
 
 
 def test_refuses_to_overwrite_a_finished_stage(trained):

@@ -5,12 +5,14 @@ never a generated image. Class imbalance: the BCE loss weighs malignant crops by
 pos_weight = n_benign / n_malignant of the training crops. Augmentation: the paper's random
 rotations (Appendix B). Selection: the checkpoint with the best validation AUROC over all
 labelled validation crops, through the shared trainer's optional `val_metrics` / `select_on`
-hooks (the trainer's default is validation loss).
+hooks (the trainer's default is validation loss); with fewer malignant validation crops than
+evaluator.select_min_malignant the AUROC is noise and the last weights are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from namd.rundir import RunDir
 from namd.training.trainer import Batch, Trainer, load_best
 
 STAGE = "evaluator"
+log = logging.getLogger(__name__)
 
 
 def labelled_crops(cohort: Cohort, split: str) -> pd.DataFrame:
@@ -64,11 +67,11 @@ class EvaluatorTask:
     # Validation AUROC picks the checkpoint; among equal AUROCs (frequent on small or easy
     # validation sets, e.g. several checkpoints at 1.0) the lower whole-set BCE wins: the
     # tie-break weight is far below the smallest AUROC step 1 / (n_malignant x n_benign).
-    select_on = ("selection", "max")
     TIE_BREAK = 1e-7
 
     def __init__(self, model: MalignancyViT, pos_weight: float, rotation_augment: bool,
-                 window: tuple[float, float], eval_batch: int):
+                 window: tuple[float, float], eval_batch: int, select: bool = True):
+        self.select_on = ("selection", "max") if select else None  # None: keep the last weights
         self.model = model
         self.pos_weight = pos_weight
         self.rotation_augment = rotation_augment
@@ -146,15 +149,22 @@ def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path
     class_counts(val.labels, f"{cohort.path} val split")
 
     cfg = config.evaluator
+    n_val_pos = int((val.labels == 1).sum())
+    select = n_val_pos >= cfg.select_min_malignant
+    selection = ("validation AUROC over all labelled val crops (ties: lower BCE)" if select else
+                 f"last weights: the val split has {n_val_pos} malignant crops, fewer than "
+                 f"evaluator.select_min_malignant={cfg.select_min_malignant}")
+    if not select:
+        log.warning("evaluator: %s", selection)
     model = build_evaluator(cfg, cohort.crop_size)
     task = EvaluatorTask(model, n_neg / n_pos, cfg.train.rotation_augment, window,
-                         cfg.train.batch_size)
+                         cfg.train.batch_size, select)
     result = Trainer(cfg.train, out).fit(task, train, val, resume=getattr(args, "resume", False))
 
     load_best(out, {MODULE: model})
     final = task.val_metrics(val)
     run.mark_done(STAGE, config, cfg.train.seed, image_size=cohort.crop_size,
-                  selection="validation AUROC over all labelled val crops (ties: lower BCE)",
+                  selection=selection,
                   best_step=result.best_step, steps=result.steps,
                   val_auroc=final["auroc"], val_auprc=final["auprc"],
                   pos_weight=n_neg / n_pos,

@@ -57,8 +57,9 @@ class TrainTask(Protocol):
     # Optional hooks (looked up with getattr, so tasks without them keep the default behaviour):
     #   val_metrics(data: BatchSource) -> dict[str, float]: metrics over the whole validation
     #       source (e.g. AUROC), computed in eval mode and logged beside the loss terms;
-    #   select_on: tuple[str, "min" | "max"]: the validation value that picks the best
-    #       checkpoint (default ("loss", "min")).
+    #   select_on: tuple[str, "min" | "max"] | None: the validation value that picks the best
+    #       checkpoint (default ("loss", "min")); None = validate and log only, export the last
+    #       weights (for validation sets too small to choose between checkpoints).
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -233,8 +234,11 @@ class Trainer:
                 scores = self.validate(task, val)
                 self._log({"step": step, "phase": "val", "lr": lr, **scores})
                 history.append({"step": step, **scores})
-                key, mode = getattr(task, "select_on", ("loss", "min"))
-                value = scores[key] if mode == "min" else -scores[key]  # lower is better
+                select = getattr(task, "select_on", ("loss", "min"))
+                value = math.inf
+                if select is not None:
+                    key, mode = select
+                    value = scores[key] if mode == "min" else -scores[key]  # lower is better
                 if value < best_val:
                     best_val, best_step = value, step
                     if acc.is_main_process:
@@ -246,10 +250,11 @@ class Trainer:
                     save_checkpoint(self.ckpt_last, ckpt_modules, optimizer,
                                     {"step": step, "best_val": best_val, "best_step": best_step})
         bar.close()
-        if val is None and acc.is_main_process:  # no validation: the last weights are the best
-            save_checkpoint(self.ckpt_best, ema or ckpt_modules, None,
-                            {"step": step, "best_val": math.nan, "best_step": step})
-            best_step = step
+        if val is None or getattr(task, "select_on", ("loss", "min")) is None:
+            best_step = step  # nothing to select on: the last weights are exported
+            if acc.is_main_process:
+                save_checkpoint(self.ckpt_best, ema or ckpt_modules, None,
+                                {"step": step, "best_val": math.nan, "best_step": step})
         return FitResult(steps=step, best_val=best_val, best_step=best_step, history=history)
 
     @torch.no_grad()
