@@ -262,7 +262,8 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
         "bootstrap": {"n": config.eval.bootstrap, "level": config.eval.ci, "stratified": True,
                       "seed": config.eval.seed,
                       "generated_rows_ci_of": "the mean probability over the K runs"},
-        "evaluator": {"val_auroc": ev_info.get("val_auroc"), "best_step": ev_info.get("best_step")},
+        "evaluator": {"val_auroc": ev_info.get("val_auroc"), "best_step": ev_info.get("best_step"),
+                      "selection": ev_info.get("selection")},
         "rows": rows,
         "image_quality": image_quality,
         "variance": ({"variant": "namd", **var_rows["namd"]} if "namd" in var_rows
