@@ -108,3 +108,51 @@ def test_save_and_load_roundtrip(tmp_path):
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in unet.state_dict().items())
     with pytest.raises(FileNotFoundError, match="finished"):
         load_unet(tmp_path / "missing")
+
+
+def _to_ldm_names(state: dict[str, torch.Tensor], levels: int, per_block: int) -> dict[str, torch.Tensor]:
+    """diffusers -> original LDM key names (model.diffusion_model.*), the inverse of the mapping
+    diffusers' single-file loader applies (after its convert_diffusers_to_original script)."""
+    step = per_block + 1
+    pairs = [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."),
+             ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."),
+             ("mid_block.attentions.0.", "middle_block.1.")]
+    pairs += [(f"mid_block.resnets.{j}.", f"middle_block.{2 * j}.") for j in range(2)]
+    for i in range(levels):
+        for j in range(per_block):
+            pairs += [(f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{step * i + j + 1}.0."),
+                      (f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{step * i + j + 1}.1.")]
+        for j in range(per_block + 1):
+            pairs += [(f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{step * i + j}.0."),
+                      (f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{step * i + j}.1.")]
+        if i < levels - 1:
+            pairs += [(f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{step * (i + 1)}.0.op."),
+                      (f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{step * i + per_block}.{1 if i == 0 else 2}.")]
+    resnet = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
+              ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
+    out = {}
+    for key, value in state.items():
+        new = key
+        for src, dst in pairs:
+            if key.startswith(src):
+                new = dst + key[len(src):]
+                if ".resnets." in src:
+                    for a, b in resnet:
+                        new = new.replace(f".{a}.", f".{b}.")
+                break
+        else:
+            raise AssertionError(f"no LDM name for {key}")
+        out["model.diffusion_model." + new] = value.contiguous()
+    return out
+
+
+def test_pretrained_from_an_original_ldm_single_file(tmp_path):
+    cfg = UNetConfig(block_out_channels=(8, 16, 16), layers_per_block=2, norm_num_groups=4,
+                     attention_head_dim=2)  # SD1.5's block layout (2 blocks, 3 skips per level)
+    source = build_unet(cfg, in_channels=4, out_channels=4, cross_attention_dim=6, sample_size=8, seed=5)
+    save_file(_to_ldm_names(source.state_dict(), 3, 2), str(tmp_path / "v1-5-original.safetensors"))
+    target = build_unet(cfg, in_channels=4, out_channels=4, cross_attention_dim=6, sample_size=8, seed=6)
+    report = load_pretrained_into(target, cfg.model_copy(update={"pretrained": str(tmp_path / "v1-5-original.safetensors")}))
+    assert report is not None and report.share == 1.0
+    for (name, a), b in zip(source.state_dict().items(), target.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
