@@ -164,8 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.render:
         record = json.loads(Path(args.render).read_text())
-        Path(args.render).with_suffix(".md").write_text(markdown(record))
-        print(markdown(record))
+        publish(args.render, record, markdown)
         return
     load = os.getloadavg()
     runs: dict[str, list[dict]] = {"ours": [], "naive": []}

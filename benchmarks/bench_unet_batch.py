@@ -43,13 +43,14 @@ def run(preset: str, threads: int, batches: list[int], repeats: int) -> dict:
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     from namd.config import load_config
+    from namd.models.text import model_hidden_size
     from namd.models.unet import build_unet
 
     torch.set_num_threads(threads)
     cfg = load_config(preset)
     side = cfg.data.crop_size // 2 ** (len(cfg.vae.block_out_channels) - 1)
     latent = (cfg.vae.latent_channels, side, side)
-    dim, m = 384, cfg.text.n_prompt_sets  # MiniLM's D; the U-Net's cost hardly depends on D
+    dim, m = model_hidden_size(cfg.text.model), cfg.text.n_prompt_sets
     unet = build_unet(cfg.diffusion.unet, in_channels=2 * latent[0], out_channels=latent[0],
                       cross_attention_dim=dim, sample_size=side, seed=0).eval()
     rows = []

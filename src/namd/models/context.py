@@ -145,12 +145,11 @@ class StandardizedContext(ContextEncoder):
         with torch.no_grad():
             raw = torch.cat([self.inner(ehrs[i:i + batch_size]).cpu()
                              for i in range(0, len(ehrs), batch_size)])
-        mean, std = raw.mean(0), raw.std(0)
-        std = std.clamp_min(0.1 * float(std.median()) + 1e-12)
-        self.mean.copy_(mean.to(self.mean.device))
-        self.std.copy_(std.to(self.std.device))
+        spread = raw.std(0)
+        self.mean.copy_(raw.mean(0).to(self.mean.device))
+        self.std.copy_(spread.clamp_min(0.1 * float(spread.median()) + 1e-12).to(self.std.device))
         return {"records": len(ehrs), "mean_abs_value": float(raw.abs().mean()),
-                "mean_between_record_std": float(raw.std(0).mean())}
+                "mean_between_record_std": float(spread.mean())}
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """The wrapped encoder's trainable tensors plus the fitted statistics."""

@@ -203,6 +203,7 @@ class Trainer:
         elif self.log_path.exists() and acc.is_main_process:
             self.log_path.unlink()
 
+        select = getattr(task, "select_on", ("loss", "min"))  # None: no selection, keep the last
         history: list[dict[str, float]] = []
         for m in wrapped.values():
             m.train()
@@ -234,7 +235,6 @@ class Trainer:
                 scores = self.validate(task, val)
                 self._log({"step": step, "phase": "val", "lr": lr, **scores})
                 history.append({"step": step, **scores})
-                select = getattr(task, "select_on", ("loss", "min"))
                 value = math.inf
                 if select is not None:
                     key, mode = select
@@ -250,7 +250,7 @@ class Trainer:
                     save_checkpoint(self.ckpt_last, ckpt_modules, optimizer,
                                     {"step": step, "best_val": best_val, "best_step": best_step})
         bar.close()
-        if val is None or getattr(task, "select_on", ("loss", "min")) is None:
+        if val is None or select is None:
             best_step = step  # nothing to select on: the last weights are exported
             if acc.is_main_process:
                 save_checkpoint(self.ckpt_best, ema or ckpt_modules, None,

@@ -166,13 +166,12 @@ class VAETask:
         if align.n_used < 2:
             self._note_skipped(align.n_used)
         if cfg.align:
-            pred, n_labelled = prediction_loss(self.probe(z), batch["label"], self.class_weights)
             total = total + cfg.lambda_align * align.loss
-            terms["loss_without_pred"] = _value(total)
+        terms["loss_without_pred"] = _value(total)  # what vae.select_on may select on
+        if cfg.align:
+            pred, n_labelled = prediction_loss(self.probe(z), batch["label"], self.class_weights)
             total = total + cfg.lambda_pred * pred
             terms.update(pred=_value(pred), pred_n=float(n_labelled))
-        else:
-            terms["loss_without_pred"] = _value(total)
         return total, terms
 
     def _note_skipped(self, n_used: int) -> None:
