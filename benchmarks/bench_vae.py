@@ -147,7 +147,7 @@ def markdown(command: str, through: list[dict], comp: dict | None, args: argpars
                   f"{a['n_complete_features']} with all five nodule features, {a['n_labelled']} labelled)",
                   f"- network: block_out_channels {args.channels}, 1 block per level, latent 4 x "
                   f"{side} x {side}; {args.steps} steps of "
-                  f"batch {args.batch}, lr {args.lr}, rotation augmentation, seed 23",
+                  f"batch {args.batch}, lr {args.lr}, rotation augmentation, seed {comp.get('seed', 23)}",
                   f"- wall time: cohort {comp['cohort_s']:.0f} s, aligned stage {a['wall_s']:.0f} s "
                   f"(CPU {a['cpu_s']:.0f} s)" + (f", ablation stage {n['wall_s']:.0f} s (CPU {n['cpu_s']:.0f} s)"
                                                  if n else ""),
@@ -158,6 +158,23 @@ def markdown(command: str, through: list[dict], comp: dict | None, args: argpars
             diff = None if a[key] is None or other is None else a[key] - other
             lines.append(f"| {key} | {_fmt(a[key])} | {_fmt(other)} | {_fmt(diff)} |")
         lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def seeds_markdown(per_seed: list[dict]) -> str:
+    """One row per training seed, and the aligned - ablation differences as mean and spread."""
+    if len(per_seed) < 2 or any("no_align" not in r for r in per_seed):
+        return ""
+    cols = ("recon_psnr", "distance_spearman", "knn_r2_diameter", "probe_auroc")
+    lines = ["## Over training seeds (aligned / w/o L_align; the first table is the first seed)", "",
+             "| seed | " + " | ".join(cols) + " | PSNR gap (dB) |", "|---|" + "---:|" * (len(cols) + 1)]
+    for r in per_seed:
+        a, n = r["aligned"], r["no_align"]
+        lines.append(f"| {r['seed']} | " + " | ".join(f"{_fmt(a[c])} / {_fmt(n[c])}" for c in cols)
+                     + f" | {_fmt(n['recon_psnr'] - a['recon_psnr'], 2)} |")
+    diffs = {c: np.array([r["aligned"][c] - r["no_align"][c] for r in per_seed], dtype=float) for c in cols}
+    lines += ["", "aligned - ablation, mean ± std over seeds: " + "; ".join(
+        f"{c} {d.mean():+.3f} ± {d.std(ddof=1):.3f}" for c, d in diffs.items()), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -177,6 +194,8 @@ def main() -> None:
                         help="also time the SD1.5-sized VAE on 64 x 64 crops (slow on a CPU)")
     parser.add_argument("--skip-compare", action="store_true")
     parser.add_argument("--aligned-only", action="store_true", help="train only the aligned stage")
+    parser.add_argument("--seeds", default="23", help="training seeds, comma-separated: the comparison is "
+                        "repeated for each (same cohort) and the PSNR gap summarised over them")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for the comparison, e.g. vae.lambda_pred=0")
     parser.add_argument("--threads", type=int, default=1,
@@ -192,19 +211,23 @@ def main() -> None:
     through = [throughput("tiny", over, args.crop, args.batch, args.throughput_steps)]
     if args.paper_throughput:
         through.append(throughput("paper", [], 64, args.batch, args.throughput_steps))
-    comp = None
+    comp, per_seed = None, []
     if not args.skip_compare:
-        if args.keep:
-            comp = compare(Path(args.keep), over, variants)
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                comp = compare(Path(tmp), over, variants)
-    text = markdown(command, through, comp, args)
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            seeded = [*over, f"vae.train.seed={seed}"]
+            if args.keep:
+                result = compare(Path(args.keep) / f"seed{seed}", seeded, variants)
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    result = compare(Path(tmp), seeded, variants)
+            per_seed.append({"seed": seed, **result})
+        comp = per_seed[0]
+    text = markdown(command, through, comp, args) + seeds_markdown(per_seed)
     print(text)
     if args.write:
         atomic_write_text(Path(args.write), text)
         atomic_write_text(Path(args.write).with_suffix(".json"), json.dumps(
-            {"throughput": through, "compare": comp}, indent=2, default=float) + "\n")
+            {"throughput": through, "compare": comp, "seeds": per_seed}, indent=2, default=float) + "\n")
 
 
 if __name__ == "__main__":

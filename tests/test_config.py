@@ -21,6 +21,10 @@ def test_defaults_are_tiny_and_paper_has_appendix_b_values():
     assert paper.diffusion.beta_start == pytest.approx(8.5e-4)
     assert paper.diffusion.beta_end == pytest.approx(1.2e-2)
     assert paper.sampling.k == 20 and paper.sampling.steps == 50
+    # the authors' loss weights stay in the paper preset where the CPU presets deviate
+    assert (paper.vae.lambda_align, paper.vae.lambda_pred, paper.vae.lambda_kl) == (1.0, 0.2, 1e-6)
+    assert paper.vae.select_on == "loss" and not paper.text.standardize
+    assert tiny.vae.lambda_pred == pytest.approx(0.05)
 
 
 def test_overrides_are_parsed_as_yaml():

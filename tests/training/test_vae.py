@@ -172,6 +172,17 @@ def _task(config, stats, seed=0):
     return VAETask(vae, LinearProbe(latent_shape(config.vae, CROP)), config.vae, True, stats["class_weights"])
 
 
+def test_probe_trains_jointly_only_when_l_pred_is_weighted(cohort_dir):
+    cohort = Cohort(cohort_dir)
+    stats = training_statistics(cohort.crops("train"), "balanced")
+    for lam, joint in ((0.05, True), (0.0, False)):
+        config = load_config("tiny", overrides=[*OVERRIDES, f"vae.lambda_pred={lam}"])
+        task = _task(config, stats)
+        batch = split_source(cohort, "train", config, stats).batch(np.arange(8))
+        _, terms = task.loss(batch, torch.Generator().manual_seed(0), True)
+        assert ("probe" in task.trainable()) is joint and ("pred" in terms) is joint  # else fitted post hoc
+
+
 def test_interrupted_and_resumed_training_ends_with_the_same_weights(tmp_path, cohort_dir):
     config = load_config("tiny", overrides=OVERRIDES)
     cohort = Cohort(cohort_dir)

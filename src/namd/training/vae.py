@@ -125,6 +125,13 @@ def _value(t: torch.Tensor) -> float:
     return float(t.detach())
 
 
+def joint_probe(cfg: VAEConfig) -> bool:
+    """Whether the probe trains with the VAE through L_pred; without it (the --no-align ablation,
+    or lambda_pred = 0) it is fitted afterwards on the frozen training latents, so that
+    probe_auroc always measures a trained probe."""
+    return cfg.align and cfg.lambda_pred > 0
+
+
 class VAETask:
     """The TrainTask of Equation 6: reconstruction + KL (+ LPIPS) + alignment + probe BCE."""
 
@@ -134,10 +141,11 @@ class VAETask:
         self.class_weights, self.perceptual = class_weights, perceptual
         self.align_skipped = 0
         self.select_on = (cfg.select_on, "min")
+        self.joint_probe = joint_probe(cfg)
 
     def trainable(self) -> dict[str, torch.nn.Module]:
-        """The autoencoder, and the probe when L_pred is on (not in the --no-align ablation)."""
-        return {"vae": self.vae, "probe": self.probe} if self.cfg.align else {"vae": self.vae}
+        """The autoencoder, and the probe when L_pred shapes the latent (see `joint_probe`)."""
+        return {"vae": self.vae, "probe": self.probe} if self.joint_probe else {"vae": self.vae}
 
     def frozen(self) -> dict[str, torch.nn.Module]:
         """The LPIPS network, when on."""
@@ -168,7 +176,7 @@ class VAETask:
         if cfg.align:
             total = total + cfg.lambda_align * align.loss
         terms["loss_without_pred"] = _value(total)  # what vae.select_on may select on
-        if cfg.align:
+        if self.joint_probe:
             pred, n_labelled = prediction_loss(self.probe(z), batch["label"], self.class_weights)
             total = total + cfg.lambda_pred * pred
             terms.update(pred=_value(pred), pred_n=float(n_labelled))
@@ -279,7 +287,7 @@ def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path
     train_latents = encode_source(vae, train_src, cfg.train.batch_size, desc="latent scale")
     scale = scale_factor(train_latents)
     probe_status = "trained jointly (L_pred)"
-    if not cfg.align:
+    if not task.joint_probe:
         probe_status = fit_probe_post_hoc(probe, train_latents, train_src.labels, cfg.train.seed)
     vae.cpu()
     save_trained_vae(vae, out, scale, latent_std=1.0 / scale, n_train_crops=len(train_src),
