@@ -7,6 +7,11 @@
 2. Comparison: a synthetic cohort (namd.cohort.synthetic), then the VAE stage twice with the
    same data, seed, steps and learning rate: aligned (L_align + L_pred) and the paper's
    "w/o L_align" ablation. Each stage writes its report; the table puts them side by side.
+   `--seeds 23,24,25` repeats it per training seed; `--pretrain-steps N` first trains one
+   unaligned VAE and starts both variants from it (the paper fine-tunes a pretrained SD1.5 VAE):
+
+    python benchmarks/bench_vae.py --steps 300 --pretrain-steps 1000 --seeds 23,24,25 \
+        --write benchmarks/results/vae_finetune.md
 Runs on CUDA when available, else CPU. Wall time depends on other work on the machine, so the
 process CPU time is given too.
 """
@@ -103,15 +108,10 @@ def throughput(preset: str, overrides: list[str], crop: int, batch: int, steps: 
 
 def compare(root: Path, overrides: list[str], variants: tuple[bool, ...] = (False, True)) -> dict:
     """Synthetic cohort, then the aligned and the ablation VAE stage on it; their reports."""
-    from namd.cohort.synthetic import generate_cohort
-    from namd.config import load_config
-    from namd.rundir import RunDir
     from namd.training.vae import run_stage
 
-    config = load_config("tiny", overrides=overrides)
-    run = RunDir(root / "run")
     start = time.perf_counter()
-    generate_cohort(run.path / "cohort", config.synth, config.data)
+    run, config = _cohort(root, overrides)
     out = {"cohort_s": time.perf_counter() - start}
     for no_align in variants:
         start, cpu = time.perf_counter(), time.process_time()
@@ -122,11 +122,40 @@ def compare(root: Path, overrides: list[str], variants: tuple[bool, ...] = (Fals
     return out
 
 
+def pretrain(root: Path, overrides: list[str], steps: int, lr: float) -> tuple[Path, dict]:
+    """An unaligned VAE trained `steps` steps on the comparison's cohort, for both variants to
+    start from: the CPU stand-in for the pretrained SD1.5 VAE the paper fine-tunes. Returns its
+    diffusers folder and its report."""
+    from namd.training.vae import run_stage
+
+    over = [*overrides, f"vae.train.max_steps={steps}", f"vae.train.lr={lr}",
+            f"vae.train.val_every={max(1, steps // 3)}", f"vae.train.checkpoint_every={steps}"]
+    run, config = _cohort(root / "pretrain", over)
+    start = time.perf_counter()
+    stage = run_stage(config, run, argparse.Namespace(no_align=True, resume=False, overwrite=False))
+    report = json.loads((stage / "report.json").read_text())
+    report.update(steps=steps, lr=lr, wall_s=time.perf_counter() - start)
+    return stage / "autoencoder", report
+
+
+def _cohort(root: Path, overrides: list[str]):
+    """A run folder holding the synthetic cohort of the benchmark, and the config."""
+    from namd.cohort.synthetic import generate_cohort
+    from namd.config import load_config
+    from namd.rundir import RunDir
+
+    config = load_config("tiny", overrides=overrides)
+    run = RunDir(root / "run")
+    generate_cohort(run.path / "cohort", config.synth, config.data)
+    return run, config
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(command: str, through: list[dict], comp: dict | None, args: argparse.Namespace) -> str:
+def markdown(command: str, through: list[dict], comp: dict | None, args: argparse.Namespace,
+             pre: dict | None = None) -> str:
     """The results file."""
     lines = ["# Benchmark: the nodule-aligned VAE stage", "", f"- command: `{command}`",
              f"- machine: {machine()}", ""]
@@ -151,7 +180,12 @@ def markdown(command: str, through: list[dict], comp: dict | None, args: argpars
                   f"- wall time: cohort {comp['cohort_s']:.0f} s, aligned stage {a['wall_s']:.0f} s "
                   f"(CPU {a['cpu_s']:.0f} s)" + (f", ablation stage {n['wall_s']:.0f} s (CPU {n['cpu_s']:.0f} s)"
                                                  if n else ""),
-                  f"- extra settings: {' '.join(args.set) or 'none'}", "",
+                  f"- extra settings: {' '.join(args.set) or 'none'}",
+                  "- start: " + ("random initialisation (from scratch)" if pre is None else
+                                 f"both variants fine-tune one unaligned VAE pretrained {pre['steps']} steps at "
+                                 f"lr {pre['lr']} on the same cohort (val PSNR {pre['recon_psnr']:.2f} dB, "
+                                 f"{pre['wall_s']:.0f} s): the CPU stand-in for the SD1.5 VAE the paper "
+                                 "fine-tunes"), "",
                   "| metric | aligned | w/o L_align | difference |", "|---|---:|---:|---:|"]
         for key in KEYS:
             other = n[key] if n else None
@@ -194,6 +228,10 @@ def main() -> None:
                         help="also time the SD1.5-sized VAE on 64 x 64 crops (slow on a CPU)")
     parser.add_argument("--skip-compare", action="store_true")
     parser.add_argument("--aligned-only", action="store_true", help="train only the aligned stage")
+    parser.add_argument("--pretrain-steps", type=int, default=0,
+                        help="first train an unaligned VAE this many steps (at --pretrain-lr) and start "
+                        "both variants from it, as the paper fine-tunes SD1.5; 0 = from scratch")
+    parser.add_argument("--pretrain-lr", type=float, default=5e-4)
     parser.add_argument("--seeds", default="23", help="training seeds, comma-separated: the comparison is "
                         "repeated for each (same cohort) and the PSNR gap summarised over them")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -211,23 +249,22 @@ def main() -> None:
     through = [throughput("tiny", over, args.crop, args.batch, args.throughput_steps)]
     if args.paper_throughput:
         through.append(throughput("paper", [], 64, args.batch, args.throughput_steps))
-    comp, per_seed = None, []
-    if not args.skip_compare:
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            seeded = [*over, f"vae.train.seed={seed}"]
-            if args.keep:
-                result = compare(Path(args.keep) / f"seed{seed}", seeded, variants)
-            else:
-                with tempfile.TemporaryDirectory() as tmp:
-                    result = compare(Path(tmp), seeded, variants)
+    comp, per_seed, pre = None, [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.keep or tmp)
+        if not args.skip_compare and args.pretrain_steps:
+            path, pre = pretrain(work, over, args.pretrain_steps, args.pretrain_lr)
+            over = [*over, f"vae.pretrained={path}"]
+        for seed in [] if args.skip_compare else [int(s) for s in args.seeds.split(",")]:
+            result = compare(work / f"seed{seed}", [*over, f"vae.train.seed={seed}"], variants)
             per_seed.append({"seed": seed, **result})
-        comp = per_seed[0]
-    text = markdown(command, through, comp, args) + seeds_markdown(per_seed)
+    comp = per_seed[0] if per_seed else None
+    text = markdown(command, through, comp, args, pre) + seeds_markdown(per_seed)
     print(text)
     if args.write:
         atomic_write_text(Path(args.write), text)
         atomic_write_text(Path(args.write).with_suffix(".json"), json.dumps(
-            {"throughput": through, "compare": comp, "seeds": per_seed}, indent=2, default=float) + "\n")
+            {"throughput": through, "pretrain": pre, "compare": comp, "seeds": per_seed}, indent=2, default=float) + "\n")
 
 
 if __name__ == "__main__":
