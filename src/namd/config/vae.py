@@ -29,7 +29,7 @@ class VAEConfig(Section):
     lambda_align: float = Field(1.0, ge=0)
     lambda_pred: float = Field(
         0.05, ge=0, description="weight of L_pred; the paper preset keeps the authors' 0.2. At CPU sizes "
-        "(from scratch, no LPIPS in L_rec) 0.2 cost 2.5 dB of reconstruction for little alignment: "
+        "(from scratch, no LPIPS in L_rec) 0.2 cost 2.2-2.6 dB of reconstruction and bought little: "
         "benchmarks/results/vae.md (beyond the paper)")
     align: bool = Field(True, description="False = the paper's 'w/o L_align' ablation (no L_align, no L_pred)")
     sigma_f: float = Field(4.0, gt=0)
