@@ -106,13 +106,12 @@ def throughput(preset: str, overrides: list[str], crop: int, batch: int, steps: 
             else "process peak RSS"}
 
 
-def compare(root: Path, overrides: list[str], variants: tuple[bool, ...] = (False, True)) -> dict:
-    """Synthetic cohort, then the aligned and the ablation VAE stage on it; their reports."""
+def compare(root: Path, cohort: Path, overrides: list[str], variants: tuple[bool, ...] = (False, True)) -> dict:
+    """The aligned and the ablation VAE stage on the shared cohort; their reports."""
     from namd.training.vae import run_stage
 
-    start = time.perf_counter()
-    run, config = _cohort(root, overrides)
-    out = {"cohort_s": time.perf_counter() - start}
+    run, config = _run(root, cohort, overrides)
+    out = {}
     for no_align in variants:
         start, cpu = time.perf_counter(), time.process_time()
         stage = run_stage(config, run, argparse.Namespace(no_align=no_align, resume=False, overwrite=False))
@@ -122,15 +121,15 @@ def compare(root: Path, overrides: list[str], variants: tuple[bool, ...] = (Fals
     return out
 
 
-def pretrain(root: Path, overrides: list[str], steps: int, lr: float) -> tuple[Path, dict]:
-    """An unaligned VAE trained `steps` steps on the comparison's cohort, for both variants to
-    start from: the CPU stand-in for the pretrained SD1.5 VAE the paper fine-tunes. Returns its
+def pretrain(root: Path, cohort: Path, overrides: list[str], steps: int, lr: float) -> tuple[Path, dict]:
+    """An unaligned VAE trained `steps` steps on the shared cohort, for both variants to start
+    from: the CPU stand-in for the pretrained SD1.5 VAE the paper fine-tunes. Returns its
     diffusers folder and its report."""
     from namd.training.vae import run_stage
 
     over = [*overrides, f"vae.train.max_steps={steps}", f"vae.train.lr={lr}",
             f"vae.train.val_every={max(1, steps // 3)}", f"vae.train.checkpoint_every={steps}"]
-    run, config = _cohort(root / "pretrain", over)
+    run, config = _run(root, cohort, over)
     start = time.perf_counter()
     stage = run_stage(config, run, argparse.Namespace(no_align=True, resume=False, overwrite=False))
     report = json.loads((stage / "report.json").read_text())
@@ -138,16 +137,27 @@ def pretrain(root: Path, overrides: list[str], steps: int, lr: float) -> tuple[P
     return stage / "autoencoder", report
 
 
-def _cohort(root: Path, overrides: list[str]):
-    """A run folder holding the synthetic cohort of the benchmark, and the config."""
+def make_cohort(path: Path, overrides: list[str]) -> float:
+    """The benchmark's synthetic cohort, generated once for the pretraining and every seed;
+    returns the seconds it took."""
     from namd.cohort.synthetic import generate_cohort
+    from namd.config import load_config
+
+    config = load_config("tiny", overrides=overrides)
+    start = time.perf_counter()
+    generate_cohort(path, config.synth, config.data)
+    return time.perf_counter() - start
+
+
+def _run(root: Path, cohort: Path, overrides: list[str]):
+    """A run folder whose cohort is the shared one, and its config."""
     from namd.config import load_config
     from namd.rundir import RunDir
 
-    config = load_config("tiny", overrides=overrides)
     run = RunDir(root / "run")
-    generate_cohort(run.path / "cohort", config.synth, config.data)
-    return run, config
+    run.path.mkdir(parents=True)
+    (run.path / "cohort").symlink_to(cohort.resolve(), target_is_directory=True)
+    return run, load_config("tiny", overrides=overrides)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -176,7 +186,7 @@ def markdown(command: str, through: list[dict], comp: dict | None, args: argpars
                   f"{a['n_complete_features']} with all five nodule features, {a['n_labelled']} labelled)",
                   f"- network: block_out_channels {args.channels}, 1 block per level, latent 4 x "
                   f"{side} x {side}; {args.steps} steps of "
-                  f"batch {args.batch}, lr {args.lr}, rotation augmentation, seed {comp.get('seed', 23)}",
+                  f"batch {args.batch}, lr {args.lr}, rotation augmentation, seed {comp['seed']}",
                   f"- wall time: cohort {comp['cohort_s']:.0f} s, aligned stage {a['wall_s']:.0f} s "
                   f"(CPU {a['cpu_s']:.0f} s)" + (f", ablation stage {n['wall_s']:.0f} s (CPU {n['cpu_s']:.0f} s)"
                                                  if n else ""),
@@ -250,15 +260,17 @@ def main() -> None:
     if args.paper_throughput:
         through.append(throughput("paper", [], 64, args.batch, args.throughput_steps))
     comp, per_seed, pre = None, [], None
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(args.keep or tmp)
-        if not args.skip_compare and args.pretrain_steps:
-            path, pre = pretrain(work, over, args.pretrain_steps, args.pretrain_lr)
-            over = [*over, f"vae.pretrained={path}"]
-        for seed in [] if args.skip_compare else [int(s) for s in args.seeds.split(",")]:
-            result = compare(work / f"seed{seed}", [*over, f"vae.train.seed={seed}"], variants)
-            per_seed.append({"seed": seed, **result})
-    comp = per_seed[0] if per_seed else None
+    if not args.skip_compare:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(args.keep or tmp)
+            cohort_s = make_cohort(work / "cohort", over)
+            if args.pretrain_steps:
+                path, pre = pretrain(work / "pretrain", work / "cohort", over, args.pretrain_steps, args.pretrain_lr)
+                over = [*over, f"vae.pretrained={path}"]
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                result = compare(work / f"seed{seed}", work / "cohort", [*over, f"vae.train.seed={seed}"], variants)
+                per_seed.append({"seed": seed, **result})
+        comp = {**per_seed[0], "cohort_s": cohort_s}
     text = markdown(command, through, comp, args, pre) + seeds_markdown(per_seed)
     print(text)
     if args.write:

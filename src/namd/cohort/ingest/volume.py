@@ -9,6 +9,7 @@ reoriented to LPS axes so that the third axis is always the axial one.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ def is_image_file(path: str | Path) -> bool:
 
 
 @dataclass
-class Volume:
+class Volume(ABC):
     """Geometry of a CT volume plus access to its axial slices in HU (subclasses read them)."""
 
     source: str
@@ -64,9 +65,9 @@ class Volume:
         raise IngestError(f"slice numbers (InstanceNumber {instance}) need a DICOM series, and "
                           f"{self.source} is not one", field="slice number", category="invalid")
 
+    @abstractmethod
     def slice_image(self, k: int) -> sitk.Image:
         """Axial slice k as a one-slice 3D float32 image in HU with its world geometry."""
-        raise NotImplementedError
 
     @staticmethod
     def _flatten(image: sitk.Image) -> sitk.Image:
