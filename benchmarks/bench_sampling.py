@@ -95,7 +95,7 @@ def run_ours(cfg, vae, unet, encoder, crops, ehrs, shape, phase: Phases) -> None
 
 def run_naive(cfg, vae, unet, encoder, crops, ehrs, shape, batch: int, phase: Phases) -> None:
     """The authors' loop: per seed, per test batch: VAE encode, context, DDIM, decode."""
-    from namd.diffusion import predict_noise, sampling_scheduler, training_scheduler
+    from namd.diffusion import model_output, sampling_scheduler, training_scheduler
     from namd.sampling import decode_to_hu, encode_hu
 
     window, scfg = tuple(cfg.data.window_hu), cfg.sampling
@@ -113,7 +113,7 @@ def run_naive(cfg, vae, unet, encoder, crops, ehrs, shape, batch: int, phase: Ph
                     x = torch.randn(len(z1), *shape)
                     sched = sampling_scheduler(schedule, scfg)
                     for t in sched.timesteps:
-                        x = sched.step(predict_noise(unet, x, t, ctx, z1), t, x, eta=0.0).prev_sample
+                        x = sched.step(model_output(unet, x, t, ctx, z1), t, x, eta=0.0).prev_sample
                 with phase("vae decode"):
                     decode_to_hu(vae, x, 1.0, window, batch)
 

@@ -145,7 +145,7 @@ def context_sensitivity(run: Path, n: int = 64, seed: int = 0) -> dict:
 
     from namd.cohort.store import Cohort
     from namd.config import load_config
-    from namd.diffusion import predict_noise
+    from namd.diffusion import model_output
     from namd.rundir import RunDir, variant_dirs
     from namd.sampling import FollowUpSampler, pairs_to_sample
 
@@ -163,9 +163,9 @@ def context_sensitivity(run: Path, n: int = 64, seed: int = 0) -> dict:
     with torch.inference_mode():
         for t in (900, 500, 100):
             tt = torch.full((len(pairs),), t)
-            eps = predict_noise(sampler.unet, z, tt, cond.context, cond.baseline)
-            null = predict_noise(sampler.unet, z, tt, cond.null.expand_as(cond.context), cond.baseline)
-            shuf = predict_noise(sampler.unet, z, tt, other, cond.baseline)
+            eps = model_output(sampler.unet, z, tt, cond.context, cond.baseline)
+            null = model_output(sampler.unet, z, tt, cond.null.expand_as(cond.context), cond.baseline)
+            shuf = model_output(sampler.unet, z, tt, other, cond.baseline)
             rms = float(eps.pow(2).mean().sqrt())
             out[f"t={t}"] = {"null_vs_C": float((eps - null).pow(2).mean().sqrt()) / rms,
                              "shuffled_vs_C": float((eps - shuf).pow(2).mean().sqrt()) / rms}

@@ -8,10 +8,12 @@ import torch
 
 from namd.config import DiffusionConfig, SamplingConfig
 from namd.diffusion import (
+    as_epsilon,
     load_scheduler_config,
     sampling_scheduler,
     save_scheduler,
     training_scheduler,
+    training_target,
     unet_input,
 )
 
@@ -52,3 +54,22 @@ def test_unet_input_puts_the_noisy_latent_first():
     x = unet_input(noisy, base)
     assert x.shape == (2, 8, 3, 3) and x[:, :4].sum() == 0 and x[:, 4:].sum() == 72
     assert unet_input(noisy, None) is noisy
+
+
+def test_v_prediction_target_and_its_implied_noise(tmp_path):
+    sched = training_scheduler(DiffusionConfig(prediction_type="v_prediction"))
+    g = torch.Generator().manual_seed(0)
+    z, noise = torch.randn(6, 4, 2, 2, generator=g), torch.randn(6, 4, 2, 2, generator=g)
+    t = torch.tensor([0, 10, 200, 500, 900, 999])
+    noisy = sched.add_noise(z, noise, t)
+    v = training_target(sched, z, noise, t)
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(v, a.sqrt() * noise - (1 - a).sqrt() * z)
+    torch.testing.assert_close(as_epsilon(v, noisy, t, sched.alphas_cumprod, "v_prediction"), noise,
+                               atol=1e-5, rtol=1e-5)
+    eps_sched = training_scheduler(DiffusionConfig())
+    assert training_target(eps_sched, z, noise, t) is noise
+    assert as_epsilon(noise, noisy, t, sched.alphas_cumprod, "epsilon") is noise
+    save_scheduler(sched, tmp_path)  # the samplers read the parameterisation from the stage
+    ddim = sampling_scheduler(load_scheduler_config(tmp_path), SamplingConfig(steps=10))
+    assert ddim.config.prediction_type == "v_prediction"

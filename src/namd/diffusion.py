@@ -78,7 +78,28 @@ def unet_input(noisy: torch.Tensor, baseline: torch.Tensor | None) -> torch.Tens
     return noisy if baseline is None else torch.cat([noisy, baseline], dim=1)
 
 
-def predict_noise(unet: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
+def model_output(unet: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
                   context: torch.Tensor, baseline: torch.Tensor | None = None) -> torch.Tensor:
-    """epsilon_theta(z_t, t, C) (Equation 9) or epsilon_theta(z1, z_t, t, C) (Equation 10)."""
+    """The U-Net's prediction for z_t: epsilon_theta(z_t, t, C) (Equation 9) or
+    epsilon_theta(z1, z_t, t, C) (Equation 10), or v with diffusion.prediction_type =
+    v_prediction; the schedulers read which from the stage's saved schedule."""
     return unet(unet_input(noisy, baseline), timesteps, encoder_hidden_states=context).sample
+
+
+def training_target(scheduler: DDPMScheduler, z: torch.Tensor, noise: torch.Tensor,
+                    timesteps: torch.Tensor) -> torch.Tensor:
+    """What the U-Net learns to predict: the noise (paper) or v = sqrt(abar) eps - sqrt(1-abar) z
+    (Salimans and Ho 2022)."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(z, noise, timesteps)
+    return noise
+
+
+def as_epsilon(output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor,
+               alphas_cumprod: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The noise a model output implies (eps = sqrt(abar) v + sqrt(1-abar) z_t for v), so that
+    models of either parameterisation are compared on the same noise-prediction error."""
+    if prediction_type == "epsilon":
+        return output
+    a = alphas_cumprod.to(noisy.device)[timesteps].float().view(-1, *([1] * (noisy.dim() - 1)))
+    return a.sqrt() * output + (1 - a).sqrt() * noisy

@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 import namd.models.context as context_module
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig, SamplingConfig, TextConfig
-from namd.diffusion import load_scheduler_config, predict_noise, sampling_scheduler
+from namd.diffusion import load_scheduler_config, model_output, sampling_scheduler
 from namd.models.unet import load_unet
 from namd.models.vae import decode, encode, from_network, load_trained_vae, to_network
 from namd.rundir import RunDir
@@ -84,10 +84,10 @@ def denoise(unet: torch.nn.Module, train_schedule: dict[str, Any], cfg: Sampling
     for t in sched.timesteps:
         inp = sched.scale_model_input(x, t)
         if guided:
-            eps_u, eps_c = predict_noise(unet, torch.cat([inp, inp]), t, both_ctx, both_base).chunk(2)
+            eps_u, eps_c = model_output(unet, torch.cat([inp, inp]), t, both_ctx, both_base).chunk(2)
             eps = eps_u + cfg.guidance_scale * (eps_c - eps_u)
         else:
-            eps = predict_noise(unet, inp, t, context, baseline)
+            eps = model_output(unet, inp, t, context, baseline)
         extra: dict[str, Any] = {}
         if cfg.scheduler == "ddim":
             extra["eta"] = cfg.eta

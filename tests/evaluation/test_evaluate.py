@@ -16,6 +16,7 @@ from namd.cohort.ehr import EHR
 from namd.cohort.store import Cohort, CohortWriter
 from namd.config import TrainConfig, load_config
 from namd.evaluation import evaluate
+from namd.models.vae import build_vae, save_trained_vae
 from namd.rundir import RunDir
 from namd.runinfo import atomic_write_json
 from namd.training import evaluator as evaluator_stage
@@ -23,7 +24,7 @@ from namd.training import evaluator as evaluator_stage
 SIZE, K = 32, 3
 SPLITS = ("train",) * 6 + ("val",) * 2 + ("test",) * 2
 ROW_NAMES = ["real_baseline", "real_followup", "namd", "namd_no_align", "namd_null_context",
-             "copy_baseline", "brock", "ehr_logistic", "baseline_plus_ehr"]
+             "copy_baseline", "vae_copy_baseline", "brock", "ehr_logistic", "baseline_plus_ehr"]
 
 
 def _crop(rng, radius: float) -> np.ndarray:
@@ -75,6 +76,9 @@ def evaluated(tmp_path_factory):
 
     save_config(config, run.path / "config.yaml")
     evaluator_stage.run_stage(config, run, argparse.Namespace(resume=False, overwrite=False))
+    vae_cfg = config.vae.model_copy(update={"block_out_channels": (8, 8, 8), "norm_num_groups": 4})
+    save_trained_vae(build_vae(vae_cfg), run.stage("vae"), scale_factor=0.7)  # an untrained VAE
+    run.mark_done("vae", config, 0)
     pairs = cohort.pairs("test")
     rng = np.random.default_rng(2)
     follow = cohort.images(pairs["followup_index"])[:, None]
@@ -105,6 +109,8 @@ def test_schema_rows_and_counts(evaluated):
             lo, hi = block["ci95"]
             assert lo <= hi
         assert row["k"] == (K if name in ("namd", "namd_no_align") else 1)
+        if name in ("namd", "namd_no_align"):
+            assert 0 <= row["vs_vae_copy_baseline"]["p_value"] <= 1
         if row["k"] == 1:
             assert row["auroc"]["std"] == 0.0
         if name != "real_baseline":
@@ -112,6 +118,19 @@ def test_schema_rows_and_counts(evaluated):
             assert 0 <= row["vs_real_baseline"]["p_value"] <= 1
     assert run.is_done("eval")
     assert json.loads(json.dumps(m)) == m  # strict JSON (no NaN)
+
+
+def test_vae_copy_row_fidelity_and_baseline_use_blocks(evaluated):
+    _, _, m, _ = evaluated
+    assert m["image_quality"]["vae_copy_baseline"]["status"] == "ok"
+    fid = m["fidelity"]
+    assert list(fid) == ["namd"]  # the ablation's VAE (vae_no_align) is absent: no ceiling for it
+    # NAMD's fake samples are noisy real follow-ups: each mean of K is nearest its own follow-up
+    assert fid["namd"]["nearest_own_followup_share"] == 1.0
+    assert fid["namd"]["mean_of_k_mae_hu"] < fid["namd"]["per_sample_mae_hu"]
+    assert fid["namd"]["vae_copy_mae_hu"] == pytest.approx(
+        m["image_quality"]["vae_copy_baseline"]["mae_hu"]["mean"])
+    assert all(b["status"].startswith("not run") for b in m["baseline_use"].values())
 
 
 def test_numbers_agree_with_per_nodule_probabilities(evaluated):

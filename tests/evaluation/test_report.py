@@ -89,7 +89,19 @@ def make_metrics(n_mal: int, namd: float = 0.80, base: float = 0.70,
                               "copy_baseline": {"status": "ok", **copy},
                               "namd_null_context": {"status": "not run: samples_null missing"}},
             "variance": {"variant": "namd", "k": K, "stable_k_mean_curve": 4},
-            "variance_other_variants": {}}
+            "variance_other_variants": {},
+            "baseline_use": {"namd": BASELINE_USE,
+                             "namd_no_align": {"status": "not run: cond_no_align/baseline_use.json not found"}},
+            "fidelity": {"namd": {"mean_of_k_mae_hu": 80.5, "vae_copy_mae_hu": 75.0,
+                                  "mean_of_k_mae_to_vae_copy": 1.07, "nearest_own_followup_share": 0.91,
+                                  "per_sample_mae_hu": 95.0, "spread_over_k_hu": 33.0, "k": K,
+                                  "n": N_TEST}}}
+
+
+BASELINE_USE = {"n_pairs": 56, "loss_true": 0.03, "loss_shuffled": 0.12, "loss_prior": 0.07,
+                "ratio": 0.25, "x0_nearest_own_baseline": 0.98,
+                "bands": [{"t": [0, 100], "n": 10, "true": 0.2, "shuffled": 0.4, "prior": 0.26,
+                           "ratio": 0.5}]}
 
 
 def make_run(root: Path) -> RunDir:
@@ -195,6 +207,9 @@ def test_reading_is_written_from_the_numbers(full_run):
     table = text.split('id="table"')[1].split("</section>")[0]
     assert "AUPRC: +0.033 (p = 0.2, paired bootstrap)" in table
     assert "not run: samples_null missing" in text.split('id="quality"')[1].split("</section>")[0]
+    baseline = text.split('id="baseline"')[1].split("</section>")[0]
+    assert "0.25" in baseline and "98%" in baseline and "0-100" in baseline  # ratio, x0, band
+    assert "cond_no_align/baseline_use.json not found" in baseline and "0.91" in baseline
     # the same run with NAMD below the baseline says so
     metrics = make_metrics(4, namd=0.65, base=0.70, no_align=0.70)
     (run.stage("eval") / "metrics.json").write_text(json.dumps(metrics))

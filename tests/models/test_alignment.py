@@ -17,6 +17,7 @@ from namd.models.alignment import (
     alignment_loss,
     class_weights,
     feature_statistics,
+    gradient_loss,
     kl_loss,
     prediction_loss,
     project_latents,
@@ -169,6 +170,11 @@ def test_kl_and_reconstruction_terms():
     assert float(kl_loss(torch.zeros(2, 4, 2, 2), torch.zeros(2, 4, 2, 2))) == 0.0
     x, y = torch.zeros(2, 1, 4, 4), torch.full((2, 1, 4, 4), 0.25)
     assert float(reconstruction_loss(x, y)) == pytest.approx(0.25)
+    assert float(gradient_loss(x, y)) == 0.0  # a constant offset has no edges to lose
+    line = torch.zeros(1, 1, 4, 4)
+    line[..., 1] = 1.0  # a one-pixel vessel; its blurred copy has the same mean but weaker edges
+    blur = torch.nn.functional.avg_pool2d(line, 3, 1, 1, count_include_pad=False)
+    assert float(gradient_loss(line, blur)) > 0.2 and float(gradient_loss(line, line)) == 0.0
 
 
 def test_lpips_hook_refuses_missing_pickled_or_unusable_weights(tmp_path):

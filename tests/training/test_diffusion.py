@@ -25,6 +25,7 @@ from namd.config import (
     save_config,
 )
 from namd.diffusion import training_scheduler
+from namd.evaluation.baseline_use import measure
 from namd.models.context import ContextEncoder
 from namd.models.unet import build_unet
 from namd.models.vae import build_vae, save_trained_vae
@@ -138,6 +139,55 @@ def test_overfits_a_handful_of_pairs(tmp_path):
     assert own.mean() < 0.4 and (own * 3 < others).all(), (own, others)
 
 
+def test_null_context_model_overfits_through_the_baseline_alone(tmp_path):
+    """With the null context only z_baseline tells the pairs apart: a model trained on a handful
+    of pairs must predict the noise far better with its true baselines than with shuffled ones."""
+    g = torch.Generator().manual_seed(2)
+    n = 6
+    z1, z2 = torch.randn(n, 4, 4, 4, generator=g), torch.randn(n, 4, 4, 4, generator=g)
+    unet = build_unet(TINY_UNET.model_copy(update={"block_out_channels": (16, 32)}), in_channels=8,
+                      out_channels=4, cross_attention_dim=6, sample_size=4, seed=0)
+    enc = FakeEncoder()
+    task = CondTask(unet, training_scheduler(DiffusionConfig()), enc, True, False, draws=4)
+    cfg = TrainConfig(lr=5e-3, batch_size=n, max_steps=250, checkpoint_every=10**6, val_every=10**6)
+    Trainer(cfg, tmp_path).fit(task, Pairs(z1, z2, [EHR() for _ in range(n)]))
+    unet.eval()
+    null = enc.null_context(1, "cpu")[0]
+    result = measure(lambda x, t, b, c: unet(torch.cat([x, b], 1), t, encoder_hidden_states=c).sample,
+                     None, task.scheduler.alphas_cumprod, z1, z2, null.expand(n, -1, -1), null,
+                     n_timesteps=10)
+    assert result["ratio"] < 0.4, result
+
+
+def test_cond_draws_repeat_each_pair_with_its_context_computed_once():
+    calls = []
+
+    class Counting(FakeEncoder):
+        def forward(self, ehrs):
+            calls.append(len(ehrs))
+            return super().forward(ehrs)
+
+    task = CondTask(_unet(), training_scheduler(DiffusionConfig()), Counting(), False, True, draws=3)
+    seen = []
+    task.unet.register_forward_pre_hook(lambda m, args, kw: seen.append(args[0].shape[0]), with_kwargs=True)
+    batch = {"z1": torch.randn(2, 5, 4, 4, 4), "z2": torch.randn(2, 5, 4, 4, 4),
+             "ehr": [EHR(SCT_LONG_DIA=5.0), EHR(SCT_LONG_DIA=9.0)]}
+    task.loss(batch, torch.Generator().manual_seed(0), True)
+    task.loss(batch, torch.Generator().manual_seed(0), False)  # validation: one draw per pair
+    assert calls == [2, 2] and seen == [6, 2]
+
+
+def test_min_snr_weighting_down_weights_low_noise_steps():
+    from namd.training.diffusion import noise_mse
+
+    sched = training_scheduler(DiffusionConfig())
+    pred, noise = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
+    t = torch.tensor([5, 900])
+    assert float(noise_mse(pred, noise, sched, t, None)) == 1.0
+    weighted = float(noise_mse(pred, noise, sched, t, 5.0))
+    assert weighted < 0.6  # t = 5 has SNR >> 5, so its term is scaled down; t = 900 keeps ~1
+
+
 # -- the run-directory contract ------------------------------------------------------------------
 def _write_cohort(path, size=16):
     rng = np.random.default_rng(0)
@@ -147,7 +197,7 @@ def _write_cohort(path, size=16):
     def disc(r):
         return (np.where(xx ** 2 + yy ** 2 <= r * r, 40.0, -800.0) + rng.normal(0, 10, (size, size))).astype(np.float32)
 
-    for i, split in enumerate(["train"] * 4 + ["val", "test", "test"]):
+    for i, split in enumerate(["train"] * 4 + ["val", "val", "test", "test"]):
         label, r = i % 2, 2 + i % 3
         ehr = EHR(SCT_LONG_DIA=1.4 * r, SCT_PERP_DIA=1.2 * r, age=60.0, gender=1)
         for kind, t, rad in (("baseline", 0, r), ("followup", 1, r + 2 * label)):
@@ -198,6 +248,9 @@ def test_prior_cond_sample_end_to_end(tiny_run):
     assert json.loads((cond / "unet/config.json").read_text())["in_channels"] == 8
     assert list(load_file(str(cond / "context_encoder.safetensors"))) == ["prompts"]
     assert json.loads((cond / "context_encoder.json").read_text())["dim"] == 6
+    use = json.loads((cond / "baseline_use.json").read_text())
+    assert use["n_pairs"] == 2 and len(use["bands"]) == 4 and use["loss_prior"] > 0
+    assert info["baseline_use"]["ratio"] == use["ratio"]
 
     assert main(["sample", "--run", str(run.path), "--k", "3", "--steps", "2"]) == 0
     out = run.stage("samples")
@@ -205,7 +258,7 @@ def test_prior_cond_sample_end_to_end(tiny_run):
     index = pd.read_csv(out / "index.csv")
     assert samples.shape == (2, 3, 16, 16) and samples.dtype == np.float32
     assert np.isfinite(samples).all() and samples.min() >= -1000 and samples.max() <= 400
-    assert index["pair_id"].tolist() == ["pair5", "pair6"] and set(index["split"]) == {"test"}
+    assert index["pair_id"].tolist() == ["pair6", "pair7"] and set(index["split"]) == {"test"}
     assert len(list((out / "grids").glob("*.png"))) == 1 and run.is_done("samples")
     assert main(["sample", "--run", str(run.path)]) == 1  # exists: one-line error, no overwrite
 

@@ -42,7 +42,9 @@ class DiffusionConfig(Section):
     beta_start: float = Field(8.5e-4, gt=0)
     beta_end: float = Field(1.2e-2, gt=0)
     beta_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"
-    prediction_type: Literal["epsilon"] = "epsilon"
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        "epsilon", description="what the U-Net predicts: the noise (paper, Equations 9-10) or v "
+                               "(beyond the paper)")
     unet: UNetConfig = UNetConfig()
     # CPU-sized defaults: a few hundred steps need a larger learning rate than the paper's
     # (prior 1e-4 with 4,000 warm-up steps over 104,000; cond 2e-5 over 60 epochs), which the
@@ -52,6 +54,12 @@ class DiffusionConfig(Section):
     condition_dropout: float = Field(
         0.0, ge=0, lt=1, description="share of training pairs whose context C is replaced by the "
                                      "null context, for classifier-free guidance; 0 = paper")
+    cond_draws: int = Field(
+        1, ge=1, description="(rotation, timestep, noise) draws per training pair of the cond stage, "
+                             "with one context-encoder pass per pair; 1 = paper (beyond the paper)")
+    snr_gamma: float | None = Field(
+        None, gt=0, description="min-SNR loss weighting of both stages (Hang et al. 2023), e.g. 5; "
+                                "None = the paper's unweighted Equations 9-10")
     encode_batch: int = Field(64, ge=1, description="crops per VAE call when building the latent cache")
 
 

@@ -23,6 +23,8 @@ class VAEConfig(Section):
     # losses (Equation 6); defaults follow the authors' code where the paper is silent
     lambda_kl: float = Field(1e-6, ge=0)
     lambda_lpips: float = Field(0.0, ge=0)
+    lambda_grad: float = Field(0.0, ge=0, description="weight of an L1 on image gradients added to "
+                               "L_rec (beyond the paper; 0 = the paper's Equation 6)")
     lpips_weights: str | None = Field(None, description="local LPIPS weights (.safetensors of the whole "
                                       "lpips.LPIPS module); L_LPIPS is off when absent")
     lpips_net: Literal["vgg", "alex", "squeeze"] = "vgg"

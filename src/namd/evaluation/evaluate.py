@@ -20,7 +20,7 @@ import torch
 
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig
-from namd.evaluation import baselines, metrics, quality, variance
+from namd.evaluation import baselines, fidelity, metrics, quality, variance
 from namd.models.evaluator import MalignancyViT, load_evaluator, predict
 from namd.rundir import RunDir, variant_dirs
 from namd.runinfo import RUN_INFO, atomic_write_json, atomic_write_text, progress
@@ -38,11 +38,14 @@ ROWS = {
     "namd_no_align": "NAMD without L_align / L_pred",
     "namd_null_context": "NAMD with null context (image only)",
     "copy_baseline": "Copy the baseline (identity)",
+    "vae_copy_baseline": "The baseline through the run's VAE (no change, the generator's ceiling)",
     "brock": "Brock model (EHR, no image)",
     "ehr_logistic": "Logistic regression on the EHR",
     "baseline_plus_ehr": "Evaluator on baseline crop + EHR",
 }
-QUALITY_ROWS = (*GENERATED, "copy_baseline")
+QUALITY_ROWS = (*GENERATED, "copy_baseline", "vae_copy_baseline")
+VAE_OF = {name: variant_dirs(no_align=name == "namd_no_align")["vae"] for name in GENERATED}
+COPY_REFERENCE = "vae_copy_baseline"  # generated rows are also tested against it
 INDEX_COLUMNS = ("pair_id", "patient_id", "split", "label", "baseline_index", "followup_index")
 
 
@@ -122,26 +125,32 @@ def evaluator_scores(model: MalignancyViT, crops: np.ndarray, window: tuple[floa
     return probs.reshape(n, k).T, feats.reshape(n, k, -1)
 
 
+def paired_test(y: np.ndarray, score: np.ndarray, reference: np.ndarray, cfg: NamdConfig) -> dict:
+    """DeLong on AUROC (bootstrap when a class is too small) and a paired bootstrap on AUPRC."""
+    ev = cfg.eval
+    try:
+        test = metrics.delong_test(y, score, reference)
+    except ValueError:  # fewer than two nodules in a class: fall back to the bootstrap
+        test = metrics.paired_bootstrap_test(y, score, reference, "auroc", ev.bootstrap, ev.seed)
+        test["delta_auroc"] = test.pop("delta")
+    auprc = metrics.paired_bootstrap_test(y, score, reference, "auprc", ev.bootstrap, ev.seed)
+    return {**test, "delta_auprc": auprc["delta"], "p_value_auprc": auprc["p_value"],
+            "test_auprc": "paired bootstrap"}
+
+
 def row_entry(name: str, scored: Scored, y: np.ndarray, reference: np.ndarray,
-              cfg: NamdConfig) -> dict:
-    """One row of metrics.json (metrics, interval and paired test against the real baseline)."""
+              cfg: NamdConfig, copy_reference: np.ndarray | None = None) -> dict:
+    """One row of metrics.json (metrics, interval and paired tests against the real baseline
+    and, for generated rows, against the VAE copy of the baseline)."""
     entry: dict = {"name": name, "description": ROWS[name], "status": scored.status}
     if scored.runs is None:
         return {**entry, "k": None, "auroc": None, "auprc": None, **scored.info}
     ev = cfg.eval
     entry.update(metrics.score_block(y, scored.runs, ev.bootstrap, ev.ci, ev.seed))
     if name != "real_baseline":
-        mean = scored.runs.mean(axis=0)
-        try:
-            test = metrics.delong_test(y, mean, reference)
-        except ValueError:  # fewer than two nodules in a class: fall back to the bootstrap
-            test = metrics.paired_bootstrap_test(y, mean, reference, "auroc", ev.bootstrap,
-                                                 ev.seed)
-            test["delta_auroc"] = test.pop("delta")
-        auprc = metrics.paired_bootstrap_test(y, mean, reference, "auprc", ev.bootstrap, ev.seed)
-        entry["vs_real_baseline"] = {**test, "delta_auprc": auprc["delta"],
-                                     "p_value_auprc": auprc["p_value"],
-                                     "test_auprc": "paired bootstrap"}
+        entry["vs_real_baseline"] = paired_test(y, scored.runs.mean(axis=0), reference, cfg)
+    if name in GENERATED and copy_reference is not None:
+        entry[f"vs_{COPY_REFERENCE}"] = paired_test(y, scored.runs.mean(axis=0), copy_reference, cfg)
     return {**entry, **scored.info}
 
 
@@ -193,6 +202,7 @@ class Inputs:
     model: MalignancyViT
     window: tuple[float, float]
     batch: int
+    vae_copies: dict[str, np.ndarray] = field(default_factory=dict)  # VAE folder -> (N, H, W) HU
 
 
 def score_images(run: RunDir, cohort: Cohort, inp: Inputs, split: str
@@ -215,7 +225,31 @@ def score_images(run: RunDir, cohort: Cohort, inp: Inputs, split: str
         crops_of[name] = crops
     scored["copy_baseline"] = Scored(scored["real_baseline"].runs)  # identity "generator"
     crops_of["copy_baseline"], feats["copy_baseline"] = inp.real["baseline"][:, None], feats["baseline"]
+    copy = inp.vae_copies.get(VAE_OF["namd"])
+    if copy is None:
+        scored[COPY_REFERENCE] = Scored(status=f"not run: {run.stage(VAE_OF['namd'])} not finished")
+    else:
+        p, feats[COPY_REFERENCE] = evaluator_scores(inp.model, copy[:, None], inp.window, inp.batch)
+        scored[COPY_REFERENCE], crops_of[COPY_REFERENCE] = Scored(p), copy[:, None]
     return scored, feats, crops_of
+
+
+def vae_copies(run: RunDir, baselines_hu: np.ndarray, window: tuple[float, float]) -> dict[str, np.ndarray]:
+    """The baselines through each finished VAE stage of the run (folder name -> (N, H, W) HU)."""
+    return {name: fidelity.vae_roundtrip(run.stage(name), baselines_hu, window)
+            for name in sorted(set(VAE_OF.values())) if run.is_done(name)}
+
+
+def baseline_use_blocks(run: RunDir) -> dict:
+    """What the baseline buys, per variant: the cond stage's baseline_use.json, or a status."""
+    from namd.training.diffusion import BASELINE_USE_FILE
+
+    out = {}
+    for name in GENERATED:
+        path = run.stage(variant_dirs(no_align=name == "namd_no_align",
+                                      null_context=name == "namd_null_context")["cond"]) / BASELINE_USE_FILE
+        out[name] = json.loads(path.read_text()) if path.is_file() else {"status": f"not run: {path} not found"}
+    return out
 
 
 def image_quality_blocks(inp: Inputs, scored: dict[str, Scored], feats: dict[str, np.ndarray],
@@ -245,11 +279,14 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
                  {kind: cohort.images(pairs[f"{kind}_index"]) for kind in ("baseline", "followup")},
                  pairs["pixel_spacing_mm"].to_numpy(dtype=np.float64), model, window,
                  config.sampling.max_batch)
+    inp.vae_copies = vae_copies(run, inp.real["baseline"], window)
     scored, feats, crops_of = score_images(run, cohort, inp, split)
     reference = scored["real_baseline"].runs[0]
     scored.update(clinical_rows(cohort, pairs, split, reference, model, window, inp.batch,
                                 config.eval.seed))
-    rows = [row_entry(name, scored[name], inp.y, reference, config)
+    copy_ref = scored[COPY_REFERENCE].runs
+    rows = [row_entry(name, scored[name], inp.y, reference, config,
+                      None if copy_ref is None else copy_ref[0])
             for name in progress(ROWS, desc="metrics", unit="row")]
     image_quality, per_crop = image_quality_blocks(inp, scored, feats, crops_of)
     var_rows = {n: variance.variance_summary(scored[n].runs.T, inp.y)
@@ -266,6 +303,11 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
                       "selection": ev_info.get("selection")},
         "rows": rows,
         "image_quality": image_quality,
+        "fidelity": fidelity.fidelity_blocks(
+            {n: c for n, c in crops_of.items() if n in GENERATED and VAE_OF[n] in inp.vae_copies},
+            inp.real["followup"], {n: inp.vae_copies[VAE_OF[n]] for n in GENERATED
+                                   if VAE_OF[n] in inp.vae_copies}, window),
+        "baseline_use": baseline_use_blocks(run),
         "variance": ({"variant": "namd", **var_rows["namd"]} if "namd" in var_rows
                      else {"variant": "namd", "status": scored["namd"].status}),
         "variance_other_variants": {n: v for n, v in var_rows.items() if n != "namd"},

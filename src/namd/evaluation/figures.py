@@ -29,6 +29,7 @@ DISPLAY = {
     "namd_no_align": "NAMD w/o L_align (ablation)",
     "namd_null_context": "NAMD, null context (ablation)",
     "copy_baseline": "Baseline copied as follow-up",
+    "vae_copy_baseline": "Baseline through the VAE, no change (generator's ceiling)",
     "brock": "Brock model (EHR only)",
     "ehr_logistic": "Logistic regression (EHR only)",
     "baseline_plus_ehr": "Real baseline + EHR",

@@ -133,12 +133,15 @@ def _ehr_rows(rows: dict[str, dict]) -> list[str]:
             d = _mean(rows["namd"]) - _mean(both)
             sentence += f"; NAMD, which sees the same inputs, is {_by(d)}"
         out.append(sentence + ".")
-    copy = rows.get("copy_baseline")
+    copy = rows.get("vae_copy_baseline") or rows.get("copy_baseline")
     if copy is not None and "namd" in rows:
         d = _mean(rows["namd"]) - _mean(copy)
-        out.append(f"Copying the baseline crop as the 'follow-up' gives {stat(copy)}; NAMD's "
-                   f"samples are {_by(d)}: that is what the generator adds beyond "
-                   "passing the baseline through.")
+        what = ("Passing the baseline through the run's VAE unchanged"
+                if copy["name"] == "vae_copy_baseline" else "Copying the baseline crop")
+        test = rows["namd"].get(f"vs_{copy['name']}") or {}
+        p = f" (mean probability, DeLong p = {test['p_value']:.3g})" if test.get("p_value") is not None else ""
+        out.append(f"{what} as the 'follow-up' gives {stat(copy)}; NAMD's samples are {_by(d)}"
+                   f"{p}: that is what the generator adds beyond passing the baseline through.")
     return out
 
 

@@ -23,7 +23,14 @@ from namd.evaluation import figures as F
 from namd.evaluation import figures_examples as FX
 from namd.evaluation import variance
 from namd.evaluation.reading import ok_rows, reading
-from namd.evaluation.report_html import page, provenance_html, quality_table, results_table
+from namd.evaluation.report_html import (
+    baseline_use_table,
+    fidelity_table,
+    page,
+    provenance_html,
+    quality_table,
+    results_table,
+)
 from namd.rundir import RunDir
 from namd.runinfo import atomic_dir, atomic_write_bytes, atomic_write_text
 
@@ -157,6 +164,26 @@ def section_quality(ctx: Context) -> str:
         return _p("metrics.json holds no image-quality block.", "missing")
     return (_p("Generated (and copied-baseline) follow-ups against the real follow-up crop.")
             + quality_table(quality))
+
+
+def section_baseline(ctx: Context) -> str:
+    """What the baseline buys: the shuffled-baseline loss ratio and the samples' fidelity."""
+    m = ctx.metrics()
+    use, fid = m.get("baseline_use") or {}, m.get("fidelity") or {}
+    if not use and not fid:
+        return _p("metrics.json holds no baseline_use or fidelity block.", "missing")
+    text = _p("A follow-up is mostly its baseline plus a change. On the validation pairs, with the "
+              "same timesteps and noise for every model: the conditional U-Net's noise-prediction "
+              "loss with each pair's own baseline latent and with baselines shuffled among the "
+              "pairs (far below 1 when the baseline is used), beside the prior's loss on the same "
+              "follow-ups.") + baseline_use_table(use)
+    if fid:
+        text += _p("On the evaluated split: the mean of the K samples against the real follow-up, "
+                   "beside the baseline passed through the VAE unchanged (the no-change ceiling), "
+                   "the share of nodules whose mean of K is nearer their own real follow-up than "
+                   "any other nodule's, and the per-sample error and spread over K (collapsed "
+                   "samples would show no spread).") + fidelity_table(fid)
+    return text
 
 
 def section_curves(ctx: Context) -> str:
@@ -335,6 +362,7 @@ BUILDERS = (
     ("reading", "Reading of the results", section_reading),
     ("table", "Diagnosis performance (AUROC, AUPRC)", section_table),
     ("quality", "Image quality", section_quality),
+    ("baseline", "What the baseline buys", section_baseline),
     ("curves", "ROC and precision-recall curves", section_curves),
     ("latent", "Figure 2: the latent space (t-SNE)", section_latent),
     ("variance", "Figure 3: prediction error and predictive variance", section_variance),

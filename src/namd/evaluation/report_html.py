@@ -89,9 +89,11 @@ def results_table(metrics: dict[str, Any], level: float = 0.95) -> str:
         if row.get("mean_prob_auroc") is not None:
             mean_p = f"{fmt_stat(row['mean_prob_auroc'])} / {fmt_stat(row.get('mean_prob_auprc'))}"
         vs = row.get("vs_real_baseline") or {}
+        copy = row.get("vs_vae_copy_baseline") or {}
         deltas = [f"{m}: {d}" for m, d in (
             ("AUROC", _delta(vs, "auroc", "p_value", "test")),
-            ("AUPRC", _delta(vs, "auprc", "p_value_auprc", "test_auprc"))) if d]
+            ("AUPRC", _delta(vs, "auprc", "p_value_auprc", "test_auprc")),
+            ("AUROC vs VAE copy", _delta(copy, "auroc", "p_value", "test"))) if d]
         body.append(f"<tr{cls}><td>{label}</td><td class=num>{esc(fmt_stat(row.get('auroc')))}</td>"
                     f"<td class=num>{esc(fmt_stat(row.get('auprc')))}</td>"
                     f"<td class=num>{esc(mean_p)}</td>"
@@ -122,6 +124,49 @@ def quality_table(quality: dict[str, Any]) -> str:
                 text += f" ± {fmt_stat(values[f'{key}_std'], None)}"
             cells.append(f"<td class=num>{esc(text)}</td>")
         rows.append(f"<tr><td>{esc(display_name(name))}</td>{''.join(cells)}</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def baseline_use_table(blocks: dict[str, Any]) -> str:
+    """Per variant and timestep band: the cond model's noise-prediction loss with the true and
+    with shuffled baselines, the prior's on the same inputs, and their ratio."""
+    head = ("<tr><th>Variant</th><th>timesteps</th><th>loss, true baseline</th>"
+            "<th>loss, shuffled baselines</th><th>prior's loss</th><th>true / shuffled ↓</th></tr>")
+    rows = []
+    for name, block in blocks.items():
+        if block.get("status"):
+            rows.append(f"<tr><td>{esc(display_name(name))}</td><td colspan=5 class=muted>"
+                        f"{esc(block['status'])}</td></tr>")
+            continue
+        bands = [*block.get("bands", []), {"t": ["all", ""], "true": block["loss_true"],
+                                           "shuffled": block["loss_shuffled"],
+                                           "prior": block.get("loss_prior"), "ratio": block["ratio"]}]
+        for i, b in enumerate(bands):
+            first = (f"<td rowspan={len(bands)}>{esc(display_name(name))}<br><span class=muted>x0 "
+                     f"nearest own baseline: {block['x0_nearest_own_baseline']:.0%}</span></td>"
+                     if i == 0 else "")
+            t = "all" if b["t"][0] == "all" else f"{b['t'][0]}-{b['t'][1]}"
+            rows.append(f"<tr>{first}<td>{esc(t)}</td>" + "".join(
+                f"<td class=num>{esc(fmt_stat(b.get(k), 4))}</td>" for k in ("true", "shuffled", "prior"))
+                + f"<td class=num>{esc(fmt_stat(b['ratio'], 2))}</td></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+FIDELITY_COLUMNS = (("mean_of_k_mae_hu", "mean of K: MAE (HU) ↓"),
+                    ("vae_copy_mae_hu", "VAE copy: MAE (HU)"),
+                    ("mean_of_k_mae_to_vae_copy", "ratio ↓"),
+                    ("nearest_own_followup_share", "nearest own follow-up ↑"),
+                    ("vae_copy_nearest_own_followup_share", "VAE copy: nearest own"),
+                    ("per_sample_mae_hu", "per sample: MAE (HU)"),
+                    ("spread_over_k_hu", "spread over K (HU)"))
+
+
+def fidelity_table(blocks: dict[str, Any]) -> str:
+    """Mean of K against the real follow-up, beside the VAE copy and the samples' spread."""
+    head = "<tr><th>Variant</th>" + "".join(f"<th>{esc(t)}</th>" for _, t in FIDELITY_COLUMNS) + "</tr>"
+    rows = [f"<tr><td>{esc(display_name(name))}</td>" + "".join(
+        f"<td class=num>{esc(fmt_stat(b.get(k), 2 if 'share' in k or 'to_vae' in k else 1))}</td>"
+        for k, _ in FIDELITY_COLUMNS) + "</tr>" for name, b in blocks.items()]
     return f"<table>{head}{''.join(rows)}</table>"
 
 

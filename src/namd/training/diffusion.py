@@ -34,7 +34,14 @@ from safetensors.torch import save
 import namd.models.context as context_module
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig, TrainConfig
-from namd.diffusion import predict_noise, save_scheduler, training_scheduler
+from namd.diffusion import (
+    as_epsilon,
+    load_scheduler_config,
+    model_output,
+    save_scheduler,
+    training_scheduler,
+    training_target,
+)
 from namd.models.unet import (
     build_unet,
     load_pretrained_into,
@@ -51,6 +58,7 @@ log = logging.getLogger(__name__)
 
 PROMPTS_FILE = "context_encoder.safetensors"
 ENCODER_FILE = "context_encoder.json"
+BASELINE_USE_FILE = "baseline_use.json"
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -103,14 +111,31 @@ def noised(scheduler: DDPMScheduler, z: torch.Tensor, generator: torch.Generator
     return scheduler.add_noise(z, noise, t), t, noise
 
 
+def noise_mse(pred: torch.Tensor, target: torch.Tensor, scheduler: DDPMScheduler, t: torch.Tensor,
+              snr_gamma: float | None) -> torch.Tensor:
+    """|| eps - eps_theta ||^2 (Equations 9-10; v for v-prediction), optionally min-SNR weighted
+    (Hang et al. 2023: min(SNR_t, gamma) / SNR_t for epsilon, / (SNR_t + 1) for v, as diffusers'
+    training examples; beyond the paper, None = off). The weighting changes only how timesteps
+    are balanced, not the optimum of each term."""
+    err = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    if snr_gamma is None:
+        return err.mean()
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, t).to(err)
+    v = scheduler.config.prediction_type == "v_prediction"
+    return (err * torch.clamp(snr, max=snr_gamma) / (snr + 1 if v else snr)).mean()
+
+
 # -- tasks ----------------------------------------------------------------------------------------
 class PriorTask:
     """Equation 9: || eps - eps_theta(z_t, t, null) ||^2 over single crops."""
 
     def __init__(self, unet: UNet2DConditionModel, scheduler: DDPMScheduler, null_context: torch.Tensor,
-                 rotate: bool):
+                 rotate: bool, snr_gamma: float | None = None):
         self.unet, self.scheduler, self.rotate = unet, scheduler, rotate
         self.null = null_context  # (1, m, D)
+        self.snr_gamma = snr_gamma
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.unet}
@@ -122,8 +147,11 @@ class PriorTask:
         (z,) = pick_rotation([batch["z"]], generator, train and self.rotate)
         noisy, t, noise = noised(self.scheduler, z, generator)
         context = self.null.to(z.device).expand(z.shape[0], -1, -1)
-        mse = F.mse_loss(predict_noise(self.unet, noisy, t, context).float(), noise.float())
-        return mse, {"mse": float(mse.detach())}
+        pred = model_output(self.unet, noisy, t, context)
+        target = training_target(self.scheduler, z, noise, t)
+        mse = F.mse_loss(pred.float(), target.float())
+        loss = noise_mse(pred, target, self.scheduler, t, self.snr_gamma if train else None)
+        return loss, {"mse": float(mse.detach())}
 
 
 class PromptParameters(torch.nn.Module):
@@ -143,13 +171,20 @@ class PromptParameters(torch.nn.Module):
 class CondTask:
     """Equation 10: || eps - eps_theta(z1, z2_t, t, C) ||^2 over pairs; C from the encoder (with
     gradients into its soft prompts), the null context (ablation), or dropped to null with
-    probability `dropout` per pair (classifier-free guidance; 0 in the paper)."""
+    probability `dropout` per pair (classifier-free guidance; 0 in the paper).
+
+    `draws` > 1 scores every pair of a training batch under that many independent (rotation,
+    timestep, noise) draws, with the pair's C computed once: more U-Net samples per
+    language-model pass (the frozen LM's forward and backward to the soft prompts dominates a
+    CPU step), the same expectation as Equation 10. Validation uses one draw per pair.
+    """
 
     def __init__(self, unet: UNet2DConditionModel, scheduler: DDPMScheduler,
                  encoder: context_module.ContextEncoder, null_context: bool, rotate: bool,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, draws: int = 1, snr_gamma: float | None = None):
         self.unet, self.scheduler, self.encoder = unet, scheduler, encoder
         self.use_null, self.rotate, self.dropout = null_context, rotate, dropout
+        self.draws, self.snr_gamma = draws, snr_gamma
         self.prompts = PromptParameters(encoder)
 
     def trainable(self) -> dict[str, torch.nn.Module]:
@@ -172,12 +207,19 @@ class CondTask:
         return c
 
     def loss(self, batch: Batch, generator: torch.Generator, train: bool) -> tuple[torch.Tensor, dict[str, float]]:
-        z1, z2 = pick_rotation([batch["z1"], batch["z2"]], generator, train and self.rotate)
+        r = self.draws if train else 1
+        stacks = [batch["z1"], batch["z2"]] if r == 1 else [batch["z1"].repeat_interleave(r, 0),
+                                                          batch["z2"].repeat_interleave(r, 0)]
+        z1, z2 = pick_rotation(stacks, generator, train and self.rotate)
         noisy, t, noise = noised(self.scheduler, z2, generator)
         context = self.context(batch["ehr"], generator, train, z2.device)  # type: ignore[arg-type]
-        pred = predict_noise(self.unet, noisy, t, context, baseline=z1)
-        mse = F.mse_loss(pred.float(), noise.float())
-        return mse, {"mse": float(mse.detach())}
+        if r > 1:
+            context = context.repeat_interleave(r, 0)
+        pred = model_output(self.unet, noisy, t, context, baseline=z1)
+        target = training_target(self.scheduler, z2, noise, t)
+        mse = F.mse_loss(pred.float(), target.float())
+        loss = noise_mse(pred, target, self.scheduler, t, self.snr_gamma if train else None)
+        return loss, {"mse": float(mse.detach())}
 
 
 # -- the stages -----------------------------------------------------------------------------------
@@ -239,7 +281,8 @@ def _prior(config: NamdConfig, cohort: Cohort, store: LatentStore, dim: int, nul
     report = load_pretrained_into(unet, config.diffusion.unet)
     train = _split(cohort.crops("train"), "crops", "train", True)
     val = _split(cohort.crops("val"), "crops", "val", False)
-    task = PriorTask(unet, training_scheduler(config.diffusion), null, config.diffusion.prior.rotation_augment)
+    task = PriorTask(unet, training_scheduler(config.diffusion), null, config.diffusion.prior.rotation_augment,
+                     config.diffusion.snr_gamma)
     return (task, LatentCrops(store, train["crop_index"].to_numpy()),
             None if val is None else LatentCrops(store, val["crop_index"].to_numpy()),
             {"pretrained": report.as_dict() if report else None})
@@ -252,6 +295,10 @@ def _cond(config: NamdConfig, run: RunDir, prior_name: str, cohort: Cohort, stor
     prior_dir = run.require(prior_name, "train cond")
     if not run.is_done(prior_name):
         raise FileNotFoundError(f"{prior_dir} is not finished: run `namd train prior` first")
+    trained = load_scheduler_config(prior_dir).get("prediction_type", "epsilon")
+    if trained != config.diffusion.prediction_type:
+        raise ValueError(f"{prior_dir} predicts {trained}, but diffusion.prediction_type is "
+                         f"{config.diffusion.prediction_type}: retrain the prior (--overwrite)")
     c, h, _ = store.shape
     unet = build_unet(config.diffusion.unet, in_channels=2 * c, out_channels=c,
                       cross_attention_dim=encoder.dim, sample_size=h, seed=seed)
@@ -267,7 +314,8 @@ def _cond(config: NamdConfig, run: RunDir, prior_name: str, cohort: Cohort, stor
                  *(extra["context_standardize"][k] for k in ("records", "mean_abs_value",
                                                             "mean_between_record_std")))
     task = CondTask(unet, training_scheduler(config.diffusion), encoder, null_context,
-                    config.diffusion.cond.rotation_augment, config.diffusion.condition_dropout)
+                    config.diffusion.cond.rotation_augment, config.diffusion.condition_dropout,
+                    config.diffusion.cond_draws, config.diffusion.snr_gamma)
     return (task, LatentPairs(store, train), None if val is None else LatentPairs(store, val),
             {"from_prior": report.as_dict(), "prior_dir": prior_name, **extra})
 
@@ -283,6 +331,36 @@ def _export(out: Path, task: PriorTask | CondTask, config: NamdConfig) -> None:
         atomic_write_json(out / ENCODER_FILE, {"text": config.text.model_dump(mode="json"),
                                                "dim": enc.dim, "n_tokens": enc.n_tokens,
                                                "null_context": task.use_null})
+
+
+@torch.no_grad()
+def measure_baseline_use(task: CondTask, prior_dir: Path, val: LatentPairs, seed: int) -> dict:
+    """What the baseline buys (namd.evaluation.baseline_use) on the validation pairs: the
+    trained model's loss with true vs shuffled baselines, beside the prior's, same draws."""
+    from namd.evaluation import baseline_use
+
+    device = next(task.unet.parameters()).device
+    idx = np.arange(len(val))
+    z1 = val.store.upright(val.base).to(device)
+    z2 = val.store.upright(val.follow).to(device)
+    task.encoder.eval()
+    context = torch.cat([task.context([val.ehrs[i] for i in idx[s:s + 64]], None, False, device)
+                         for s in range(0, len(idx), 64)])
+    null = task.encoder.null_context(1, device=device)[0]
+    prior = load_unet(prior_dir, device)
+    prior_type = load_scheduler_config(prior_dir)["prediction_type"]
+    task.unet.eval()
+    abar = task.scheduler.alphas_cumprod
+
+    def cond_eps(noisy, t, base, ctx):
+        out = model_output(task.unet, noisy, t.to(device), ctx, baseline=base)
+        return as_epsilon(out, noisy, t.to(device), abar, task.scheduler.config.prediction_type)
+
+    def prior_eps(noisy, t, base, ctx):
+        return as_epsilon(model_output(prior, noisy, t.to(device), ctx), noisy, t.to(device), abar,
+                          prior_type)
+
+    return baseline_use.measure(cond_eps, prior_eps, abar, z1, z2, context, null, seed=seed)
 
 
 def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path:
@@ -311,6 +389,14 @@ def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path
     load_best(out, task.trainable())
     if acc.is_main_process:
         _export(out, task, config)
+        if isinstance(task, CondTask) and val is not None and len(val) >= 2:
+            from namd.evaluation.baseline_use import summary_line
+
+            use = measure_baseline_use(task, run.stage(dirs["prior"]), val, tcfg.seed)
+            atomic_write_json(out / BASELINE_USE_FILE, use)
+            log.info("%s: %s", name, summary_line(use))
+            extra["baseline_use"] = {k: use[k] for k in ("ratio", "ratio_to_prior",
+                                                         "x0_nearest_own_baseline")}
         best_val = result.best_val if math.isfinite(result.best_val) else None
         run.mark_done(name, config, tcfg.seed, vae_dir=dirs["vae"],
                       vae_fingerprint=vae_fingerprint(run.stage(dirs["vae"])),

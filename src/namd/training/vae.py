@@ -30,6 +30,7 @@ from namd.models.alignment import (
     alignment_loss,
     class_weights,
     feature_statistics,
+    gradient_loss,
     kl_loss,
     prediction_loss,
     reconstruction_loss,
@@ -164,6 +165,10 @@ class VAETask:
         rec, kl = reconstruction_loss(x, recon), kl_loss(posterior.mean, posterior.logvar)
         total = rec + cfg.lambda_kl * kl
         terms = {"rec": _value(rec), "kl": _value(kl)}
+        if cfg.lambda_grad > 0:
+            grad = gradient_loss(x, recon)
+            total = total + cfg.lambda_grad * grad
+            terms["grad"] = _value(grad)
         if self.perceptual is not None:
             lp = self.perceptual(x, recon)
             total = total + cfg.lambda_lpips * lp
