@@ -25,6 +25,10 @@ def test_defaults_are_tiny_and_paper_has_appendix_b_values():
     assert (paper.vae.lambda_align, paper.vae.lambda_pred, paper.vae.lambda_kl) == (1.0, 0.2, 1e-6)
     assert paper.vae.select_on == "loss" and not paper.text.standardize
     assert tiny.vae.lambda_pred == pytest.approx(0.05)
+    # the paper's diffusion objective stays in the paper preset (the CPU presets predict v)
+    assert (paper.diffusion.prediction_type, paper.diffusion.cond_draws) == ("epsilon", 1)
+    assert paper.diffusion.snr_gamma is None and paper.vae.lambda_grad == 0
+    assert (tiny.diffusion.prediction_type, tiny.diffusion.cond_draws) == ("v_prediction", 8)
 
 
 def test_overrides_are_parsed_as_yaml():

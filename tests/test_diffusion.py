@@ -25,7 +25,9 @@ def test_scaled_linear_is_the_compvis_linear_schedule():
     np.testing.assert_allclose(sched.betas.numpy(), compvis, rtol=1e-5)
     linear = training_scheduler(DiffusionConfig(beta_schedule="linear"))
     np.testing.assert_allclose(linear.betas.numpy(), np.linspace(8.5e-4, 1.2e-2, 1000), rtol=1e-5)
-    assert sched.config.prediction_type == "epsilon" and not sched.config.clip_sample
+    assert sched.config.prediction_type == "v_prediction" and not sched.config.clip_sample
+    paper = training_scheduler(DiffusionConfig(prediction_type="epsilon"))
+    assert paper.config.prediction_type == "epsilon"
 
 
 def test_ddim_uses_compvis_uniform_timesteps(tmp_path):
@@ -67,7 +69,7 @@ def test_v_prediction_target_and_its_implied_noise(tmp_path):
     torch.testing.assert_close(v, a.sqrt() * noise - (1 - a).sqrt() * z)
     torch.testing.assert_close(as_epsilon(v, noisy, t, sched.alphas_cumprod, "v_prediction"), noise,
                                atol=1e-5, rtol=1e-5)
-    eps_sched = training_scheduler(DiffusionConfig())
+    eps_sched = training_scheduler(DiffusionConfig(prediction_type="epsilon"))
     assert training_target(eps_sched, z, noise, t) is noise
     assert as_epsilon(noise, noisy, t, sched.alphas_cumprod, "epsilon") is noise
     save_scheduler(sched, tmp_path)  # the samplers read the parameterisation from the stage
