@@ -37,10 +37,15 @@ def test_demo_writes_every_stage_and_the_table(demo_run):
     metrics = json.loads((demo_run / "eval" / "metrics.json").read_text())
     rows = {r["name"]: r for r in metrics["rows"]}
     assert set(rows) == {"real_baseline", "real_followup", "namd", "namd_no_align",
-                         "namd_null_context", "copy_baseline", "brock", "ehr_logistic",
-                         "baseline_plus_ehr"}
+                         "namd_null_context", "copy_baseline", "vae_copy_baseline", "brock",
+                         "ehr_logistic", "baseline_plus_ehr"}
+    assert rows["vae_copy_baseline"]["status"] == "ok"
     for name in ("namd", "namd_no_align", "namd_null_context"):
         assert rows[name]["status"] == "ok" and rows[name]["k"] == 2
+        assert "p_value" in rows[name]["vs_vae_copy_baseline"]
+        # every variant's cond stage measured what its baseline buys; evaluate collected it
+        assert 0 < metrics["baseline_use"][name]["ratio"] and len(metrics["baseline_use"][name]["bands"]) == 4
+        assert 0 <= metrics["fidelity"][name]["nearest_own_followup_share"] <= 1
     html = (demo_run / "report" / "index.html").read_text()
     assert "data:image/png;base64," in html and "namd_no_align" in html
     samples = np.load(demo_run / "samples" / "samples.npy", mmap_mode="r")
