@@ -189,12 +189,13 @@ def test_min_snr_weighting_down_weights_low_noise_steps():
     sched = training_scheduler(DiffusionConfig(prediction_type="epsilon"))
     pred, noise = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
     t = torch.tensor([5, 900])
-    assert float(noise_mse(pred, noise, sched, t, None)) == 1.0
-    weighted = float(noise_mse(pred, noise, sched, t, 5.0))
+    assert float(noise_mse(pred, noise, sched, t, None)[0]) == 1.0
+    weighted, plain = (float(v) for v in noise_mse(pred, noise, sched, t, 5.0))
+    assert plain == 1.0
     assert 0.5 < weighted < 0.6  # t = 5 has SNR >> 5, so its term is scaled down; t = 900 keeps 1
     v_sched = training_scheduler(DiffusionConfig(prediction_type="v_prediction"))
     # for v the weight is min(SNR, gamma) / (SNR + 1): at most 5/6 at low noise, SNR/(SNR+1) at high
-    assert float(noise_mse(pred, noise, v_sched, t, 5.0)) < weighted
+    assert float(noise_mse(pred, noise, v_sched, t, 5.0)[0]) < weighted
 
 
 # -- the run-directory contract ------------------------------------------------------------------

@@ -11,8 +11,11 @@ cond (Equation 10): train-split pairs; the U-Net starts from the prior with conv
 Both read the frozen VAE's latents from the cache of namd.training.latents (one rotation drawn
 per item and step from the step generator, the same for both crops of a pair). Each stage folder
 holds: unet/ (diffusers, safetensors), scheduler/ (the training noise schedule), checkpoints/,
-log.csv, run_info.json; cond also context_encoder.safetensors (soft prompts) and
-context_encoder.json (the text config, D and m). The validation-selected checkpoint is exported.
+log.csv, run_info.json; cond also context_encoder.safetensors (soft prompts),
+context_encoder.json (the text config, D and m) and baseline_use.json (what the baseline buys
+the trained model on the validation pairs, namd.evaluation.baseline_use). The
+validation-selected checkpoint is exported. Both stages predict the noise (paper) or v
+(`diffusion.prediction_type`); the saved schedule tells the samplers which.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import save
@@ -112,19 +114,19 @@ def noised(scheduler: DDPMScheduler, z: torch.Tensor, generator: torch.Generator
 
 
 def noise_mse(pred: torch.Tensor, target: torch.Tensor, scheduler: DDPMScheduler, t: torch.Tensor,
-              snr_gamma: float | None) -> torch.Tensor:
-    """|| eps - eps_theta ||^2 (Equations 9-10; v for v-prediction), optionally min-SNR weighted
-    (Hang et al. 2023: min(SNR_t, gamma) / SNR_t for epsilon, / (SNR_t + 1) for v, as diffusers'
-    training examples; beyond the paper, None = off). The weighting changes only how timesteps
-    are balanced, not the optimum of each term."""
+              snr_gamma: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, plain MSE): || eps - eps_theta ||^2 (Equations 9-10; v for v-prediction), the loss
+    optionally min-SNR weighted (Hang et al. 2023: min(SNR_t, gamma) / SNR_t for epsilon,
+    / (SNR_t + 1) for v, as diffusers' training examples; beyond the paper, None = off). The
+    weighting changes only how timesteps are balanced, not the optimum of each term."""
     err = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
     if snr_gamma is None:
-        return err.mean()
+        return err.mean(), err.mean()
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(scheduler, t).to(err)
     v = scheduler.config.prediction_type == "v_prediction"
-    return (err * torch.clamp(snr, max=snr_gamma) / (snr + 1 if v else snr)).mean()
+    return (err * torch.clamp(snr, max=snr_gamma) / (snr + 1 if v else snr)).mean(), err.mean()
 
 
 # -- tasks ----------------------------------------------------------------------------------------
@@ -148,9 +150,8 @@ class PriorTask:
         noisy, t, noise = noised(self.scheduler, z, generator)
         context = self.null.to(z.device).expand(z.shape[0], -1, -1)
         pred = model_output(self.unet, noisy, t, context)
-        target = training_target(self.scheduler, z, noise, t)
-        mse = F.mse_loss(pred.float(), target.float())
-        loss = noise_mse(pred, target, self.scheduler, t, self.snr_gamma if train else None)
+        loss, mse = noise_mse(pred, training_target(self.scheduler, z, noise, t), self.scheduler, t,
+                              self.snr_gamma if train else None)
         return loss, {"mse": float(mse.detach())}
 
 
@@ -216,9 +217,8 @@ class CondTask:
         if r > 1:
             context = context.repeat_interleave(r, 0)
         pred = model_output(self.unet, noisy, t, context, baseline=z1)
-        target = training_target(self.scheduler, z2, noise, t)
-        mse = F.mse_loss(pred.float(), target.float())
-        loss = noise_mse(pred, target, self.scheduler, t, self.snr_gamma if train else None)
+        loss, mse = noise_mse(pred, training_target(self.scheduler, z2, noise, t), self.scheduler, t,
+                              self.snr_gamma if train else None)
         return loss, {"mse": float(mse.detach())}
 
 
