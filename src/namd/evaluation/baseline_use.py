@@ -18,6 +18,7 @@ x0-prediction should lie nearer its own z_baseline than any other pair's
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -138,3 +139,34 @@ def summary_line(result: dict) -> str:
     return (f"baseline use on {result['n_pairs']} pairs: loss true / shuffled baseline "
             f"{result['ratio']:.2f} ({bands}){prior}; x0 nearest own baseline "
             f"{100 * result['x0_nearest_own_baseline']:.0f}%")
+
+
+@torch.no_grad()
+def measure_cond_stage(task, prior_dir: Path, val, seed: int) -> dict:
+    """`measure` for a trained cond stage (a namd.training.diffusion.CondTask and its validation
+    LatentPairs), beside the prior of `prior_dir`; models of either parameterisation are scored
+    on the noise they imply."""
+    from namd.diffusion import as_epsilon, load_scheduler_config, model_output
+    from namd.models.unet import load_unet
+
+    device = next(task.unet.parameters()).device
+    z1 = val.store.upright(val.base).to(device)
+    z2 = val.store.upright(val.follow).to(device)
+    task.encoder.eval()
+    task.unet.eval()
+    context = torch.cat([task.context(val.ehrs[s:s + 64], None, False, device)
+                         for s in range(0, len(val), 64)])
+    null = task.encoder.null_context(1, device=device)[0]
+    prior = load_unet(prior_dir, device)
+    prior_type = load_scheduler_config(prior_dir)["prediction_type"]
+    abar = task.scheduler.alphas_cumprod
+
+    def cond_eps(noisy, t, base, ctx):
+        out = model_output(task.unet, noisy, t.to(device), ctx, baseline=base)
+        return as_epsilon(out, noisy, t.to(device), abar, task.scheduler.config.prediction_type)
+
+    def prior_eps(noisy, t, base, ctx):
+        return as_epsilon(model_output(prior, noisy, t.to(device), ctx), noisy, t.to(device), abar,
+                          prior_type)
+
+    return measure(cond_eps, prior_eps, abar, z1, z2, context, null, seed=seed)

@@ -37,7 +37,6 @@ import namd.models.context as context_module
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig, TrainConfig
 from namd.diffusion import (
-    as_epsilon,
     load_scheduler_config,
     model_output,
     save_scheduler,
@@ -333,36 +332,6 @@ def _export(out: Path, task: PriorTask | CondTask, config: NamdConfig) -> None:
                                                "null_context": task.use_null})
 
 
-@torch.no_grad()
-def measure_baseline_use(task: CondTask, prior_dir: Path, val: LatentPairs, seed: int) -> dict:
-    """What the baseline buys (namd.evaluation.baseline_use) on the validation pairs: the
-    trained model's loss with true vs shuffled baselines, beside the prior's, same draws."""
-    from namd.evaluation import baseline_use
-
-    device = next(task.unet.parameters()).device
-    idx = np.arange(len(val))
-    z1 = val.store.upright(val.base).to(device)
-    z2 = val.store.upright(val.follow).to(device)
-    task.encoder.eval()
-    context = torch.cat([task.context([val.ehrs[i] for i in idx[s:s + 64]], None, False, device)
-                         for s in range(0, len(idx), 64)])
-    null = task.encoder.null_context(1, device=device)[0]
-    prior = load_unet(prior_dir, device)
-    prior_type = load_scheduler_config(prior_dir)["prediction_type"]
-    task.unet.eval()
-    abar = task.scheduler.alphas_cumprod
-
-    def cond_eps(noisy, t, base, ctx):
-        out = model_output(task.unet, noisy, t.to(device), ctx, baseline=base)
-        return as_epsilon(out, noisy, t.to(device), abar, task.scheduler.config.prediction_type)
-
-    def prior_eps(noisy, t, base, ctx):
-        return as_epsilon(model_output(prior, noisy, t.to(device), ctx), noisy, t.to(device), abar,
-                          prior_type)
-
-    return baseline_use.measure(cond_eps, prior_eps, abar, z1, z2, context, null, seed=seed)
-
-
 def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path:
     """Train `args.stage` ("prior" or "cond") of the variant the flags select; returns its folder."""
     stage = args.stage
@@ -390,9 +359,9 @@ def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path
     if acc.is_main_process:
         _export(out, task, config)
         if isinstance(task, CondTask) and val is not None and len(val) >= 2:
-            from namd.evaluation.baseline_use import summary_line
+            from namd.evaluation.baseline_use import measure_cond_stage, summary_line
 
-            use = measure_baseline_use(task, run.stage(dirs["prior"]), val, tcfg.seed)
+            use = measure_cond_stage(task, run.stage(dirs["prior"]), val, tcfg.seed)
             atomic_write_json(out / BASELINE_USE_FILE, use)
             log.info("%s: %s", name, summary_line(use))
             extra["baseline_use"] = {k: use[k] for k in ("ratio", "ratio_to_prior",
