@@ -1,26 +1,43 @@
-"""The whole method as a sequence of the CLI's own stage commands over one run directory.
+"""The whole method as a graph of the CLI's own stage commands over one run directory.
 
-`namd demo` is only this: each stage reads what the previous one wrote, a finished stage
+`namd demo` is only this: each stage reads what the stages it needs wrote, a finished stage
 (its run_info.json says complete) is skipped, so an interrupted run resumes where it stopped.
+The stages form a graph (the no-align branch, the null-context branch and the evaluator do not
+depend on each other): with `jobs` > 1, ready stages run at the same time as separate `namd`
+processes, each with cores / running stages threads and its output in RUN/logs/<stage>.log;
+`jobs` = 1 runs them one after the other in this process, in plan order.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from namd.rundir import RunDir, variant_dirs
 
 log = logging.getLogger(__name__)
 
+LOG_DIR = "logs"
+
+
+class StageFailed(RuntimeError):
+    """One or more stages failed; the message names each with its one-line error."""
+
 
 @dataclass(frozen=True)
 class Step:
-    """One stage: the folder that proves it is done, and the `namd` arguments that make it."""
+    """One stage: the folder that proves it is done, the `namd` arguments that make it, and the
+    folders of the stages whose outputs it reads."""
 
     folder: str
     argv: tuple[str, ...]
+    needs: tuple[str, ...] = ()
 
 
 def _flags(variant: dict[str, bool]) -> tuple[str, ...]:
@@ -31,7 +48,8 @@ def _flags(variant: dict[str, bool]) -> tuple[str, ...]:
 
 
 def plan(run: RunDir, ablations: bool) -> list[Step]:
-    """The ordered stages of a run; ablations add the no-align and null-context variants.
+    """The stages of a run in a valid sequential order, each with what it needs; ablations add
+    the no-align and null-context variants.
 
     Every stage reads the run's saved RUN/config.yaml, so they all agree on one config.
     """
@@ -40,29 +58,44 @@ def plan(run: RunDir, ablations: bool) -> list[Step]:
     variants = [{"no_align": False, "null_context": False}]
     if ablations:
         variants += [{"no_align": True, "null_context": False}, {"no_align": False, "null_context": True}]
-    done_folders: set[str] = {"cohort"}
+    made: set[str] = {"cohort"}
     for v in variants:
         dirs, flag = variant_dirs(**v), _flags(v)
         vae_flag = ("--no-align",) if v["no_align"] else ()
-        for stage, folder, extra in (("vae", dirs["vae"], vae_flag), ("prior", dirs["prior"], vae_flag),
-                                     ("cond", dirs["cond"], flag)):
-            if folder not in done_folders:
-                steps.append(Step(folder, ("train", stage, "--run", r, "--resume", *extra)))
-                done_folders.add(folder)
-    steps.append(Step("evaluator", ("train", "evaluator", "--run", r, "--resume")))
+        chain = (("vae", dirs["vae"], vae_flag, "cohort"), ("prior", dirs["prior"], vae_flag, dirs["vae"]),
+                 ("cond", dirs["cond"], flag, dirs["prior"]))
+        for stage, folder, extra, need in chain:
+            if folder not in made:
+                steps.append(Step(folder, ("train", stage, "--run", r, "--resume", *extra), (need,)))
+                made.add(folder)
+    steps.append(Step("evaluator", ("train", "evaluator", "--run", r, "--resume"), ("cohort",)))
+    samples = []
     for v in variants:
-        steps.append(Step(variant_dirs(**v)["samples"], ("sample", "--run", r, "--split", "test", *_flags(v))))
-    steps.append(Step("eval", ("evaluate", "--run", r)))
-    steps.append(Step("report", ("report", "--run", r)))
+        dirs = variant_dirs(**v)
+        samples.append(dirs["samples"])
+        steps.append(Step(dirs["samples"], ("sample", "--run", r, "--split", "test", *_flags(v)),
+                          (dirs["cond"],)))
+    steps.append(Step("eval", ("evaluate", "--run", r), ("evaluator", *samples)))
+    steps.append(Step("report", ("report", "--run", r), ("eval",)))
     return steps
 
 
-def run_pipeline(run: RunDir, ablations: bool) -> dict[str, float]:
-    """Run every unfinished stage in order; returns seconds spent per stage (0 = skipped)."""
+def run_pipeline(run: RunDir, ablations: bool, jobs: int = 1) -> dict[str, float]:
+    """Run every unfinished stage; returns seconds spent per stage (0 = skipped)."""
+    steps = plan(run, ablations)
+    if jobs <= 1:
+        return _run_in_process(run, steps)
+    cores = os.cpu_count() or 1
+    return run_graph(steps, run.is_done, lambda step, threads: _launch(run, step, threads), jobs,
+                     cores)
+
+
+def _run_in_process(run: RunDir, steps: list[Step]) -> dict[str, float]:
+    """Today's order: one stage after the other through the CLI's own entry point."""
     from namd.cli import main
 
     timings: dict[str, float] = {}
-    for step in plan(run, ablations):
+    for step in steps:
         if run.is_done(step.folder):
             log.info("%s: already finished, skipped", step.folder)
             timings[step.folder] = 0.0
@@ -71,6 +104,105 @@ def run_pipeline(run: RunDir, ablations: bool) -> dict[str, float]:
         start = time.perf_counter()
         code = main(list(step.argv))
         if code != 0:
-            raise RuntimeError(f"stage {step.folder} failed (namd {' '.join(step.argv)} exited {code})")
+            raise StageFailed(f"stage {step.folder} failed (namd {' '.join(step.argv)} exited {code})")
         timings[step.folder] = time.perf_counter() - start
+    return timings
+
+
+@dataclass
+class Launched:
+    """A running stage: its process and the log its output goes to."""
+
+    process: subprocess.Popen
+    log_path: Path
+    started: float
+
+
+def _launch(run: RunDir, step: Step, threads: int) -> Launched:
+    """`namd <argv>` as a child process with `threads` torch threads, output to its log."""
+    path = run.path / LOG_DIR / f"{step.folder}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with path.open("w") as fh:
+        process = subprocess.Popen([sys.executable, "-m", "namd.cli", *step.argv], stdout=fh,
+                                   stderr=subprocess.STDOUT, env=env)
+    return Launched(process, path, time.perf_counter())
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line or progress-bar frame of a log (its one-line error, when failed)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 4096))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    frames = [f.strip() for f in tail.replace("\r", "\n").split("\n") if f.strip()]
+    return frames[-1] if frames else ""
+
+
+def _blocked(steps: list[Step], failed: set[str]) -> set[str]:
+    """Every stage that needs, directly or through others, a failed stage."""
+    out: set[str] = set()
+    grew = True
+    while grew:
+        grew = False
+        for s in steps:
+            if s.folder not in out and any(n in failed or n in out for n in s.needs):
+                out.add(s.folder)
+                grew = True
+    return out
+
+
+def run_graph(steps: list[Step], is_done: Callable[[str], bool],
+              launch: Callable[[Step, int], Launched], jobs: int, cores: int,
+              poll_s: float = 0.2, status_every_s: float = 30.0) -> dict[str, float]:
+    """Walk the stage graph: start every stage whose needs are done, at most `jobs` at a time,
+    each with max(1, cores // stages running) threads; a failed stage stops its dependants and
+    the others finish. Raises StageFailed naming every failed stage and its last log line."""
+    timings = {s.folder: 0.0 for s in steps if is_done(s.folder)}
+    pending = [s for s in steps if s.folder not in timings]
+    running: dict[str, Launched] = {}
+    failed: dict[str, str] = {}
+    last_status = time.perf_counter()
+    try:
+        while pending or running:
+            for name, item in list(running.items()):
+                code = item.process.poll()
+                if code is None:
+                    continue
+                del running[name]
+                timings[name] = time.perf_counter() - item.started
+                if code == 0 and is_done(name):
+                    print(f"done: {name} in {timings[name]:.0f} s", flush=True)
+                else:
+                    failed[name] = last_line(item.log_path) or f"exited {code}"
+                    print(f"failed: {name}: {failed[name]} (log: {item.log_path})", flush=True)
+            blocked = _blocked(steps, set(failed))
+            for s in [s for s in pending if s.folder in blocked]:
+                pending.remove(s)
+                print(f"not run: {s.folder} (needs a failed stage)", flush=True)
+            ready = [s for s in pending if all(n in timings and n not in failed for n in s.needs)]
+            if not ready and not running and pending:
+                raise RuntimeError("stages " + ", ".join(s.folder for s in pending) +
+                                   " need stages that are not in the plan")
+            ready = ready[:max(0, jobs - len(running))]
+            threads = max(1, cores // max(1, len(running) + len(ready)))
+            for s in ready:
+                pending.remove(s)
+                running[s.folder] = launch(s, threads)
+                print(f"start: namd {' '.join(s.argv)} ({threads} thread(s))", flush=True)
+            if running and time.perf_counter() - last_status > status_every_s:
+                last_status = time.perf_counter()
+                for name, item in running.items():
+                    print(f"  {name} [{time.perf_counter() - item.started:.0f} s] "
+                          f"{last_line(item.log_path)[:100]}", flush=True)
+            if running:
+                time.sleep(poll_s)
+    finally:
+        for item in running.values():  # interrupted: stop the children, resume later
+            item.process.terminate()
+    if failed:
+        raise StageFailed("; ".join(f"stage {k} failed: {v}" for k, v in failed.items()))
     return timings

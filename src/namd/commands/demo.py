@@ -1,7 +1,8 @@
 """`namd demo [--out RUN]`: the main job on the embedded synthetic cohort, end to end.
 
 Synthetic cohort -> VAE -> prior -> conditional model -> evaluator -> samples -> evaluation ->
-report, each stage in its own folder of RUN, resumable (finished stages are skipped).
+report, each stage in its own folder of RUN, resumable (finished stages are skipped). Stages that
+do not depend on each other run at the same time (`--jobs`, logs in RUN/logs).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=None,
                         help="also train and sample the no-align and null-context variants "
                              "(default: off for tiny, on for bench and paper)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="stages run at the same time, as separate processes (default: the "
+                             "CPU count); 1 = one after the other in this process")
     add_config_args(parser)
     parser.set_defaults(func=run)
 
@@ -25,16 +29,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline, then print the report's path and the main table."""
     import json
+    import os
+    import sys
     import time
 
-    from namd.pipeline import run_pipeline
+    from namd.pipeline import StageFailed, run_pipeline
     from namd.rundir import RunDir, resolve_config
 
     run_dir = RunDir(args.out)
     config = resolve_config(args, run_dir)  # saves RUN/config.yaml; later stages reuse it
     ablations = args.ablations if args.ablations is not None else config.preset != "tiny"
     start = time.perf_counter()
-    timings = run_pipeline(run_dir, ablations)
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    try:
+        timings = run_pipeline(run_dir, ablations, jobs)
+    except StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     total = time.perf_counter() - start
     metrics = json.loads((run_dir.stage("eval") / "metrics.json").read_text())
     print("\n" + format_table(metrics))
