@@ -119,3 +119,12 @@ def test_the_demo_plan_is_a_graph_of_what_each_stage_reads(tmp_path):
     unknown = [Step("x", ("x",), ("nowhere",))]
     with pytest.raises(RuntimeError, match="not in the plan"):
         run_graph(unknown, lambda _: False, Fake(tmp_path).launch, jobs=2, cores=2)
+
+
+def test_a_stage_process_runs_namd_with_its_threads_and_logs_to_the_run(tmp_path):
+    from namd.pipeline import _launch, last_line
+
+    item = _launch(RunDir(tmp_path), Step("version", ("--version",)), threads=1)
+    assert item.process.wait(timeout=120) == 0
+    assert item.log_path == tmp_path / "logs" / "version.log"
+    assert last_line(item.log_path).startswith("namd ")
