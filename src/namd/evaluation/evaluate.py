@@ -248,7 +248,13 @@ def baseline_use_blocks(run: RunDir) -> dict:
     for name in GENERATED:
         path = run.stage(variant_dirs(no_align=name == "namd_no_align",
                                       null_context=name == "namd_null_context")["cond"]) / BASELINE_USE_FILE
-        out[name] = json.loads(path.read_text()) if path.is_file() else {"status": f"not run: {path} not found"}
+        if not path.is_file():
+            out[name] = {"status": f"not run: {path} not found"}
+            continue
+        try:
+            out[name] = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc}); retrain that cond stage") from exc
     return out
 
 
