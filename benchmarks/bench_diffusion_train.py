@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from _results import machine, publish
+from _results import load_line, machine, publish, start_load
 
 HERE = Path(__file__).resolve().parent
 
@@ -91,8 +91,7 @@ def markdown(record: dict) -> str:
         "# Diffusion training throughput", "",
         f"`python benchmarks/bench_diffusion_train.py --preset {a['preset']} --steps {a['steps']} "
         f"--threads {a['threads']}`", "",
-        f"Machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}; load average "
-        f"{m['loadavg_before'][0]:.1f} before, {m['loadavg_after'][0]:.1f} after (shared machine).", "",
+        f"Machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']}. {load_line(m)}", "",
         "| stage | batch | steps / s | samples / s | U-Net size | peak RSS (MB, cumulative) |",
         "|---|---|---|---|---|---|", *rows, "",
         "cond includes the context encoder's forward and backward pass into the soft prompts.", ""])
@@ -109,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("NAMD_NO_PROGRESS", "1")
-    load = os.getloadavg()
+    load = start_load()
     stages = measure(args)
     record = {"args": vars(args), "stages": stages,
               "machine": machine(load)}

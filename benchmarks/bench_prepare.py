@@ -65,8 +65,8 @@ def time_prepare(manifest: Path, out: Path, workers: int, repeats: int,
     return wall, cpu
 
 
-def machine() -> str:
-    """CPU model and count, OS, Python and package versions."""
+def describe_machine() -> str:
+    """CPU model and count, OS, Python and package versions (the load is `_results.machine`)."""
     cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -101,6 +101,12 @@ def main() -> None:
     if not SERIES.is_dir():
         raise SystemExit(f"real series not found at {SERIES}")
     os.environ.setdefault("NAMD_NO_PROGRESS", "1")
+    # Here, not at the top: spawned workers re-import this module, and _results imports torch,
+    # whose start-up would be counted in the workers' wall time.
+    from _results import load_line, machine, start_load
+
+    before = start_load()
+
     config = load_config(args.preset)
     n = args.exams * args.per_exam
     rows = []
@@ -112,6 +118,7 @@ def main() -> None:
             rows.append((w, seconds, n / seconds, cpu, load))
             print(f"workers {w}: {n} crops in {seconds:.2f} s = {n / seconds:.1f} crops/s "
                   f"(CPU {cpu:.2f} s, load {load:.1f})", flush=True)
+    mach = machine(before)
     table = "\n".join(f"| {w} | {n} | {s:.2f} | {r:.1f} | {c:.2f} | {n / c:.1f} | {ld:.1f} |"
                       for w, s, r, c, ld in rows)
     text = f"""# `namd prepare` crop extraction speed
@@ -133,7 +140,8 @@ shown: the machine is shared).
 Worker processes pay off only with idle cores: when the load average exceeds the number of
 CPUs, they add their start-up cost and share the same cores.
 
-Machine: {machine()}.
+Machine: {describe_machine()}.
+{load_line(mach)}
 Command: `.venv/bin/python benchmarks/bench_prepare.py --exams {args.exams} --per-exam {args.per_exam} --workers {' '.join(map(str, args.workers))} --repeats {args.repeats} --preset {args.preset} --write {args.write}`
 """
     print(text)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _results import machine, publish
+from _results import machine, publish, start_load
 
 HERE = Path(__file__).resolve().parent
 
@@ -166,7 +166,7 @@ def main() -> None:
         record = json.loads(Path(args.render).read_text())
         publish(args.render, record, markdown)
         return
-    load = os.getloadavg()
+    load = start_load()
     runs: dict[str, list[dict]] = {"ours": [], "naive": []}
     for _ in range(args.repeats):  # alternate, so load changes on a shared machine hit both
         for method in runs:

@@ -30,14 +30,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def load_average() -> str:
-    """The 1-minute load average (other work on the machine slows the benchmark down)."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "n/a"
-
-
 def time_once(pairs: int, unpaired: int, seed: int) -> tuple[float, float]:
     """Wall and CPU seconds of one generate_cohort call into a fresh directory."""
     from namd.cohort.synthetic import generate_cohort
@@ -60,16 +52,21 @@ def main() -> None:
     parser.add_argument("--write", default=None, help="markdown file to (over)write")
     args = parser.parse_args()
     os.environ.setdefault("NAMD_NO_PROGRESS", "1")
+    from _results import load_line, machine, start_load
+
+    before = start_load()  # other work on the machine slows the benchmark down
     runs = [time_once(args.pairs, args.unpaired, args.seed + r) for r in range(args.repeats)]
     times, cpus = [w for w, _ in runs], [c for _, c in runs]
     crops = 2 * args.pairs + args.unpaired
     best, worst = min(times), max(times)
+    mach = machine(before)
     lines = [
         "# Benchmark: `namd synth` (synthetic cohort generation)",
         "",
         f"- command: `python {' '.join(sys.argv)}`",
         f"- machine: {os.cpu_count()} CPUs (nproc), {cpu_model()}, {platform.platform()}, "
-        f"Python {platform.python_version()}; 1-min load average at the end: {load_average()}",
+        f"Python {platform.python_version()}",
+        f"- {load_line(mach)}",
         f"- workload: {args.pairs} pairs + {args.unpaired} unpaired = {crops} crops of 64 x 64 "
         "HU at 0.7 mm, single process, written to a temporary directory",
         f"- runs, wall (s): {', '.join(f'{t:.1f}' for t in times)}; "

@@ -12,12 +12,11 @@ batching gain on this machine is written down rather than guessed.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import torch
-from _results import machine, publish
+from _results import load_line, machine, publish, start_load
 
 HERE = Path(__file__).resolve().parent
 
@@ -71,8 +70,7 @@ def markdown(record: dict) -> str:
              f"Conditional U-Net of the `{record['preset']}` preset ({record['params_m']:.2f} M "
              f"parameters, latent {' x '.join(map(str, record['latent']))}), one call at t = 500, "
              f"{record['threads']} torch threads. Machine: {mach['platform']}, {mach['cpus']} CPUs, "
-             f"torch {mach['torch']}; load average {mach['loadavg_before'][0]:.1f} before, "
-             f"{mach['loadavg_after'][0]:.1f} after.", "",
+             f"torch {mach['torch']}. {load_line(mach)}", "",
              "| attention | batch | ms per sample |", "|---|---:|---:|"]
     lines += [f"| {r['attention']} | {r['batch']} | {r['ms_per_sample']:.2f} |" for r in record["rows"]]
     sdpa = {r["batch"]: r["ms_per_sample"] for r in record["rows"] if r["attention"] == "sdpa"}
@@ -94,7 +92,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(HERE / "results" / "unet_batch"))
     args = parser.parse_args()
-    before = os.getloadavg()
+    before = start_load()
     record = run(args.preset, args.threads, args.batches, args.repeats)
     record["machine"] = machine(before)
     record["command"] = "python benchmarks/bench_unet_batch.py " + " ".join(

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import load_line, machine, start_load
 
 from namd.runinfo import atomic_write_text
 
@@ -37,8 +38,8 @@ KEYS = ("recon_mae", "recon_psnr", "recon_ssim", "distance_spearman", "distance_
         "knn_r2_diameter", "knn_r2_diameter_flat", "probe_auroc", "linear_probe_auroc")
 
 
-def machine() -> str:
-    """CPU/GPU, core count, load and versions, for the results file."""
+def describe_machine() -> str:
+    """CPU/GPU, core count and versions, for the results file (the load: `_results.machine`)."""
     cpu = "unknown"
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -47,8 +48,7 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{os.cpu_count()} CPUs ({cpu}), {gpu}, torch {torch.__version__}, Python "
-            f"{platform.python_version()}; torch threads {torch.get_num_threads()}; 1-min load "
-            f"average at the end {os.getloadavg()[0]:.1f}")
+            f"{platform.python_version()}")
 
 
 def bench_overrides(args: argparse.Namespace) -> list[str]:
@@ -165,10 +165,10 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def markdown(command: str, through: list[dict], comp: dict | None, args: argparse.Namespace,
-             pre: dict | None = None) -> str:
-    """The results file."""
+             pre: dict | None, mach: dict) -> str:
+    """The results file; `mach` is the `_results.machine` record of the run (threads, load)."""
     lines = ["# Benchmark: the nodule-aligned VAE stage", "", f"- command: `{command}`",
-             f"- machine: {machine()}", ""]
+             f"- machine: {describe_machine()}", f"- {load_line(mach)}", ""]
     if through:
         lines += ["## Training-step throughput (forward, Equation 6, backward, AdamW; random crops)", "",
                   "| network | params (M) | crop | batch | steps | crops/s (wall) | crops/s (CPU time) | peak memory (GB) |",
@@ -253,6 +253,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("NAMD_NO_PROGRESS", "1")
     torch.set_num_threads(args.threads)
+    before = start_load()
     command = " ".join(["python", *sys.argv])
     over = bench_overrides(args) + args.set
     variants = (False,) if args.aligned_only else (False, True)
@@ -271,12 +272,14 @@ def main() -> None:
                 result = compare(work / f"seed{seed}", work / "cohort", [*over, f"vae.train.seed={seed}"], variants)
                 per_seed.append({"seed": seed, **result})
         comp = {**per_seed[0], "cohort_s": cohort_s}
-    text = markdown(command, through, comp, args, pre) + seeds_markdown(per_seed)
+    mach = machine(before)
+    text = markdown(command, through, comp, args, pre, mach) + seeds_markdown(per_seed)
     print(text)
     if args.write:
         atomic_write_text(Path(args.write), text)
         atomic_write_text(Path(args.write).with_suffix(".json"), json.dumps(
-            {"throughput": through, "pretrain": pre, "compare": comp, "seeds": per_seed}, indent=2, default=float) + "\n")
+            {"throughput": through, "pretrain": pre, "compare": comp, "seeds": per_seed, "machine": mach},
+            indent=2, default=float) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,11 +8,10 @@ nodule was drawn with), for baselines and follow-ups, overall and by nodule type
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
-from _results import machine, publish
+from _results import load_line, machine, publish, start_load
 
 HERE = Path(__file__).resolve().parent
 TIMEPOINTS = (("baseline", "baseline_index", "SCT_LONG_DIA"),
@@ -52,7 +51,8 @@ def markdown(record: dict) -> str:
     """One table per time point."""
     mach = record["machine"]
     lines = ["# Nodule diameter measure against the recorded diameter", "", f"`{record['command']}`", "",
-             f"{record['pairs']} pairs of `{record['cohort']}`; machine {mach['platform']}.", ""]
+             f"{record['pairs']} pairs of `{record['cohort']}`; machine {mach['platform']}. "
+             f"{load_line(mach)}", ""]
     for name, groups in record["results"].items():
         lines += [f"## {name}", "", "| group | n | MAE (mm) | median error (mm) | > 5 mm | > 2 mm | r |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(HERE / "results" / "diameter"))
     args = parser.parse_args()
-    before = os.getloadavg()
+    before = start_load()
     record = run(args.cohort, args.n, args.seed)
     record["machine"] = machine(before)
     record["command"] = f"python benchmarks/check_diameter.py --cohort {args.cohort} --n {args.n}"

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-from _results import publish
+from _results import load_line, machine, publish, start_load
+
+from namd.evaluation.growth import central_diameter_mm, label_difference, paired_gap_ci
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,46 +57,6 @@ def run_stages(run: Path, preset: str, overrides: list[str]) -> dict[str, float]
     return times
 
 
-def central_diameter_mm(crops: np.ndarray, spacing_mm: np.ndarray, threshold_hu: float,
-                        radius_mm: float) -> np.ndarray:
-    """Equivalent diameter 2 sqrt(A / pi) (mm) of the tissue above `threshold_hu` within
-    `radius_mm` of the crop centre; crops (N, ..., H, W), one spacing per nodule.
-
-    A deliberately simple size: unlike a connected-component diameter it cannot jump to a
-    vessel or the chest wall touching the nodule, and blur changes it little.
-    """
-    crops = np.asarray(crops, dtype=np.float32)
-    h, w = crops.shape[-2:]
-    yy, xx = np.mgrid[:h, :w]
-    r2 = (yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2
-    sp = np.asarray(spacing_mm, dtype=np.float64).reshape(-1, *([1] * (crops.ndim - 1)))
-    inside = r2[None] * sp ** 2 <= radius_mm ** 2  # (N, 1.., H, W) per-nodule disc
-    area = ((crops > threshold_hu) & inside).sum((-2, -1)) * sp[..., 0, 0] ** 2
-    return 2.0 * np.sqrt(area / np.pi)
-
-
-def _diff_with_ci(values: np.ndarray, label: np.ndarray, n: int = 2000, seed: int = 0) -> dict:
-    """Mean growth per label, malignant - benign, and a 95% bootstrap interval (nodules resampled)."""
-    rng = np.random.default_rng(seed)
-    mal, ben = values[label == 1], values[label == 0]
-    boots = [rng.choice(mal, len(mal)).mean() - rng.choice(ben, len(ben)).mean() for _ in range(n)]
-    return {"malignant_mean_mm": float(mal.mean()), "benign_mean_mm": float(ben.mean()),
-            "difference_mm": float(mal.mean() - ben.mean()),
-            "difference_ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
-            "n_malignant": int(len(mal)), "n_benign": int(len(ben))}
-
-
-def _paired_ci(a: np.ndarray, b: np.ndarray, label: np.ndarray, n: int = 2000, seed: int = 0) -> list[float]:
-    """95% interval of (label gap of a) - (label gap of b), resampling nodules jointly."""
-    rng = np.random.default_rng(seed)
-    mal, ben = np.flatnonzero(label == 1), np.flatnonzero(label == 0)
-    out = []
-    for _ in range(n):
-        m, q = rng.choice(mal, len(mal)), rng.choice(ben, len(ben))
-        out.append((a[m].mean() - a[q].mean()) - (b[m].mean() - b[q].mean()))
-    return [float(np.percentile(out, 2.5)), float(np.percentile(out, 97.5))]
-
-
 def growth_table(run: Path, threshold_hu: float, radius_mm: float) -> dict:
     """Growth by label: real follow-up vs baseline, and generated (mean of K) vs the VAE
     reconstruction of the baseline (the same blur as generated crops), for both models."""
@@ -123,16 +84,16 @@ def growth_table(run: Path, threshold_hu: float, radius_mm: float) -> dict:
         recon = decode_to_hu(vae, encode_hu(vae, base_hu, scale, window, 16), scale, window, 16)
     base, base_rec = size(base_hu), size(recon)
     real = size(cohort.images(index["followup_index"])) - base
-    out = {"real follow-up": _diff_with_ci(real, label),
-           "baseline size": _diff_with_ci(base, label)}
+    out = {"real follow-up": label_difference(real, label),
+           "baseline size": label_difference(base, label)}
     gen = {}
     for name in ("samples", "samples_null"):
         other = pd.read_csv(run / name / "index.csv", dtype={"pair_id": str})
         if not other["pair_id"].equals(index["pair_id"]):
             raise ValueError(f"{run / name}: nodules differ from {run / 'samples'}")
         gen[name] = size(np.load(run / name / "samples.npy", mmap_mode="r")).mean(1) - base_rec
-        out[name] = _diff_with_ci(gen[name], label)
-    out["context_minus_null_ci95"] = _paired_ci(gen["samples"], gen["samples_null"], label)
+        out[name] = label_difference(gen[name], label)
+    out["context_minus_null_ci95"] = paired_gap_ci(gen["samples"], gen["samples_null"], label)
     return out
 
 
@@ -174,12 +135,12 @@ def context_sensitivity(run: Path, n: int = 64, seed: int = 0) -> dict:
 
 def markdown(record: dict) -> str:
     """Results as a table."""
-    g = record["growth"]
+    g, m = record["growth"], record["machine"]
     lines = ["# Evidence: does the context steer growth?", "",
              f"`python benchmarks/evidence_growth.py --run {record['run']} --preset {record['preset']}"
              + "".join(f" --set {o}" for o in record["overrides"]) + "`", "",
-             f"Machine: {record['machine']}. Stage seconds (0 = finished by an earlier call): "
-             f"{record['stage_seconds']}.", "",
+             f"Machine: {m['platform']}, {m['cpus']} CPUs. {load_line(m)} Stage seconds (0 = finished "
+             f"by an earlier call): {record['stage_seconds']}.", "",
              f"Size = equivalent diameter 2 sqrt(A / pi) of the tissue above {record['threshold_hu']:g} HU "
              f"within {record['radius_mm']:g} mm of the crop centre. Growth of a real follow-up: size "
              "minus the baseline's size; of a generated follow-up: mean size over its K samples minus "
@@ -219,13 +180,13 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("NAMD_NO_PROGRESS", "1")
     run = Path(args.run)
+    before = start_load()
     times = run_stages(run, args.preset, args.overrides)
+    growth, sensitivity = growth_table(run, args.threshold_hu, args.radius_mm), context_sensitivity(run)
     record = {"run": str(run), "preset": args.preset, "overrides": args.overrides,
-              "stage_seconds": {k: round(v) for k, v in times.items()},
-              "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+              "stage_seconds": {k: round(v) for k, v in times.items()}, "machine": machine(before),
               "threshold_hu": args.threshold_hu, "radius_mm": args.radius_mm,
-              "growth": growth_table(run, args.threshold_hu, args.radius_mm),
-              "context_sensitivity": context_sensitivity(run)}
+              "growth": growth, "context_sensitivity": sensitivity}
     publish(args.out, record, markdown)
 
 

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
-from _results import machine, publish
+from _results import load_line, machine, publish, start_load
 
 STAGES = ("vae", "prior", "cond", "val")
 
@@ -135,7 +135,8 @@ def vae_copy_nearest(folder: Path) -> float:
 
 def markdown(record: dict) -> str:
     """One row per lever."""
-    lines = ["# Lever study (validation split)", "", f"Machine: {record['machine']}", "",
+    lines = ["# Lever study (validation split)", "", f"Machine: {json.dumps(record['machine'])}", "",
+             load_line(record["machine"]), "",
              "| lever | overrides | PSNR | Spearman | kNN R2 | VAE copy nearest | ratio true/shuffled "
              "| bands | true/prior | x0 own | mean-of-K MAE / VAE copy | nearest | spread HU | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -173,15 +174,16 @@ def main() -> None:
     for item in args.lever:
         name, _, rest = item.partition(":")
         levers.append((name, [o for o in rest.split(";") if o]))
-    before = os.getloadavg()
+    before = start_load()
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda lv: run_lever(lv[0], lv[1], args), levers))
-    record = {"machine": machine(before), "base": args.base, "stages": args.stages,
-              "threads": args.threads, "jobs": args.jobs, "levers": results}
+    # the levers' processes ran --jobs x --threads torch threads in all, not this process's
+    record = {"machine": machine(before, threads=args.jobs * args.threads), "base": args.base,
+              "stages": args.stages, "threads": args.threads, "jobs": args.jobs, "levers": results}
     if args.out:
-        publish(args.out, record, lambda r: markdown({**r, "machine": json.dumps(r["machine"])}))
+        publish(args.out, record, markdown)
     else:
-        print(markdown({**record, "machine": json.dumps(record["machine"])}))
+        print(markdown(record))
 
 
 if __name__ == "__main__":

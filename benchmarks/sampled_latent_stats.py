@@ -18,6 +18,7 @@ import json
 import numpy as np
 import torch
 import yaml
+from _results import load_line, machine, start_load
 
 
 def stats(z: torch.Tensor) -> dict:
@@ -33,6 +34,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=8, help="validation pairs")
     p.add_argument("--png", default=None, help="also draw VAE(z1), VAE(z2), cond and prior samples")
     args = p.parse_args()
+    before = start_load()
 
     from namd.cohort.store import Cohort
     from namd.config import load_config
@@ -79,6 +81,7 @@ def main() -> None:
                 ax.axis("off")
             axes[r, 0].set_title(name, loc="left")
         fig.savefig(args.png, dpi=60)
+    print(load_line(machine(before)))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ SMALL = ["--set", "synth.pairs=60", "--set", "synth.unpaired=30", "--set", "synt
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pipeline") / "run"
-    assert main(["demo", "--out", str(out), "--ablations", *SMALL]) == 0
+    assert main(["demo", "--out", str(out), "--jobs", "1", *SMALL]) == 0  # ablations by default
     return out
 
 
@@ -46,6 +46,7 @@ def test_demo_writes_every_stage_and_the_table(demo_run):
         # every variant's cond stage measured what its baseline buys; evaluate collected it
         assert 0 < metrics["baseline_use"][name]["ratio"] and len(metrics["baseline_use"][name]["bands"]) == 4
         assert 0 <= metrics["fidelity"][name]["nearest_own_followup_share"] <= 1
+        assert metrics["growth"]["generated"][name]["status"] == "ok"  # the growth evidence
     html = (demo_run / "report" / "index.html").read_text()
     assert "data:image/png;base64," in html and "namd_no_align" in html
     samples = np.load(demo_run / "samples" / "samples.npy", mmap_mode="r")
@@ -55,7 +56,7 @@ def test_demo_writes_every_stage_and_the_table(demo_run):
 
 def test_demo_resumes_by_skipping_finished_stages(demo_run, capsys):
     before = (demo_run / "vae" / "run_info.json").stat().st_mtime_ns
-    assert main(["demo", "--out", str(demo_run), "--ablations"]) == 0
+    assert main(["demo", "--out", str(demo_run), "--jobs", "1"]) == 0
     assert (demo_run / "vae" / "run_info.json").stat().st_mtime_ns == before
     assert "report:" in capsys.readouterr().out
 

@@ -67,7 +67,7 @@ def test_every_stage_runs_after_what_it_needs(tmp_path):
     assert set(timings) == {"a", "b", "c", "d", "e"} and all(fake.is_done(s) for s in timings)
     order = [name for name, _ in fake.launched]
     assert order.index("a") < order.index("b") < order.index("d") and order.index("c") < order.index("d")
-    assert max(t for _, t in fake.launched) <= 2 and {t for _, t in fake.launched} <= {1, 2}
+    assert {t for _, t in fake.launched} == {1}  # cores // jobs, whatever runs at the time
 
 
 def test_independent_stages_run_at_the_same_time(tmp_path):
@@ -77,6 +77,18 @@ def test_independent_stages_run_at_the_same_time(tmp_path):
     assert fake.is_done("b") and fake.is_done("d")
     threads = dict(fake.launched)
     assert threads["b"] == threads["c"] == 1  # two running stages share the two cores
+
+
+def test_threads_follow_jobs_not_timing(tmp_path):
+    """A stage alone (a, d, e here) gets cores // jobs threads too, so its numbers do not depend
+    on what else happened to be running."""
+    fake = Fake(tmp_path)
+    run_graph(GRAPH, fake.is_done, fake.launch, jobs=2, cores=4, poll_s=0.01)
+    assert dict(fake.launched) == {s.folder: 2 for s in GRAPH}
+    solo = Fake(tmp_path / "solo")
+    (tmp_path / "solo").mkdir()
+    run_graph(GRAPH, solo.is_done, solo.launch, jobs=1, cores=4, poll_s=0.01)
+    assert set(dict(solo.launched).values()) == {4}
 
 
 def test_a_failed_stage_stops_only_its_dependants(tmp_path, capsys):

@@ -4,7 +4,7 @@
 (its run_info.json says complete) is skipped, so an interrupted run resumes where it stopped.
 The stages form a graph (the no-align branch, the null-context branch and the evaluator do not
 depend on each other): with `jobs` > 1, ready stages run at the same time as separate `namd`
-processes, each with cores / running stages threads and its output in RUN/logs/<stage>.log;
+processes, each with cores / jobs threads and its output in RUN/logs/<stage>.log;
 `jobs` = 1 runs them one after the other in this process, in plan order.
 """
 
@@ -159,8 +159,12 @@ def run_graph(steps: list[Step], is_done: Callable[[str], bool],
               launch: Callable[[Step, int], Launched], jobs: int, cores: int,
               poll_s: float = 0.2, status_every_s: float = 30.0) -> dict[str, float]:
     """Walk the stage graph: start every stage whose needs are done, at most `jobs` at a time,
-    each with max(1, cores // stages running) threads; a failed stage stops its dependants and
-    the others finish. Raises StageFailed naming every failed stage and its last log line."""
+    each with max(1, cores // jobs) threads; a failed stage stops its dependants and the others
+    finish. Raises StageFailed naming every failed stage and its last log line.
+
+    The thread count is fixed by `jobs`, not by how many stages happen to be running when a
+    stage starts: a stage's floating-point results depend on its thread count, so a run gives
+    the same numbers whatever the timing of its stages (the same `jobs`, the same results)."""
     timings = {s.folder: 0.0 for s in steps if is_done(s.folder)}
     pending = [s for s in steps if s.folder not in timings]
     running: dict[str, Launched] = {}
@@ -188,7 +192,7 @@ def run_graph(steps: list[Step], is_done: Callable[[str], bool],
                 raise RuntimeError("stages " + ", ".join(s.folder for s in pending) +
                                    " need stages that are not in the plan")
             ready = ready[:max(0, jobs - len(running))]
-            threads = max(1, cores // max(1, len(running) + len(ready)))
+            threads = max(1, cores // jobs)
             for s in ready:
                 pending.remove(s)
                 running[s.folder] = launch(s, threads)

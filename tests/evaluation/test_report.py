@@ -95,7 +95,26 @@ def make_metrics(n_mal: int, namd: float = 0.80, base: float = 0.70,
             "fidelity": {"namd": {"mean_of_k_mae_hu": 80.5, "vae_copy_mae_hu": 75.0,
                                   "mean_of_k_mae_to_vae_copy": 1.07, "nearest_own_followup_share": 0.91,
                                   "per_sample_mae_hu": 95.0, "spread_over_k_hu": 33.0, "k": K,
-                                  "n": N_TEST}}}
+                                  "n": N_TEST}},
+            "growth": GROWTH}
+
+
+def gap(benign: float, malignant: float, lo: float, hi: float) -> dict:
+    """A label-gap entry of the growth block."""
+    return {"benign_mean_mm": benign, "malignant_mean_mm": malignant,
+            "difference_mm": malignant - benign, "difference_ci95": [lo, hi],
+            "n_malignant": 4, "n_benign": 12}
+
+
+GROWTH = {"size": "equivalent diameter 2 sqrt(A / pi) of the tissue above -400 HU within 10 mm "
+                  "of the crop centre", "threshold_hu": -400.0, "radius_mm": 10.0,
+          "bootstrap": {"n": 200, "level": 0.95, "seed": 23,
+                        "resampled": "nodules, within each label"},
+          "baseline_size": gap(8.0, 8.5, -1.0, 2.0), "real_followup": gap(0.1, 2.6, 1.9, 3.3),
+          "generated": {"namd": {"status": "ok", "samples": "samples", "vae": "vae", "k": K,
+                                 **gap(0.4, 1.9, 0.8, 3.0), "benign_minus_real_benign_mm": 0.3},
+                        "namd_no_align": {"status": "not run: samples_no_align not found"},
+                        "namd_null_context": {"status": "not run: samples_null not found"}}}
 
 
 BASELINE_USE = {"n_pairs": 56, "loss_true": 0.03, "loss_shuffled": 0.12, "loss_prior": 0.07,
@@ -210,6 +229,8 @@ def test_reading_is_written_from_the_numbers(full_run):
     baseline = text.split('id="baseline"')[1].split("</section>")[0]
     assert "0.25" in baseline and "98%" in baseline and "0-100" in baseline  # ratio, x0, band
     assert "cond_no_align/baseline_use.json not found" in baseline and "0.91" in baseline
+    grown = text.split('id="growth"')[1].split("</section>")[0]
+    assert "+1.50 [+0.80, +3.00]" in grown and "predicts more growth for malignant" in grown
     # the same run with NAMD below the baseline says so
     metrics = make_metrics(4, namd=0.65, base=0.70, no_align=0.70)
     (run.stage("eval") / "metrics.json").write_text(json.dumps(metrics))

@@ -8,6 +8,7 @@ report, each stage in its own folder of RUN, resumable (finished stages are skip
 from __future__ import annotations
 
 import argparse
+import os
 
 from namd.rundir import add_config_args
 
@@ -16,15 +17,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add `namd demo`."""
     parser = sub.add_parser("demo", help="run the whole pipeline on the synthetic cohort", description=__doc__)
     parser.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
-    parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=None,
-                        help="also train and sample the no-align and null-context variants "
-                             "(default: off for tiny, on for bench and paper)")
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
+                        help="also train and sample the no-align and null-context variants, the "
+                             "ablation rows of Table 1 (default: on; --no-ablations for NAMD only)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="stages run at the same time, as separate processes with cores / "
-                             "running threads each, logs in RUN/logs (default 1: one after the "
-                             "other in this process). On 2 cores the tiny demo took 14.5 min with "
-                             "--jobs 2 against 12.5 min, and a stage's thread count changes its "
-                             "floating-point results")
+                             "jobs threads each, logs in RUN/logs (default: the cores; 1 = one "
+                             "after the other in this process, with all the cores). A stage's "
+                             "floating-point results depend on its thread count, so the same "
+                             "--jobs gives the same numbers")
     add_config_args(parser)
     parser.set_defaults(func=run)
 
@@ -39,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from namd.rundir import RunDir, resolve_config
 
     run_dir = RunDir(args.out)
-    config = resolve_config(args, run_dir)  # saves RUN/config.yaml; later stages reuse it
-    ablations = args.ablations if args.ablations is not None else config.preset != "tiny"
+    resolve_config(args, run_dir)  # saves RUN/config.yaml; later stages reuse it
+    ablations = args.ablations
     start = time.perf_counter()
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")

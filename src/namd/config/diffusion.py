@@ -69,14 +69,18 @@ class DiffusionConfig(Section):
 
 
 class SamplingConfig(Section):
-    """K virtual follow-ups per nodule (paper: K = 20, DDIM 50 steps, eta = 0, guidance 1).
+    """K virtual follow-ups per nodule (paper: K = 20, DDIM 50 steps, eta = 0, guidance 1; the
+    paper preset sets them). The CPU presets take DDIM 10 steps: against DDIM 50 with the same
+    seeds on the demo's 130 test nodules, per-nodule mean-probability correlation 0.9998, AUROC
+    +0.002, image MAE to the real follow-up -2.8% (benchmarks/results/sampler_steps.md; beyond
+    the paper). v-prediction makes the sampling path nearly straight, so few steps suffice.
 
     DDIM timesteps follow the CompVis sampler of the authors' code: uniform 'leading' spacing
     shifted by one (range(0, T, T // steps) + 1), alpha_prev of the last step = alphas_cumprod[0].
     """
 
     k: int = Field(20, ge=1)
-    steps: int = Field(50, ge=1)
+    steps: int = Field(10, ge=1, description="sampler steps (CPU presets: DDIM 10; paper preset: 50)")
     eta: float = Field(0.0, ge=0, description="DDIM stochasticity; 0 = deterministic (paper)")
     scheduler: Literal["ddim", "dpmsolver++"] = "ddim"
     solver_order: int = Field(2, ge=1, le=3, description="DPM-Solver++ order")

@@ -30,3 +30,11 @@ class EvalConfig(Section):
     bootstrap: int = Field(1000, ge=10)
     ci: float = Field(0.95, gt=0, lt=1)
     seed: int = 23
+    growth_threshold_hu: float = Field(
+        -400.0, description="growth evidence: tissue above this HU counts towards a crop's "
+        "central equivalent diameter (between lung parenchyma, about -850 HU, and a solid "
+        "nodule, about 0 HU)")
+    growth_radius_mm: float = Field(
+        10.0, gt=0, description="growth evidence: only tissue within this radius of the crop "
+        "centre counts, so a vessel or the chest wall near the crop's edge cannot pass for "
+        "growth")

@@ -2,8 +2,8 @@
 
 Reads RUN/cohort, RUN/evaluator and the sample folders of the three generative variants
 (RUN/samples, RUN/samples_no_align, RUN/samples_null; a missing one gives a "not run" row),
-writes RUN/eval/metrics.json (schema: docs/metrics-schema.md), RUN/eval/per_nodule.csv and
-RUN/eval/run_info.json.
+writes RUN/eval/metrics.json (schema: docs/metrics-schema.md; its growth block comes from
+namd.evaluation.growth), RUN/eval/per_nodule.csv and RUN/eval/run_info.json.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig
-from namd.evaluation import baselines, fidelity, metrics, quality, variance
+from namd.evaluation import baselines, fidelity, growth, metrics, quality, variance
 from namd.models.evaluator import MalignancyViT, load_evaluator, predict
 from namd.rundir import RunDir, variant_dirs
 from namd.runinfo import RUN_INFO, atomic_write_json, atomic_write_text, progress
@@ -258,6 +258,21 @@ def baseline_use_blocks(run: RunDir) -> dict:
     return out
 
 
+def growth_variants(run: RunDir, inp: Inputs, scored: dict[str, Scored],
+                    crops_of: dict[str, np.ndarray]) -> dict[str, growth.Variant]:
+    """Every generated variant's samples and its VAE's copies of the baselines, or its status."""
+    out = {}
+    for name, folder in GENERATED.items():
+        copy, status = inp.vae_copies.get(VAE_OF[name]), "ok"
+        if name not in crops_of:
+            status = scored[name].status
+        elif copy is None:
+            status = (f"not computed: {run.stage(VAE_OF[name])} is not finished (its copy of the "
+                      "baselines is the reference size)")
+        out[name] = growth.Variant(crops_of.get(name), copy, status, folder, VAE_OF[name])
+    return out
+
+
 def image_quality_blocks(inp: Inputs, scored: dict[str, Scored], feats: dict[str, np.ndarray],
                          crops_of: dict[str, np.ndarray]) -> tuple[dict, dict]:
     """The image_quality block of every row in QUALITY_ROWS, and per-crop arrays."""
@@ -314,6 +329,9 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
             inp.real["followup"], {n: inp.vae_copies[VAE_OF[n]] for n in GENERATED
                                    if VAE_OF[n] in inp.vae_copies}, window),
         "baseline_use": baseline_use_blocks(run),
+        "growth": growth.growth_block(inp.real["baseline"], inp.real["followup"], inp.spacing,
+                                      inp.y, growth_variants(run, inp, scored, crops_of),
+                                      config.eval),
         "variance": ({"variant": "namd", **var_rows["namd"]} if "namd" in var_rows
                      else {"variant": "namd", "status": scored["namd"].status}),
         "variance_other_variants": {n: v for n, v in var_rows.items() if n != "namd"},

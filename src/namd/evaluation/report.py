@@ -23,6 +23,7 @@ from namd.evaluation import figures as F
 from namd.evaluation import figures_examples as FX
 from namd.evaluation import variance
 from namd.evaluation.reading import ok_rows, reading
+from namd.evaluation.report_growth import section_growth
 from namd.evaluation.report_html import (
     baseline_use_table,
     fidelity_table,
@@ -363,6 +364,7 @@ BUILDERS = (
     ("table", "Diagnosis performance (AUROC, AUPRC)", section_table),
     ("quality", "Image quality", section_quality),
     ("baseline", "What the baseline buys", section_baseline),
+    ("growth", "Growth: does the generator predict change?", section_growth),
     ("curves", "ROC and precision-recall curves", section_curves),
     ("latent", "Figure 2: the latent space (t-SNE)", section_latent),
     ("variance", "Figure 3: prediction error and predictive variance", section_variance),
