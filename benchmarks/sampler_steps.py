@@ -13,6 +13,7 @@ count the U-Net sampling and the decode, not the conditioning (computed once, sh
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -80,7 +81,11 @@ def main() -> None:
                         help="scheduler:steps list; the first is the reference (default DDIM 50)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--out", default=str(HERE / "results" / "sampler_steps"))
+    parser.add_argument("--render", default=None, help="only rewrite the markdown of this JSON result")
     args = parser.parse_args()
+    if args.render:
+        publish(args.render, json.loads(Path(args.render).read_text()), markdown)
+        return
     torch.set_num_threads(args.threads)
     load_before = start_load()
     config, sampler, cond, model, window, real, y = load(args.run)
@@ -126,6 +131,13 @@ def markdown(r: dict) -> str:
                      f"{row['auroc']:.3f} | {row['delta_auroc']:+.3f} | {row['mean_prob_corr']:.4f} | "
                      f"{row['mae_hu']:.1f} | {row['mae_rel']:+.1%} | {row['spread_hu']:.1f} | {row['latent_rmse']:.3f} | "
                      f"{'yes' if row['equal_quality'] else 'no'} |")
+    if m.get("note"):
+        lines += ["", f"Note: {m['note']}."]
+    passing = [row for row in r["rows"][1:] if row["equal_quality"]]
+    if passing:
+        cheapest = min(passing, key=lambda row: int(row["setting"].split(":")[1]))
+        lines += ["", f"Fewest steps at equal quality: **{cheapest['setting']}** (the seconds of one "
+                  "table are comparable only on an unloaded machine: see the load line)."]
     return "\n".join(lines) + "\n"
 
 

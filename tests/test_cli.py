@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
+import namd.commands.cohort
 from namd.cli import build_parser, main
 from namd.cohort.store import Cohort
+from namd.contract import RunFileError
+from namd.pipeline import StageFailed
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +99,36 @@ def test_cohort_info_on_a_folder_that_is_not_a_cohort(tmp_path, capsys):
     assert main(["cohort", "info", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "cohort.json" in err and err.count("\n") == 1
+
+
+def test_a_damaged_cohort_file_is_one_line_with_the_remedy(synth_dir, tmp_path, capsys):
+    bad = tmp_path / "c"
+    shutil.copytree(synth_dir, bad)
+    text = (bad / "manifest.csv").read_text()
+    (bad / "manifest.csv").write_text(text[: len(text) // 2])
+    assert main(["cohort", "info", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{bad / 'manifest.csv'}: cut short" in err
+    assert f"namd synth --out {bad} --overwrite" in err
+    with pytest.raises(RunFileError):  # -v: the traceback
+        main(["-v", "cohort", "info", str(bad)])
+
+
+@pytest.mark.parametrize("error", [
+    StageFailed("stage vae failed: boom"),
+    PermissionError(13, "Permission denied", "/run/vae"),
+    ValueError("a library message\nover two lines"),
+])
+def test_expected_errors_are_one_line_and_exit_1(error, monkeypatch, tmp_path, capsys):
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(namd.commands.cohort, "run_info", fail)
+    assert main(["cohort", "info", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("namd cohort: error: ") and err.count("\n") == 1
+    with pytest.raises(type(error)):
+        main(["-v", "cohort", "info", str(tmp_path)])
 
 
 def test_synth_command_keeps_heavy_imports_inside_run():

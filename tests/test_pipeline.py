@@ -58,6 +58,8 @@ def test_demo_resumes_by_skipping_finished_stages(demo_run, capsys):
     before = (demo_run / "vae" / "run_info.json").stat().st_mtime_ns
     assert main(["demo", "--out", str(demo_run), "--jobs", "1"]) == 0
     assert (demo_run / "vae" / "run_info.json").stat().st_mtime_ns == before
+    record = json.loads((demo_run / "pipeline.json").read_text())  # this run: every stage skipped
+    assert record["jobs"] == 1 and record["ablations"] and set(record["stage_seconds"].values()) == {0.0}
     assert "report:" in capsys.readouterr().out
 
 

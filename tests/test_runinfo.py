@@ -10,12 +10,14 @@ import pytest
 from namd.config import load_config
 from namd.runinfo import (
     RUN_INFO,
+    PathPolicy,
     atomic_dir,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     package_versions,
     progress,
+    recorded_paths,
     write_run_info,
 )
 
@@ -124,6 +126,45 @@ def test_write_run_info(tmp_path):
     assert saved["time_utc"].endswith("Z") and saved["command"]
 
 
+def _argv(tmp_path):
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "cohort.csv").write_text("x")
+    return ["/usr/bin/namd", "prepare", "manifest", str(tmp_path / "tables" / "cohort.csv"),
+            "--images=/data/TCIA/LIDC-IDRI-0042/01-02-2000-CT", "--out", str(tmp_path / "out"),
+            "--set", "data.crop_size=32", "--steps", "-3", "--on-error", "skip", "--label", "Q7xZ"]
+
+
+def test_command_paths_are_relative_to_the_stated_root(tmp_path):
+    command = PathPolicy(tmp_path).command(_argv(tmp_path))
+    assert command == ("namd prepare manifest tables/cohort.csv --images=../" + "../" * (len(tmp_path.parts) - 2)
+                       + "data/TCIA/LIDC-IDRI-0042/01-02-2000-CT --out out --set data.crop_size=32 "
+                       "--steps -3 --on-error skip --label Q7xZ")
+
+
+def test_hashed_command_keeps_no_path_or_id(tmp_path):
+    command = PathPolicy(tmp_path, hasher=lambda v: "h" * 16).command(_argv(tmp_path))
+    for raw in ("cohort.csv", "TCIA", "LIDC-IDRI-0042", "01-02-2000", str(tmp_path), "Q7xZ"):
+        assert raw not in command
+    assert command == ("namd prepare manifest hash:hhhhhhhhhhhhhhhh --images=hash:hhhhhhhhhhhhhhhh "
+                       "--out hash:hhhhhhhhhhhhhhhh --set data.crop_size=32 --steps -3 "
+                       "--on-error skip --label hash:hhhhhhhhhhhhhhhh")
+
+
+def test_run_info_never_stores_the_raw_command_line(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", _argv(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("tiny")
+    info = write_run_info(tmp_path, cfg, 1)
+    assert info["paths"] == {"hashed": False, "relative_to": str(tmp_path)}
+    assert " tables/cohort.csv " in info["command"] and "--images=/data" not in info["command"]
+    with recorded_paths(hasher=lambda v: "0" * 16):
+        write_run_info(tmp_path, cfg, 1)
+    text = (tmp_path / RUN_INFO).read_text()
+    assert "LIDC-IDRI-0042" not in text and "cohort.csv" not in text and str(tmp_path) not in text
+    assert json.loads(text)["paths"]["hashed"] is True
+    assert write_run_info(tmp_path, cfg, 1)["paths"]["hashed"] is False  # only inside the block
+
+
 def test_package_versions_report_missing_packages():
     versions = package_versions()
     assert versions["numpy"][0].isdigit()
@@ -138,3 +179,18 @@ def test_progress_bar_counts_and_can_be_silenced(monkeypatch, capsys):
         bar.update(4)
     err = capsys.readouterr().err
     assert "work" in err and "4/4" in err and "crop" in err
+
+
+def test_a_command_run_in_process_records_itself_not_its_caller(tmp_path, monkeypatch):
+    """`namd.cli.main([...])` (as `namd demo --jobs 1` runs its stages) records that command,
+    not the caller's sys.argv."""
+    import json
+
+    from namd.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["pytest", "--caller-flag"])
+    assert main(["synth", "--out", "cohort", "--pairs", "12", "--unpaired", "4",
+                 "--set", "synth.split_fractions=[0.5,0.25,0.25]"]) == 0
+    command = json.loads((tmp_path / "cohort" / "run_info.json").read_text())["command"]
+    assert command.startswith("namd synth --out cohort") and "caller-flag" not in command

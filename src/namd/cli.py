@@ -2,6 +2,11 @@
 
 Sub-commands live in `namd.commands`, one module each, discovered here; every module has
 `register(subparsers)` and keeps heavy imports inside its run function, so `--help` is fast.
+
+Expected errors end the command with exit status 1 and one line on stderr, the traceback only
+with -v: the project's own (RunFileError for a missing or damaged run file, ConfigError,
+EHRError, CohortError, IngestError: all ValueErrors), a failed stage of `namd demo`
+(StageFailed), and file access (OSError).
 """
 
 from __future__ import annotations
@@ -14,10 +19,16 @@ import sys
 
 import namd
 import namd.commands
+from namd.pipeline import StageFailed
 
 
 class UsageError(Exception):
     """A problem the user can fix; printed as one line without a traceback."""
+
+
+# ValueError covers RunFileError, ConfigError, EHRError, CohortError and IngestError; OSError
+# covers FileNotFoundError, FileExistsError and PermissionError.
+EXPECTED = (UsageError, ValueError, OSError, KeyError, StageFailed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,13 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from namd.runinfo import recorded_command
+
     try:
-        return int(args.func(args) or 0)
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError, KeyError) as exc:
+        with recorded_command(["namd", *(sys.argv[1:] if argv is None else argv)]):
+            return int(args.func(args) or 0)
+    except EXPECTED as exc:
         if args.verbose:
             raise
-        print(f"namd {args.command}: error: {exc}", file=sys.stderr)
+        print(f"namd {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 1
+
+
+def _message(exc: BaseException) -> str:
+    """The one-line text of an error (multi-line library messages are joined)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

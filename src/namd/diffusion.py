@@ -19,6 +19,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from namd.config import DiffusionConfig, SamplingConfig
+from namd.contract import read_json, reading
 
 SCHEDULER_DIR = "scheduler"
 
@@ -38,12 +39,11 @@ def save_scheduler(scheduler: DDPMScheduler, stage_dir: Path) -> None:
 
 
 def load_scheduler_config(stage_dir: Path) -> dict[str, Any]:
-    """The training schedule a stage was trained with."""
+    """The training schedule a stage was trained with (RunFileError when missing or damaged)."""
     folder = Path(stage_dir) / SCHEDULER_DIR
-    if not (folder / "scheduler_config.json").is_file():
-        raise FileNotFoundError(f"{folder}/scheduler_config.json not found: is {stage_dir} a "
-                                f"finished `namd train` stage?")
-    return dict(DDPMScheduler.load_config(folder))
+    read_json(folder / "scheduler_config.json")
+    with reading(folder / "scheduler_config.json"):
+        return dict(DDPMScheduler.load_config(folder))
 
 
 def sampling_scheduler(train_config: dict[str, Any], cfg: SamplingConfig) -> SchedulerMixin:

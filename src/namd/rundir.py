@@ -9,13 +9,11 @@ Each stage folder holds its own run_info.json; a stage is finished when that fil
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from namd.config import PRESETS, NamdConfig, load_config, save_config
+from namd.config import PRESETS, ConfigError, NamdConfig, load_config, save_config
+from namd.contract import CONFIG_FILE, RunFileError, read_json, read_yaml
 from namd.runinfo import RUN_INFO, write_run_info
 
 STAGES = ("cohort", "vae", "vae_no_align", "prior", "prior_no_align", "cond", "cond_no_align",
@@ -33,11 +31,12 @@ class RunDir:
         return self.path / name
 
     def is_done(self, name: str) -> bool:
-        """True when the stage recorded its completion in its run_info.json."""
+        """True when the stage recorded its completion in its run_info.json; a run_info.json
+        that cannot be read is a RunFileError (never "not done", which would re-run the stage)."""
         info = self.stage(name) / RUN_INFO
         if not info.is_file():
             return False
-        return bool(json.loads(info.read_text()).get("complete"))
+        return bool(read_json(info, name).get("complete"))
 
     def mark_done(self, name: str, config: NamdConfig, seed: int | None, **extra: Any) -> None:
         """Write the stage's run_info.json with `complete: true`."""
@@ -54,9 +53,20 @@ class RunDir:
         return path
 
     def saved_config(self) -> dict[str, Any] | None:
-        """The run's config.yaml as a dict, if the run has one."""
-        p = self.path / "config.yaml"
-        return yaml.safe_load(p.read_text()) if p.is_file() else None
+        """The run's config.yaml as a dict (checked: it parses and validates), or None for a
+        run that has none yet; missing once a stage other than the cohort ran, it is an error."""
+        path = self.path / CONFIG_FILE
+        if not path.is_file():
+            ran = [s for s in STAGES if s != "cohort" and (self.stage(s) / RUN_INFO).is_file()]
+            if ran:
+                raise RunFileError(path, f"missing, though stage(s) {', '.join(ran)} ran with it")
+            return None
+        saved = read_yaml(path)
+        try:
+            load_config(base=saved)
+        except ConfigError as exc:
+            raise RunFileError(path, f"not a valid namd config ({exc})") from None
+        return saved
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -75,8 +85,8 @@ def resolve_config(args: argparse.Namespace, run: RunDir | None = None) -> NamdC
     """
     saved = run.saved_config() if run is not None and args.preset is None else None
     config = load_config(args.preset or "tiny", args.config, args.overrides, base=saved)
-    if run is not None and not (run.path / "config.yaml").exists():
-        save_config(config, run.path / "config.yaml")
+    if run is not None and not (run.path / CONFIG_FILE).exists():
+        save_config(config, run.path / CONFIG_FILE)
     return config
 
 

@@ -1,4 +1,10 @@
-"""What every run leaves beside its outputs: atomic writes, provenance and progress bars."""
+"""What every run leaves beside its outputs: atomic writes, provenance and progress bars.
+
+Provenance never holds the raw command line: `run_info.json` records the command with every
+path written relative to a stated root (the working directory unless a command states
+another), or, inside `recorded_paths(hasher=...)` (`--hash-ids`), with every path and every
+value that could be an id replaced by a keyed hash; its `paths` entry says which.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,14 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,9 +80,16 @@ def _json_default(obj: Any) -> Any:
 def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary sibling name and move it into place on success.
 
-    A crash or error leaves no half-written directory under the final name.
+    A crash or error leaves no half-written directory under the final name. Replacing an
+    existing folder takes two renames (no call swaps directories atomically), so the old one is
+    first moved aside to `.<name>.old`, the new one renamed in, then the old one removed: a
+    process killed between the renames leaves the complete old folder at `.<name>.old`, which
+    the next `atomic_dir` on `final` (or a reader such as `load_checkpoint`) moves back.
     """
     final = Path(final)
+    aside = final.with_name(f".{final.name}.old")
+    if aside.is_dir() and not final.exists():  # a replace killed between its two renames
+        os.replace(aside, final)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists (use --overwrite to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -82,10 +98,10 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         if final.exists():
-            trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, trash)
+            shutil.rmtree(aside, ignore_errors=True)  # left by a kill during a cleanup: stale
+            os.replace(final, aside)
             os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
+            shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(tmp, final)
     except BaseException:
@@ -104,11 +120,111 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+_WORD = re.compile(r"[a-z][a-z_+-]*")  # sub-commands and choices: no digits, no capitals
+
+
+def _is_number(text: str) -> bool:
+    """True for '3', '-0.5', '1e-4'."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_path(text: str) -> bool:
+    """True for a value that names a file or folder (has a separator, or exists)."""
+    return bool(text) and ("/" in text or os.sep in text or Path(text).exists())
+
+
+@dataclass(frozen=True)
+class PathPolicy:
+    """How provenance writes what the user typed: paths relative to `root`, or with `hasher`
+    (--hash-ids) every path and every value that is not a number or a plain word hashed."""
+
+    root: Path
+    hasher: Callable[[str], str] | None = None
+
+    def path(self, value: str | Path) -> str:
+        """A path as provenance stores it."""
+        full = Path(value).expanduser().absolute()
+        if self.hasher is not None:
+            return f"hash:{self.hasher(str(full))}"
+        return Path(os.path.relpath(full, self.root)).as_posix()
+
+    def value(self, text: str) -> str:
+        """One command-line value as provenance stores it."""
+        if _is_path(text):
+            return self.path(text)
+        if self.hasher is not None and not (_is_number(text) or _WORD.fullmatch(text)):
+            return f"hash:{self.hasher(text)}"
+        return text
+
+    def command(self, argv: Sequence[str]) -> str:
+        """The command line with its values written by `value` (`--set` keys kept)."""
+        out = [Path(argv[0]).name] if argv else []
+        for before, token in zip(["", *argv[1:]], argv[1:], strict=False):
+            if before == "--set" and "=" in token:
+                key, _, val = token.partition("=")
+                out.append(f"{key}={self.path(val) if _is_path(val) else val}")
+            elif token.startswith("-") and not _is_number(token):
+                flag, eq, val = token.partition("=")
+                out.append(flag + (eq + self.value(val) if eq else ""))
+            else:
+                out.append(self.value(token))
+        return " ".join(out)
+
+    def describe(self) -> dict[str, Any]:
+        """What run_info.json says about its paths."""
+        if self.hasher is not None:
+            return {"hashed": True, "how": "keyed hashes (HMAC-SHA256) with the --hash-ids key"}
+        return {"hashed": False, "relative_to": str(self.root)}
+
+
+_POLICY: ContextVar[PathPolicy | None] = ContextVar("namd_path_policy", default=None)
+
+
+def path_policy() -> PathPolicy:
+    """The policy in force: the innermost `recorded_paths`, else relative to the working folder."""
+    return _POLICY.get() or PathPolicy(Path.cwd())
+
+
+@contextlib.contextmanager
+def recorded_paths(root: str | Path | None = None,
+                   hasher: Callable[[str], str] | None = None) -> Iterator[PathPolicy]:
+    """Within the block, provenance writes paths relative to `root` (default: the working
+    folder), or hashed with `hasher` when one is given (--hash-ids)."""
+    policy = PathPolicy(Path(root or Path.cwd()).absolute(), hasher)
+    token = _POLICY.set(policy)
+    try:
+        yield policy
+    finally:
+        _POLICY.reset(token)
+
+
+_COMMAND: ContextVar[list[str] | None] = ContextVar("namd_command", default=None)
+
+
+@contextlib.contextmanager
+def recorded_command(argv: list[str]) -> Iterator[None]:
+    """Within the block, provenance records `argv` as the command instead of sys.argv: a
+    `namd` command called in-process (`namd.cli.main([...])`, `namd demo --jobs 1`) is recorded
+    as itself, not as its caller's command line."""
+    token = _COMMAND.set(list(argv))
+    try:
+        yield
+    finally:
+        _COMMAND.reset(token)
+
+
 def write_run_info(out_dir: Path, config: Any, seed: int | None, **extra: Any) -> dict[str, Any]:
-    """Record the resolved config, the seed, package versions and the command beside outputs."""
+    """Record the resolved config, the seed, package versions and the command beside outputs
+    (the command's paths relative or hashed, by `path_policy`)."""
     cfg = config.model_dump(mode="json") if hasattr(config, "model_dump") else config
+    policy = path_policy()
     info = {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": policy.command(_COMMAND.get() or sys.argv),
+        "paths": policy.describe(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seed": seed,
         "versions": package_versions(),

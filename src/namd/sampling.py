@@ -15,7 +15,6 @@ the same whatever the batch size and whichever other nodules are sampled with it
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,11 +24,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 
 import namd.models.context as context_module
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig, SamplingConfig, TextConfig
+from namd.contract import RunFileError, load_safetensors, read_json, reading
 from namd.diffusion import load_scheduler_config, model_output, sampling_scheduler
 from namd.models.unet import load_unet
 from namd.models.vae import decode, encode, from_network, load_trained_vae, to_network
@@ -158,20 +157,24 @@ class FollowUpSampler:
     @classmethod
     def from_run(cls, run: RunDir, dirs: dict[str, str], config: NamdConfig,
                  device: torch.device | str = "cpu") -> FollowUpSampler:
-        """Load the cond stage and the VAE it was trained on; refuses a VAE changed since."""
+        """Load the cond stage and the VAE it was trained on; refuses a VAE changed since.
+
+        A missing or damaged file is a RunFileError naming it; the VAE is read (and so checked)
+        before its fingerprint is compared, so damage is never mistaken for a retrained VAE."""
         from namd.training.latents import vae_fingerprint
 
         cond_dir, vae_dir = run.require(dirs["cond"], "sample"), run.require(dirs["vae"], "sample")
         if not run.is_done(dirs["cond"]):
-            raise FileNotFoundError(f"{cond_dir} is not finished: run `namd train cond` first")
-        info = json.loads((cond_dir / RUN_INFO).read_text())
+            raise RunFileError(cond_dir / RUN_INFO, "missing or not complete: the stage did not finish")
+        info = read_json(cond_dir / RUN_INFO)
+        schedule = load_scheduler_config(cond_dir)
+        unet = load_unet(cond_dir, device)
+        vae, scale = load_trained_vae(vae_dir, device)
         if info.get("vae_fingerprint") and info["vae_fingerprint"] != vae_fingerprint(vae_dir):
             raise ValueError(f"{vae_dir} changed after {cond_dir} was trained on it; retrain "
                              "prior and cond (namd train prior/cond --overwrite)")
-        vae, scale = load_trained_vae(vae_dir, device)
         encoder, null = load_context_encoder(cond_dir, device)
-        sampler = cls(load_unet(cond_dir, device), vae, scale, encoder, null,
-                      load_scheduler_config(cond_dir), tuple(config.data.window_hu), device)
+        sampler = cls(unet, vae, scale, encoder, null, schedule, tuple(config.data.window_hu), device)
         sampler.condition_dropout = float(info.get("condition_dropout") or 0.0)
         return sampler
 
@@ -214,16 +217,17 @@ def load_context_encoder(cond_dir: Path, device: torch.device | str = "cpu") -> 
     """The cond stage's context encoder (its saved text config) with the trained soft prompts,
     and whether the stage was trained with the null context."""
     spec_path, prompts_path = Path(cond_dir) / ENCODER_FILE, Path(cond_dir) / PROMPTS_FILE
-    for p in (spec_path, prompts_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} not found: is {cond_dir} a finished `namd train cond` stage?")
-    spec = json.loads(spec_path.read_text())
-    encoder = context_module.build_context_encoder(TextConfig.model_validate(spec["text"]))
+    spec = read_json(spec_path, "cond", keys=("text", "dim", "n_tokens"))
+    prompts = load_safetensors(prompts_path, "cond")
+    with reading(spec_path, "cond"):
+        text = TextConfig.model_validate(spec["text"])
+    encoder = context_module.build_context_encoder(text)
     if (encoder.dim, encoder.n_tokens) != (spec["dim"], spec["n_tokens"]):
         raise ValueError(f"{spec_path}: the context encoder now gives D={encoder.dim}, "
                          f"m={encoder.n_tokens}, but the stage was trained with D={spec['dim']}, "
                          f"m={spec['n_tokens']}")
-    encoder.load_trainable_state_dict(load_file(str(prompts_path)))
+    with reading(prompts_path, "cond"):
+        encoder.load_trainable_state_dict(prompts)
     try:
         encoder.to(device)
     except (ValueError, RuntimeError):  # quantised models keep their own device map

@@ -14,11 +14,13 @@ from namd.cohort.ehr import (
     CATEGORICAL,
     EHR,
     EHR_FIELDS,
+    EXTRA_KEYS,
     FAMILY,
     LOBE,
     MARGINS,
     EHRError,
     is_missing,
+    record_id,
     report_sentence,
 )
 
@@ -179,6 +181,46 @@ def test_sentence_is_deterministic_and_uses_only_ehr_fields():
     """The builder sees only the EHR (baseline fields); no label or follow-up can enter."""
     ehr = EHR.from_mapping(FULL)
     assert report_sentence(ehr) == report_sentence(EHR.from_mapping(dict(FULL)))
-    extra = {**FULL, "label": 1, "followup_SCT_LONG_DIA": 30.0}
+    extra = {**FULL, "label": 1, "patient_id": "100012", "nodule_id": 2}
     assert report_sentence(EHR.from_mapping(extra)) == report_sentence(ehr)
     assert not math.isnan(ehr.SCT_LONG_DIA)
+    with pytest.raises(EHRError, match="followup_SCT_LONG_DIA.*did you mean SCT_LONG_DIA"):
+        EHR.from_mapping({**FULL, "followup_SCT_LONG_DIA": 30.0})
+
+
+# ------------------------------------------------------------------ unknown keys
+@pytest.mark.parametrize("typo,field", [("SCT_LONG_DAI", "SCT_LONG_DIA"), ("sct_perp_di", "SCT_PERP_DIA"),
+                                        ("Sex", "gender"), ("genders", "gender"), ("agee", "age"),
+                                        ("famfathers", "famfather"), ("emphysema", "diagemph")])
+def test_unknown_key_names_it_and_the_nearest_field(typo, field):
+    """A misspelt key used to be dropped: its value became missing and left the sentence."""
+    record = {k: v for k, v in FULL.items() if k != field} | {typo: FULL[field]}
+    with pytest.raises(EHRError) as err:
+        EHR.from_mapping(record, record="patient.json")
+    msg = str(err.value)
+    assert msg.startswith("record patient.json: unknown key") and repr(typo) in msg
+    assert f"did you mean {field}?" in msg and len(msg.splitlines()) == 1
+
+
+def test_unknown_key_without_a_near_field_lists_the_fields():
+    with pytest.raises(EHRError, match=r"unknown key 'smoker' \(EHR fields: SCT_PRE_ATT, .*famchild; "
+                                       r"other keys allowed: .*patient_id"):
+        EHR.from_mapping({**FULL, "smoker": 1})
+
+
+def test_documented_extra_keys_are_ignored_in_any_case():
+    ehr = EHR.from_mapping(FULL)
+    assert {"patient_id", "nodule_id", "label"} <= EXTRA_KEYS
+    for key in EXTRA_KEYS:
+        assert EHR.from_mapping({**FULL, key: "x", key.upper(): "y"}) == ehr
+
+
+def test_the_same_field_twice_is_an_error():
+    with pytest.raises(EHRError, match="keys 'age' and 'AGE' both give field age"):
+        EHR.from_mapping({**FULL, "AGE": 64})
+
+
+def test_record_id_from_the_id_keys():
+    assert record_id({"patient_id": "P-1", "nodule_id": 2, "age": 60}) == "P-1/2"
+    assert record_id({"ID": 7}) == "7" and record_id({"pid": " 100012 "}) == "100012"
+    assert record_id({"age": 60}) is None and record_id({"patient_id": None, "id": ""}) is None

@@ -17,6 +17,7 @@ from namd.cli import main
 from namd.cohort.ehr import EHR
 from namd.cohort.store import CohortWriter
 from namd.config import VAEConfig, load_config, save_config
+from namd.contract import RunFileError
 from namd.evaluation.report import BUILDERS, build_report
 from namd.models.vae import build_vae, save_trained_vae
 from namd.rundir import RunDir
@@ -288,17 +289,21 @@ def test_partial_run_says_which_command_makes_the_missing_parts(full_run, tmp_pa
     assert not (run.stage("report") / "fig3_examples.png").exists()
 
 
-def test_malformed_input_is_reported_in_its_section(full_run, tmp_path):
+def test_malformed_input_is_an_error_and_writes_no_report(full_run, tmp_path, capsys):
     run = RunDir(tmp_path / "run")
     shutil.copytree(full_run[0].path, run.path, ignore=shutil.ignore_patterns("vae*"))
     df = pd.read_csv(run.stage("eval") / "per_nodule.csv")
     df.loc[3, "label"] = 2
     df.to_csv(run.stage("eval") / "per_nodule.csv", index=False)
-    text = build_report(run, load_config(base=run.saved_config()))[0].read_text()
-    statuses = _statuses(text)
-    assert statuses["curves"] == statuses["variance"] == statuses["running"] == "error"
-    assert "per_nodule.csv: row 5: label must be 0 or 1" in text
-    assert statuses["table"] == "ok"
+    before = (run.stage("report") / "index.html").read_text()
+    with pytest.raises(RunFileError, match=r"per_nodule.csv: row 5: label must be 0 or 1.* — "
+                                           r"re-run `namd evaluate --run"):
+        build_report(run, load_config(base=run.saved_config()))
+    assert main(["report", "--run", str(run.path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "per_nodule.csv: row 5" in err
+    assert (run.stage("report") / "index.html").read_text() == before  # the old page stays
+    assert not list(run.path.rglob("*.partial"))  # no half-written report folder
 
 
 def test_cli_writes_the_report(tmp_path, capsys):

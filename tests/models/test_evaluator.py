@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from namd.config import EvaluatorConfig, load_config
+from namd.contract import RunFileError
 from namd.models.evaluator import build_evaluator, load_evaluator, predict, to_input
 
 
@@ -73,5 +74,5 @@ def test_bad_geometry_and_missing_stage_are_clear_errors(tmp_path):
         build_evaluator(_tiny(), 30)
     with pytest.raises(ValueError, match="not divisible by heads"):
         build_evaluator(EvaluatorConfig(width=30, heads=4), 32)
-    with pytest.raises(FileNotFoundError, match="namd train evaluator"):
+    with pytest.raises(RunFileError, match="run_info.json: missing — make it: `namd train evaluator"):
         load_evaluator(tmp_path)

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from namd.config import UNetConfig, load_config
+from namd.contract import RunFileError
 from namd.models.unet import (
     build_unet,
     count_parameters,
@@ -106,7 +107,7 @@ def test_save_and_load_roundtrip(tmp_path):
     loaded = load_unet(tmp_path)
     assert not any(p.requires_grad for p in loaded.parameters())
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in unet.state_dict().items())
-    with pytest.raises(FileNotFoundError, match="finished"):
+    with pytest.raises(RunFileError, match="unet/config.json: missing"):
         load_unet(tmp_path / "missing")
 
 

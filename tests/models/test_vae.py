@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from namd.config import VAEConfig, load_config
+from namd.contract import RunFileError
 from namd.models.vae import (
     build_vae,
     build_vae_from_config,
@@ -139,5 +140,5 @@ def test_trained_vae_round_trip(tmp_path, source_vae):
     loaded, scale = load_trained_vae(tmp_path)
     assert scale == 4.5 and not any(p.requires_grad for p in loaded.parameters())
     _assert_same_weights(loaded, source_vae)
-    with pytest.raises(FileNotFoundError, match="finished"):
+    with pytest.raises(RunFileError, match="latent_scale.json: missing — make it: `namd train vae"):
         load_trained_vae(tmp_path / "nothing")

@@ -10,6 +10,7 @@ import namd.training.latents as latents
 from namd.cohort.ehr import EHR
 from namd.cohort.store import CohortWriter
 from namd.config import VAEConfig
+from namd.contract import RunFileError
 from namd.imaging import ROTATIONS
 from namd.models.vae import build_vae, encode, save_trained_vae, to_network
 
@@ -77,7 +78,7 @@ def test_cache_is_rebuilt_when_the_vae_changes(tmp_path):
 
 def test_cache_errors(tmp_path):
     cohort = _cohort(tmp_path / "cohort", n=2)
-    with pytest.raises(FileNotFoundError, match="namd train vae"):
+    with pytest.raises(RunFileError, match="latent_scale.json: missing.*`namd train vae"):
         latents.load_or_build(tmp_path / "c.safetensors", cohort, tmp_path / "novae", WINDOW)
     _vae(tmp_path / "vae", seed=0)
     with pytest.raises(ValueError, match="rotation 0"):

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from namd.config import TrainConfig
-from namd.training.trainer import Trainer, learning_rate, load_best
+from namd.training.checkpoint import aside_of, load_checkpoint, recover, save_checkpoint
+from namd.training.trainer import Trainer, global_rng, learning_rate, load_best
 
 
 class Data:
@@ -46,7 +49,15 @@ class Task:
         noise = torch.randn(batch["x"].shape, generator=generator) * 0.01 if train else 0.0
         err = self.net(batch["x"] + noise) - batch["y"]
         mse = err.pow(2).mean()
-        return mse, {"mse": float(mse)}
+        return mse, {"mse": float(mse.detach())}
+
+
+class DropoutTask(Task):
+    """The same regression through a dropout layer, which draws from torch's global RNG."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(4, 1))
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -75,16 +86,80 @@ def test_fit_learns_and_logs_every_term(tmp_path):
     assert result.best_step > 0 and math.isfinite(result.best_val)
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
-    Trainer(_cfg(), tmp_path / "full").fit(Task(), Data(40), Data(16, seed=1))
-    Trainer(_cfg(max_steps=8), tmp_path / "part").fit(Task(), Data(40), Data(16, seed=1))
-    Trainer(_cfg(), tmp_path / "part").fit(Task(), Data(40), Data(16, seed=1), resume=True)
+@pytest.mark.parametrize("task", [Task, DropoutTask])
+def test_resume_matches_uninterrupted_run(tmp_path, task):
+    Trainer(_cfg(), tmp_path / "full").fit(task(), Data(40), Data(16, seed=1))
+    Trainer(_cfg(max_steps=8), tmp_path / "part").fit(task(), Data(40), Data(16, seed=1))
+    with (tmp_path / "part/log.csv").open("a") as fh:
+        fh.write("9,tra")  # a row torn by a kill mid-write
+    torch.manual_seed(123)  # the resuming process's global RNG is wherever it happens to be
+    Trainer(_cfg(), tmp_path / "part").fit(task(), Data(40), Data(16, seed=1), resume=True)
     full = load_file(str(tmp_path / "full/checkpoints/last/net.safetensors"))
     part = load_file(str(tmp_path / "part/checkpoints/last/net.safetensors"))
     for key in full:
         assert torch.equal(full[key], part[key]), key
     rows = list(csv.DictReader((tmp_path / "part/log.csv").open()))
     assert [int(r["step"]) for r in rows if r["phase"] == "train"] == list(range(1, 13))
+
+
+def test_global_rng_is_seeded_per_step_and_restored():
+    torch.manual_seed(1)
+    outer = torch.get_rng_state()
+    with global_rng(5, 3, torch.device("cpu")):
+        first = torch.rand(3)
+    assert torch.equal(torch.get_rng_state(), outer)  # the caller's stream is untouched
+    with global_rng(5, 3, torch.device("cpu")):
+        assert torch.equal(torch.rand(3), first)
+    with global_rng(5, 4, torch.device("cpu")):
+        assert not torch.equal(torch.rand(3), first)
+
+
+def test_resume_restores_the_fp16_loss_scale(tmp_path):
+    """The GradScaler's scale grows every step here; a resume must not restart it."""
+
+    def accelerator() -> Accelerator:  # accelerate makes no scaler on CPU: attach one
+        acc = Accelerator()
+        acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+        return acc
+
+    full, part, resumed = accelerator(), accelerator(), accelerator()
+    Trainer(_cfg(grad_clip=None), tmp_path / "full", full).fit(Task(), Data(40))
+    Trainer(_cfg(grad_clip=None, max_steps=8), tmp_path / "part", part).fit(Task(), Data(40))
+    Trainer(_cfg(grad_clip=None), tmp_path / "part", resumed).fit(Task(), Data(40), resume=True)
+    assert part.scaler.get_scale() == 2.0**18
+    assert resumed.scaler.get_scale() == full.scaler.get_scale() == 2.0**22
+
+
+def test_checkpoint_killed_between_renames_is_read_from_its_aside_copy(tmp_path, monkeypatch):
+    last, net = tmp_path / "last", torch.nn.Linear(4, 1)
+    save_checkpoint(last, {"net": net}, None, {"step": 4})
+    replace = os.replace
+
+    def crash_after_moving_aside(src, dst):
+        replace(src, dst)
+        if os.path.basename(src) == "last":
+            raise KeyboardInterrupt  # stands in for a kill between the two renames
+
+    monkeypatch.setattr(os, "replace", crash_after_moving_aside)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(last, {"net": torch.nn.Linear(4, 1)}, None, {"step": 8})
+    monkeypatch.undo()
+    assert not last.exists() and aside_of(last).is_dir()
+    loaded = torch.nn.Linear(4, 1)
+    assert load_checkpoint(last, {"net": loaded}, None)["step"] == 4
+    assert torch.equal(loaded.weight, net.weight)
+    (tmp_path / ".last.abc.partial").mkdir()  # a half-written checkpoint of a killed process
+    recover(last)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_next_checkpoint_write_after_a_kill_between_renames_replaces_the_aside_copy(tmp_path):
+    last = tmp_path / "last"
+    save_checkpoint(last, {"net": torch.nn.Linear(4, 1)}, None, {"step": 4})
+    last.rename(aside_of(last))  # what a kill between atomic_dir's renames leaves
+    save_checkpoint(last, {"net": torch.nn.Linear(4, 1)}, None, {"step": 8})
+    assert load_checkpoint(last, {"net": torch.nn.Linear(4, 1)}, None)["step"] == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
 
 
 def test_epoch_order_covers_every_item_once(tmp_path):

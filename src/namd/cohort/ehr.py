@@ -3,10 +3,18 @@ radiology-report sentence that is the one source of prompt text for the LLM stag
 
 Codes follow the NLST data dictionaries (../shared/reference, section 1). Missing values are
 first-class: a field is `None`, never silently 0 or a category.
+
+A record (an EHR JSON, a dict given to the API) holds the 13 fields, matched case-insensitively,
+and may hold the keys of EXTRA_KEYS, which the model ignores: a record id (ID_KEYS; `namd
+predict` seeds a patient's samples from it), `nodule_id`, and the non-EHR values of the
+authors' demo .npy blocks (`unique_ids`, `year`, `label`; never model inputs). Any other key
+is an error naming it and the field it most resembles, so a typo (`SCT_LONG_DAI`, `Sex`)
+never silently turns a known value into a missing one.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -29,6 +37,12 @@ RELATIVE = {"famfather": "father", "fammother": "mother", "fambrother": "brother
 NODULE_FIELDS = ("SCT_PRE_ATT", "SCT_EPI_LOC", "SCT_LONG_DIA", "SCT_PERP_DIA", "SCT_MARGINS")
 PATIENT_FIELDS = ("age", "diagemph", "gender", *FAMILY)
 EHR_FIELDS = NODULE_FIELDS + PATIENT_FIELDS
+
+# Keys a record may hold besides the fields (ignored by the model); the id keys name the patient.
+ID_KEYS = ("patient_id", "id", "pid")
+EXTRA_KEYS = frozenset({*ID_KEYS, "nodule_id", "unique_ids", "year", "label"})
+# Usual names of a field that a spelling comparison cannot see are the same thing.
+SYNONYMS = {"sex": "gender", "emphysema": "diagemph"}
 
 CATEGORICAL: dict[str, dict[int, str]] = {
     "SCT_PRE_ATT": ATTENUATION, "SCT_EPI_LOC": LOBE, "SCT_MARGINS": MARGINS,
@@ -54,6 +68,48 @@ def is_missing(value: Any) -> bool:
         return math.isnan(value)
     except TypeError:
         return False
+
+
+def nearest_field(name: str) -> str | None:
+    """The EHR field a misspelt or synonymous key most resembles (case-insensitive), if any."""
+    key = str(name).strip().lower()
+    if key in SYNONYMS:
+        return SYNONYMS[key]
+    lower = {f.lower(): f for f in EHR_FIELDS}
+    close = difflib.get_close_matches(key, list(lower), n=1)
+    return lower[close[0]] if close else None
+
+
+def _field_keys(row: Mapping[str, Any], record: str) -> dict[str, Any]:
+    """Field name -> value of a record; an unknown or repeated key is an EHRError naming it."""
+    by_field = {f.lower(): f for f in EHR_FIELDS}
+    values: dict[str, Any] = {}
+    seen: dict[str, str] = {}
+    for key, value in row.items():
+        lower = str(key).strip().lower()
+        if lower in EXTRA_KEYS:
+            continue
+        if lower not in by_field:
+            near = nearest_field(lower)
+            hint = (f"did you mean {near}?" if near else f"EHR fields: {', '.join(EHR_FIELDS)}; "
+                    f"other keys allowed: {', '.join(sorted(EXTRA_KEYS))}")
+            raise EHRError(f"record {record}: unknown key {key!r} ({hint})")
+        if lower in seen:
+            raise EHRError(f"record {record}: keys {seen[lower]!r} and {key!r} both give field "
+                           f"{by_field[lower]}")
+        seen[lower] = str(key)
+        values[by_field[lower]] = value
+    return values
+
+
+def record_id(row: Mapping[str, Any]) -> str | None:
+    """The record's id from its first present ID_KEYS key, with '/<nodule_id>' when given."""
+    lower = {str(k).strip().lower(): v for k, v in row.items()}
+    ident = next((str(lower[k]).strip() for k in ID_KEYS if not is_missing(lower.get(k))), None)
+    if ident is None:
+        return None
+    nodule = lower.get("nodule_id")
+    return ident if is_missing(nodule) else f"{ident}/{str(nodule).strip()}"
 
 
 def _parse_field(name: str, value: Any, record: str) -> float | int | None:
@@ -100,10 +156,11 @@ class EHR:
     def from_mapping(cls, row: Mapping[str, Any], record: str = "?") -> EHR:
         """Build a validated EHR from a dict or table row; absent keys are missing values.
 
-        Keys are matched case-insensitively, so NLST's lower-case `sct_long_dia` works.
+        Keys are matched case-insensitively, so NLST's lower-case `sct_long_dia` works; keys
+        other than the fields and EXTRA_KEYS are errors (see the module docstring).
         """
-        lower = {str(k).lower(): v for k, v in row.items()}
-        values = {name: _parse_field(name, lower.get(name.lower()), record) for name in EHR_FIELDS}
+        given = _field_keys(row, record)
+        values = {name: _parse_field(name, given.get(name), record) for name in EHR_FIELDS}
         ehr = cls(**values)
         ehr.check(record)
         return ehr

@@ -9,8 +9,8 @@ Cohorts are written atomically: they appear under their final name only when com
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from namd.cohort.ehr import EHR, EHR_FIELDS
+from namd.contract import RunFileError, load_npy, read_csv, read_json
 from namd.runinfo import atomic_dir, atomic_write_json
 
 FORMAT_VERSION = 1
@@ -32,6 +33,21 @@ MANIFEST_COLUMNS = ("crop_index", *ID_COLUMNS, "kind", "timepoint", "split", "la
 
 class CohortError(ValueError):
     """A cohort that breaks the format contract; the message names the file, row or field."""
+
+
+class CohortFileError(CohortError, RunFileError):
+    """A cohort file that is missing or damaged: both a CohortError and a RunFileError."""
+
+
+@contextlib.contextmanager
+def _cohort_file() -> Iterator[None]:
+    """Raise the run-file errors of the cohort's readers as CohortFileError."""
+    try:
+        yield
+    except CohortFileError:
+        raise
+    except RunFileError as exc:
+        raise CohortFileError(exc.path, exc.problem, exc.remedy) from None
 
 
 def assign_splits(patient_ids: Sequence[str], fractions: tuple[float, float, float],
@@ -154,23 +170,25 @@ class Cohort:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         meta_path, manifest_path = self.path / "cohort.json", self.path / "manifest.csv"
-        for p in (meta_path, manifest_path):
-            if not p.is_file():
-                raise CohortError(f"{p}: missing; is {self.path} a namd cohort (see `namd synth`, `namd prepare`)?")
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
-        if self.meta.get("format_version") != FORMAT_VERSION:
-            raise CohortError(f"{meta_path}: format_version {self.meta.get('format_version')} "
-                              f"is not supported (expected {FORMAT_VERSION})")
-        self.manifest = pd.read_csv(manifest_path, dtype={c: str for c in ID_COLUMNS},
-                                    keep_default_na=False, na_values={c: [""] for c in
-                                    ("label", *EHR_FIELDS)})
-        self.manifest["label"] = self.manifest["label"].astype("Int64")
+        with _cohort_file():
+            self.meta: dict[str, Any] = read_json(meta_path, "cohort")
+            if self.meta.get("format_version") != FORMAT_VERSION:
+                raise CohortError(f"{meta_path}: format_version {self.meta.get('format_version')} "
+                                  f"is not supported (expected {FORMAT_VERSION})")
+            self.manifest = read_csv(manifest_path, "cohort", dtype={c: str for c in ID_COLUMNS},
+                                     keep_default_na=False,
+                                     na_values={c: [""] for c in ("label", *EHR_FIELDS)})
+            if len(self.manifest) != self.meta.get("n_crops"):
+                raise CohortFileError(manifest_path, f"{len(self.manifest)} rows but cohort.json "
+                                      f"says {self.meta.get('n_crops')} crops", writer="cohort")
         validate_manifest(self.manifest, str(manifest_path))
+        try:
+            self.manifest["label"] = self.manifest["label"].astype("Int64")
+        except (TypeError, ValueError) as exc:
+            raise CohortFileError(manifest_path, f"column label is not 0/1 ({exc})",
+                                  writer="cohort") from None
         self._chunks: dict[int, np.ndarray] = {}
         self.chunk = int(self.meta.get("chunk", CHUNK))
-        if len(self.manifest) != self.meta.get("n_crops"):
-            raise CohortError(f"{manifest_path}: {len(self.manifest)} rows but cohort.json says "
-                              f"{self.meta.get('n_crops')} crops")
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -183,9 +201,12 @@ class Cohort:
         """Memory-map one chunk file (cached)."""
         if number not in self._chunks:
             path = self.path / "images" / f"{number:06d}.npy"
-            if not path.is_file():
-                raise CohortError(f"{path}: missing image chunk")
-            self._chunks[number] = np.load(path, mmap_mode="r")
+            with _cohort_file():
+                chunk = load_npy(path, "cohort")
+            if chunk.ndim != 3 or chunk.shape[1:] != (self.crop_size, self.crop_size):
+                raise CohortFileError(path, f"holds shape {chunk.shape}, not (n, {self.crop_size}, "
+                                      f"{self.crop_size}) crops", writer="cohort")
+            self._chunks[number] = chunk
         return self._chunks[number]
 
     def images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:

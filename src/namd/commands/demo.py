@@ -32,31 +32,47 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline, then print the report's path and the main table."""
-    import json
     import sys
     import time
 
+    from namd.contract import read_json
     from namd.pipeline import StageFailed, run_pipeline
     from namd.rundir import RunDir, resolve_config
 
     run_dir = RunDir(args.out)
     resolve_config(args, run_dir)  # saves RUN/config.yaml; later stages reuse it
     ablations = args.ablations
-    start = time.perf_counter()
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    from namd.cpuload import snapshot
+
+    start, load_start = time.perf_counter(), snapshot()
     try:
         timings = run_pipeline(run_dir, ablations, args.jobs)
     except StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     total = time.perf_counter() - start
-    metrics = json.loads((run_dir.stage("eval") / "metrics.json").read_text())
+    record_timings(run_dir, args.jobs, ablations, timings, total, load_start)
+    metrics = read_json(run_dir.stage("eval") / "metrics.json", "eval")
     print("\n" + format_table(metrics))
     print("\nstage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     print(f"total {total / 60:.1f} min")
     print(f"report: {(run_dir.stage('report') / 'index.html').resolve()}")
     return 0
+
+
+def record_timings(run_dir, jobs: int, ablations: bool, timings: dict[str, float], total: float,
+                   load_start: dict) -> None:
+    """RUN/pipeline.json: seconds per stage (0 = skipped, already done), the wall time, the CPU
+    time of the stages and the load around it (other work's CPUs included), so a run's time is
+    stated with the load it ran under."""
+    from namd.cpuload import load_record, own_cpu_seconds
+    from namd.runinfo import atomic_write_json
+
+    atomic_write_json(run_dir.path / "pipeline.json", {
+        "jobs": jobs, "ablations": ablations, "stage_seconds": timings, "wall_seconds": total,
+        "cpu_seconds": own_cpu_seconds() - load_start["_own_cpu"], **load_record(load_start)})
 
 
 def format_table(metrics: dict) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from namd.rundir import add_config_args
+from namd.rundir import RunDir, add_config_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,13 +21,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate the run and print the table."""
-    from namd.evaluation.evaluate import evaluate_run, format_table
-    from namd.rundir import RunDir, resolve_config
+    """Evaluate the run while holding RUN/eval's lock, and print the table."""
+    from namd.locking import stage_lock
 
     run_dir = RunDir(args.run)
-    config = resolve_config(args, run_dir)
-    result = evaluate_run(run_dir, config, args.split)
-    print(format_table(result))
+    with stage_lock(run_dir.stage("eval")):
+        table = _evaluate(args, run_dir)
+    print(table)
     print(f"evaluate: done -> {run_dir.stage('eval') / 'metrics.json'}")
     return 0
+
+
+def _evaluate(args: argparse.Namespace, run_dir: RunDir) -> str:
+    """Resolve the config, write RUN/eval and return the table as text."""
+    from namd.evaluation.evaluate import evaluate_run, format_table
+    from namd.rundir import resolve_config
+
+    config = resolve_config(args, run_dir)
+    return format_table(evaluate_run(run_dir, config, args.split))

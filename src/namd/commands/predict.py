@@ -1,5 +1,11 @@
 """`namd predict --run RUN --ehr EHR.json (--crop CROP.npy | --image SCAN --center X Y Z)`:
-virtual one-year follow-ups and a malignancy estimate for one new patient."""
+virtual one-year follow-ups and a malignancy estimate for one new patient.
+
+The patient's samples are seeded from the id in EHR.json (patient_id / id / pid, with
+nodule_id), else from a hash of the crop. OUT/prediction.json names the baseline by its
+SHA-256, never by its path; OUT/run_info.json records the sampling settings used and the
+command with its paths relative to the working folder, or hashed with --hash-ids.
+"""
 
 from __future__ import annotations
 
@@ -9,60 +15,74 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `namd predict`."""
     p = sub.add_parser("predict", help="follow-ups and malignancy estimate for one patient",
-                       description=__doc__)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a trained run (cond, vae and evaluator stages)")
-    p.add_argument("--ehr", required=True, help="JSON object with the 13 EHR fields (null = missing)")
+    p.add_argument("--ehr", required=True, help="JSON object with the 13 EHR fields (null = missing) "
+                                                "and optionally patient_id / nodule_id")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--crop", help=".npy float HU crop at the run's crop size and pixel spacing")
+    src.add_argument("--crop", help=".npy crop at the run's crop size and pixel spacing (HU, or "
+                                    "see --units)")
     src.add_argument("--image", help="a DICOM folder or a NIfTI / MHA file to cut the crop from")
     p.add_argument("--center", nargs=3, type=float, metavar=("X", "Y", "Z"),
                    help="nodule centre in world mm (LPS), with --image")
     p.add_argument("--voxel", action="store_true", help="--center is a voxel index (column, row, slice)")
+    p.add_argument("--units", choices=("HU", "windowed_uint8"), default="HU",
+                   help="what --crop holds: HU (default) or grey values 0..255 of an image already "
+                        "windowed with the run's data.window_hu")
     p.add_argument("--k", type=int, default=None, help="number of virtual follow-ups (default: config)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: config)")
     p.add_argument("--out", default=None, help="folder for prediction.json, samples.npy, grid.png")
+    p.add_argument("--hash-ids", action="store_true",
+                   help="run_info.json stores keyed hashes of the paths and ids of the command "
+                        "(key from $NAMD_HASH_KEY, else random)")
     p.set_defaults(func=run)
 
 
 def _baseline_crop(args: argparse.Namespace, config) -> tuple:
-    """The baseline crop from --crop, or cut from --image at --center; and its description."""
+    """The baseline crop from --crop, or cut from --image at --center; and a description of it
+    without any path (what prediction.json records)."""
     import numpy as np
 
     if args.crop:
         try:
-            return np.load(args.crop, allow_pickle=False), args.crop
+            return np.load(args.crop, allow_pickle=False), {"input": "crop", "units": args.units}
         except (OSError, ValueError) as exc:
             raise ValueError(f"{args.crop}: not a readable .npy array ({exc})") from None
     if not args.center:
         raise ValueError("--image needs --center X Y Z")
+    if args.units != "HU":
+        raise ValueError("--units applies to --crop; an --image is read in HU")
     from namd.cohort.ingest.crop import CropGeometry, Position, extract_crop, locate
     from namd.cohort.ingest.volume import open_volume
 
     volume = open_volume(args.image)
     x, y, z = args.center
-    k, centre = locate(volume, Position(x, y, z, space="voxel" if args.voxel else "world"))
+    space = "voxel" if args.voxel else "world"
+    k, centre = locate(volume, Position(x, y, z, space=space))
     crop, flags = extract_crop(volume, k, centre, CropGeometry(config.data.crop_size,
                                                               config.data.pixel_spacing_mm))
-    return crop, f"{args.image} at {x:g}, {y:g}, {z:g}" + (f" ({', '.join(flags)})" if flags else "")
+    return crop, {"input": "image", "center": [x, y, z], "space": space, "flags": list(flags)}
 
 
 def run(args: argparse.Namespace) -> int:
     """Predict, print the estimate, and write the outputs when --out is given."""
     import numpy as np
 
+    from namd.cohort.ingest.build import IdHasher
     from namd.config import load_config
-    from namd.predict import load_ehr, predict_patient
+    from namd.predict import baseline_hu, load_patient, predict_patient, with_sampling
     from namd.rundir import RunDir
-    from namd.runinfo import atomic_dir, atomic_write_json, write_run_info
+    from namd.runinfo import atomic_dir, atomic_write_json, recorded_paths, write_run_info
     from namd.sampling_io import save_grid
 
     run_dir = RunDir(args.run)
     if run_dir.saved_config() is None:
         raise FileNotFoundError(f"{run_dir.path}/config.yaml not found: is {run_dir.path} a trained run?")
-    config = load_config(base=run_dir.saved_config())
-    ehr = load_ehr(args.ehr)
-    crop, source = _baseline_crop(args, config)
-    result = predict_patient(run_dir, crop, ehr, config, k=args.k, steps=args.steps)
+    config = with_sampling(load_config(base=run_dir.saved_config()), args.k, args.steps)
+    ehr, ident = load_patient(args.ehr)
+    raw, baseline = _baseline_crop(args, config)
+    crop = baseline_hu(raw, config, args.crop or "the crop cut from --image", args.units)
+    result = predict_patient(run_dir, raw, ehr, config, key=ident, units=args.units)
     print(result.report_sentence)
     print(f"evaluator on the baseline crop:        p = {result.p_baseline:.3f}")
     print(f"evaluator on {result.k} virtual follow-ups:   p = {result.p_followup_mean:.3f} "
@@ -70,11 +90,13 @@ def run(args: argparse.Namespace) -> int:
     if result.brock is not None:
         print(f"Brock model (no image):                p = {result.brock:.3f}")
     if args.out:
-        with atomic_dir(args.out, overwrite=True) as tmp:
-            atomic_write_json(tmp / "prediction.json", {**result.as_json(), "baseline_source": source})
+        with (recorded_paths(hasher=IdHasher() if args.hash_ids else None) as paths,
+              atomic_dir(args.out, overwrite=True) as tmp):
+            atomic_write_json(tmp / "prediction.json", {**result.as_json(), "baseline": baseline})
             np.save(tmp / "samples.npy", result.samples)
-            save_grid(tmp / "grid.png", np.asarray(crop, np.float32), None, result.samples,
-                      tuple(config.data.window_hu), f"virtual follow-ups, p = {result.p_followup_mean:.2f}")
-            write_run_info(tmp, config, config.sampling.seed, stage="predict", run=str(run_dir.path))
+            save_grid(tmp / "grid.png", crop, None, result.samples, tuple(config.data.window_hu),
+                      f"virtual follow-ups, p = {result.p_followup_mean:.2f}")
+            write_run_info(tmp, config, config.sampling.seed, stage="predict",
+                           run=paths.path(run_dir.path), seed_from=result.seed_from)
         print(f"outputs: {args.out}")
     return 0

@@ -4,7 +4,9 @@ Crops are nodule-centred 2D axial slices in HU at the config's crop size and pix
 (data.crop_size, data.pixel_spacing_mm); the rules are in docs/data-sources.md. By default
 the first bad record stops the command and nothing is written; with --on-error skip bad
 records are left out and listed in OUT/skipped.csv. The cohort appears under OUT only when
-it is complete; it holds no DICOM identifiers, and --hash-ids hashes the ids as well.
+it is complete; it holds no DICOM identifiers. --hash-ids also hashes the ids you supplied
+and the paths of the command line that OUT/run_info.json records (without it, those paths are
+written relative to the working folder).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def _common() -> argparse.ArgumentParser:
                         help="stop at the first bad record (default, nothing written) or skip "
                              "bad records and list them in OUT/skipped.csv")
     common.add_argument("--hash-ids", action="store_true",
-                        help="store keyed hashes of the ids (key from $NAMD_HASH_KEY, else random)")
+                        help="store keyed hashes of the ids, and of the paths in run_info.json "
+                             "(key from $NAMD_HASH_KEY, else random)")
     common.add_argument("--workers", type=int, default=None,
                         help="worker processes for crop extraction (0 = in this process; "
                              "default: up to 4)")
@@ -69,13 +72,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Read the source, cut the crops, write the cohort and print what happened."""
     from namd.cohort.ingest import prepare
+    from namd.cohort.ingest.build import IdHasher
     from namd.rundir import resolve_config
+    from namd.runinfo import recorded_paths
 
     config = resolve_config(args)
     workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
-    summary, errors = prepare(args.source, vars(args), config, out=Path(args.out),
-                              on_error=args.on_error, hash_ids=args.hash_ids, workers=workers,
-                              overwrite=args.overwrite)
+    with recorded_paths(hasher=IdHasher() if args.hash_ids else None):
+        summary, errors = prepare(args.source, vars(args), config, out=Path(args.out),
+                                  on_error=args.on_error, hash_ids=args.hash_ids, workers=workers,
+                                  overwrite=args.overwrite)
     print(format_summary(Path(args.out), summary))
     if errors.skipped:
         print(f"skipped {len(errors.skipped)} record(s):", file=sys.stderr)

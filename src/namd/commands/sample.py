@@ -9,8 +9,9 @@ steps, eta = 0, guidance 1.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from namd.rundir import add_config_args
+from namd.rundir import RunDir, add_config_args
 
 # command-line flag -> sampling config field
 FLAGS = {"split": "split", "k": "k", "steps": "steps", "scheduler": "scheduler",
@@ -44,19 +45,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Resolve the config (flags override sampling.*), sample, report where the files are."""
+    """Sample while holding the samples folder's lock; report where the files are."""
+    from namd.locking import stage_lock
+    from namd.rundir import variant_dirs
+
+    run_dir = RunDir(args.run)
+    with stage_lock(run_dir.stage(variant_dirs(args.no_align, args.null_context)["samples"])):
+        out = _sample(args, run_dir)
+    print(f"sample: done -> {out}")
+    return 0
+
+
+def _sample(args: argparse.Namespace, run_dir: RunDir) -> Path:
+    """Resolve the config (flags override sampling.*) and write the samples folder."""
     import torch
 
     from namd.config import SamplingConfig
-    from namd.rundir import RunDir, resolve_config
+    from namd.rundir import resolve_config
     from namd.sampling_io import run_sample_stage
 
-    run_dir = RunDir(args.run)
     config = resolve_config(args, run_dir)
     updates = {field: getattr(args, flag) for flag, field in FLAGS.items() if getattr(args, flag) is not None}
     config.sampling = SamplingConfig.model_validate({**config.sampling.model_dump(), **updates})
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out = run_sample_stage(config, run_dir, no_align=args.no_align, null_context=args.null_context,
-                           overwrite=args.overwrite, device=device)
-    print(f"sample: done -> {out}")
-    return 0
+    return run_sample_stage(config, run_dir, no_align=args.no_align, null_context=args.null_context,
+                            overwrite=args.overwrite, device=device)

@@ -1,16 +1,19 @@
 """`namd train {vae,prior,cond,evaluator} --run RUN`: train one stage of the pipeline.
 
 Each stage reads what the stage before it wrote in the run directory and writes its own folder
-(RUN/vae or RUN/vae_no_align, RUN/prior, RUN/cond, RUN/evaluator). The same command runs on
-several GPUs with `accelerate launch -m namd.cli train ...`.
+(RUN/vae or RUN/vae_no_align, RUN/prior, RUN/cond, RUN/evaluator), holding its lock
+(`namd.locking`) meanwhile, so a second command on the same stage is refused. The same command
+runs on several GPUs with `accelerate launch -m namd.cli train ...`; then only rank 0 locks.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 
-from namd.rundir import add_config_args
+from namd.rundir import add_config_args, variant_dirs
 
 # stage -> (module implementing `run_stage(config, run, args) -> Path`, help)
 STAGES = {
@@ -40,13 +43,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=run)
 
 
+def stage_folder(args: argparse.Namespace) -> str:
+    """The folder name the flags select, e.g. vae_no_align or cond_null."""
+    if args.stage == "evaluator":
+        return "evaluator"
+    null_context = args.stage == "cond" and bool(getattr(args, "null_context", False))
+    return variant_dirs(bool(getattr(args, "no_align", False)), null_context)[args.stage]
+
+
+def launch_rank() -> int:
+    """This process's rank under `accelerate launch`/torchrun (0 when launched alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def run(args: argparse.Namespace) -> int:
-    """Resolve the config and hand over to the stage's module."""
+    """Lock the stage folder, resolve the config and hand over to the stage's module."""
+    from namd.locking import stage_lock
     from namd.rundir import RunDir, resolve_config
 
     run_dir = RunDir(args.run)
-    config = resolve_config(args, run_dir)
-    module = importlib.import_module(STAGES[args.stage][0])
-    out = module.run_stage(config, run_dir, args)
+    folder = run_dir.stage(stage_folder(args))
+    # the ranks of one multi-GPU launch write one folder together: rank 0 holds the lock for all
+    lock = stage_lock(folder) if launch_rank() == 0 else contextlib.nullcontext()
+    with lock:
+        config = resolve_config(args, run_dir)
+        module = importlib.import_module(STAGES[args.stage][0])
+        out = module.run_stage(config, run_dir, args)
     print(f"{args.stage}: done -> {out}")
     return 0

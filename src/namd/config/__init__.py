@@ -6,12 +6,13 @@ Each stage owns one section (see the modules of this package). Defaults are CPU-
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from namd.config.base import Section, TrainConfig
 from namd.config.data import DataConfig, IngestConfig, SynthConfig
@@ -23,10 +24,11 @@ from namd.config.vae import VAEConfig
 __all__ = [
     "NamdConfig", "TrainConfig", "DataConfig", "SynthConfig", "IngestConfig", "VAEConfig", "TextConfig",
     "DiffusionConfig", "UNetConfig", "SamplingConfig", "EvaluatorConfig", "EvalConfig",
-    "ConfigError", "PRESETS", "load_config", "save_config",
+    "ConfigError", "PRESETS", "load_config", "save_config", "validated_update",
 ]
 
 PRESETS = ("tiny", "bench", "paper")
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -72,14 +74,7 @@ def _parse_override(item: str) -> dict[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like section.key=value")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw)
-    out: dict[str, Any] = {}
-    node = out
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return out
+    return _nested(key.strip(), yaml.safe_load(raw))
 
 
 def load_config(preset: str = "tiny", file: str | Path | None = None,
@@ -103,9 +98,41 @@ def load_config(preset: str = "tiny", file: str | Path | None = None,
     try:
         return NamdConfig.model_validate(merged)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"config field {where}: {first['msg']} (got {first.get('input')!r})") from exc
+        raise _field_error(exc) from exc
+
+
+def _field_error(exc: ValidationError, prefix: str = "") -> ConfigError:
+    """The first validation problem as one line naming the field (dotted, under `prefix`)."""
+    first = exc.errors()[0]
+    where = ".".join([*([prefix] if prefix else []), *(str(p) for p in first["loc"])])
+    return ConfigError(f"config field {where}: {first['msg']} (got {first.get('input')!r})")
+
+
+def validated_update(model: M, changes: Mapping[str, Any], prefix: str = "") -> M:
+    """A copy of `model` with `changes` applied and every field validated again.
+
+    Keys may be dotted ('sampling.k'). Use this instead of `model_copy(update=...)`, which
+    skips validation (so `k=0` would pass): a bad value is a ConfigError naming the field,
+    written under `prefix` when `model` is a section (prefix 'sampling' -> 'sampling.k').
+    """
+    data = model.model_dump()
+    for key, value in changes.items():
+        data = _deep_merge(data, _nested(key, value))
+    try:
+        return type(model).model_validate(data)
+    except ValidationError as exc:
+        raise _field_error(exc, prefix) from exc
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    """'a.b.c', v -> {'a': {'b': {'c': v}}}."""
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
 
 
 def save_config(config: NamdConfig, path: str | Path) -> None:

@@ -8,7 +8,6 @@ namd.evaluation.growth), RUN/eval/per_nodule.csv and RUN/eval/run_info.json.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch
 
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig
+from namd.contract import RunFileError, load_npy, read_csv, read_json
 from namd.evaluation import baselines, fidelity, growth, metrics, quality, variance
 from namd.models.evaluator import MalignancyViT, load_evaluator, predict
 from namd.rundir import RunDir, variant_dirs
@@ -77,43 +77,40 @@ def load_samples(folder: Path, pairs: pd.DataFrame, split: str,
                  crop_size: int) -> tuple[np.ndarray | None, str, dict]:
     """Generated crops (N, K, H, W) of a sample folder in the order of `pairs`, or a status.
 
-    A folder that is absent or unfinished is "not run"; one that contradicts the cohort is an
-    error naming the file.
+    A folder that is absent or unfinished is "not run"; one whose files are damaged or
+    contradict the cohort is a RunFileError naming the file.
     """
     if not folder.is_dir():
         return None, f"not run: {folder} not found", {}
     info_path = folder / RUN_INFO
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = read_json(info_path, "samples") if info_path.is_file() else {}
     if not info.get("complete"):
         return None, f"not run: {folder} is unfinished (no complete {RUN_INFO})", {}
     index_path, array_path = folder / "index.csv", folder / "samples.npy"
-    for p in (index_path, array_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} missing: {folder} breaks the samples contract")
-    index = pd.read_csv(index_path, dtype={"pair_id": str, "patient_id": str})
+    index = read_csv(index_path, "samples", dtype={"pair_id": str, "patient_id": str})
     missing = [c for c in INDEX_COLUMNS if c not in index.columns]
     if missing:
-        raise ValueError(f"{index_path}: lacks column(s) {', '.join(missing)}")
+        raise RunFileError(index_path, f"lacks column(s) {', '.join(missing)}", writer="samples")
     splits = set(index["split"].astype(str))
     if splits != {split}:
         return None, f"not run: {folder} holds split(s) {sorted(splits)}, not {split!r}", {}
-    samples = np.load(array_path, mmap_mode="r")
+    samples = load_npy(array_path, "samples")
     if samples.ndim != 4 or samples.shape[0] != len(index) or samples.shape[2:] != (crop_size, crop_size):
-        raise ValueError(f"{array_path}: shape {samples.shape} is not (N={len(index)}, K, "
-                         f"{crop_size}, {crop_size})")
+        raise RunFileError(array_path, f"shape {samples.shape} is not (N={len(index)}, K, "
+                           f"{crop_size}, {crop_size})", writer="samples")
     position = {pid: i for i, pid in enumerate(index["pair_id"])}
     absent = [p for p in pairs["pair_id"] if p not in position]
     if absent or len(position) != len(index):
-        raise ValueError(f"{index_path}: pair ids do not match the cohort's {split} pairs "
-                         f"(e.g. missing {absent[:3]}, or duplicates)")
+        raise RunFileError(index_path, f"pair ids do not match the cohort's {split} pairs "
+                           f"(e.g. missing {absent[:3]}, or duplicates)", writer="samples")
     order = np.array([position[p] for p in pairs["pair_id"]])
     for col in ("baseline_index", "followup_index", "label"):
         ours = pd.to_numeric(index[col], errors="coerce").to_numpy(dtype=float)[order]
         if not np.array_equal(ours, pairs[col].to_numpy(dtype=float)):
-            raise ValueError(f"{index_path}: column {col} disagrees with the cohort")
+            raise RunFileError(index_path, f"column {col} disagrees with the cohort", writer="samples")
     data = np.asarray(samples[order], dtype=np.float32)  # reordered like `pairs`
     if not np.isfinite(data).all():
-        raise ValueError(f"{array_path}: holds non-finite values")
+        raise RunFileError(array_path, "holds non-finite values", writer="samples")
     return data, "ok", info
 
 
@@ -251,10 +248,7 @@ def baseline_use_blocks(run: RunDir) -> dict:
         if not path.is_file():
             out[name] = {"status": f"not run: {path} not found"}
             continue
-        try:
-            out[name] = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc}); retrain that cond stage") from exc
+        out[name] = read_json(path, path.parent.name)
     return out
 
 

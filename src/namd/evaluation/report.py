@@ -1,24 +1,23 @@
 """The one-file HTML report of a run: RUN/report/index.html (issue 6).
 
 Self-contained: the figures are embedded as base64 PNGs (and also saved beside index.html).
-Every section is always present; a section whose inputs are missing says which file is missing
-and which command makes it, and one whose inputs are malformed shows the error.
+Every section is always present; a section whose inputs are missing (a stage not run) says
+which file is missing and which command makes it. A damaged input (a file of a finished stage
+missing, cut short or malformed) is a RunFileError: no report is written.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from namd.cohort.store import Cohort
+from namd.contract import RunFileError, read_json
 from namd.evaluation import figures as F
 from namd.evaluation import figures_examples as FX
 from namd.evaluation import variance
@@ -32,33 +31,14 @@ from namd.evaluation.report_html import (
     quality_table,
     results_table,
 )
-from namd.rundir import RunDir
+from namd.evaluation.report_inputs import COMMANDS, SAMPLE_DIRS, Context, MissingInput
+from namd.rundir import STAGES, RunDir
 from namd.runinfo import atomic_dir, atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 TSNE_MAX_CROPS = 2000  # t-SNE cost grows ~n log n; a seeded subsample keeps the report quick
-SAMPLE_DIRS = {"namd": "samples", "namd_no_align": "samples_no_align",
-               "namd_null_context": "samples_null"}
-COMMANDS = {"eval": "namd evaluate --run {run}", "cohort": "namd synth --out {run}/cohort",
-            "vae": "namd train vae --run {run}",
-            "vae_no_align": "namd train vae --run {run} --no-align",
-            "samples": "namd sample --run {run} --split test",
-            "samples_no_align": "namd sample --run {run} --split test --no-align",
-            "samples_null": "namd sample --run {run} --split test --null-context"}
-
-
-class MissingInput(Exception):
-    """An input file or stage that is not there yet; knows which command makes it."""
-
-    def __init__(self, path: Path, stage: str, run: RunDir):
-        self.path, self.command = path, COMMANDS[stage].format(run=run.path)
-        super().__init__(f"{path} not found (made by `{self.command}`)")
-
-    def html(self) -> str:
-        """The note a section shows in place of what could not be drawn."""
-        return (f'<p class="missing">Missing: <code>{html.escape(str(self.path))}</code>. '
-                f"Made by <code>{html.escape(self.command)}</code>.</p>")
+__all__ = ["BUILDERS", "COMMANDS", "Context", "MissingInput", "Section", "build_report"]
 
 
 @dataclass
@@ -69,62 +49,6 @@ class Section:
     title: str
     body: str = ""
     status: str = "ok"  # ok | partial | missing | error
-
-
-@dataclass
-class Context:
-    """What the section builders share: the run, the config, lazily loaded inputs, outputs."""
-
-    run: RunDir
-    config: Any
-    images: dict[str, bytes] = field(default_factory=dict)
-    facts: dict[str, Any] = field(default_factory=dict)
-    _cache: dict[str, Any] = field(default_factory=dict)
-
-    def need(self, path: Path, stage: str) -> Path:
-        """The path, or MissingInput naming the command of `stage` that makes it."""
-        if not path.exists():
-            raise MissingInput(path, stage, self.run)
-        return path
-
-    def metrics(self) -> dict[str, Any]:
-        """RUN/eval/metrics.json (read once)."""
-        if "metrics" not in self._cache:
-            path = self.need(self.run.stage("eval") / "metrics.json", "eval")
-            try:
-                self._cache["metrics"] = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-        return self._cache["metrics"]
-
-    def per_nodule(self) -> pd.DataFrame:
-        """RUN/eval/per_nodule.csv, checked (read once)."""
-        if "per_nodule" not in self._cache:
-            path = self.need(self.run.stage("eval") / "per_nodule.csv", "eval")
-            self._cache["per_nodule"] = F.load_per_nodule(path)
-        return self._cache["per_nodule"]
-
-    def metrics_or_none(self) -> dict[str, Any] | None:
-        """metrics.json when present and readable (the table section reports its problems)."""
-        try:
-            return self.metrics()
-        except (MissingInput, ValueError):
-            return None
-
-    def cohort(self) -> Cohort:
-        """RUN/cohort (opened once)."""
-        if "cohort" not in self._cache:
-            self._cache["cohort"] = Cohort(self.need(self.run.stage("cohort"), "cohort"))
-        return self._cache["cohort"]
-
-    def figure(self, name: str, fig, caption: str) -> str:
-        """Keep the PNG of a figure and return its embedded HTML."""
-        png = F.figure_png(fig)
-        self.images[name] = png
-        data = base64.b64encode(png).decode("ascii")
-        return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-                f"<figcaption>{html.escape(caption)} <span class=file>({name})</span>"
-                "</figcaption></figure>")
 
 
 def _p(text: str, cls: str = "") -> str:
@@ -244,14 +168,8 @@ def stage_reports_html(run: RunDir) -> str:
     """The latent-space measures each `namd train vae` stage wrote (its report.json), if any."""
     from namd.evaluation.vae_report import REPORT_FILE
 
-    reports = {}
-    for stage in ("vae", "vae_no_align"):
-        path = run.stage(stage) / REPORT_FILE
-        if path.is_file():
-            try:
-                reports[stage] = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                reports[stage] = {"error": f"{path}: not valid JSON"}
+    paths = {stage: run.stage(stage) / REPORT_FILE for stage in ("vae", "vae_no_align")}
+    reports = {stage: read_json(p, stage) for stage, p in paths.items() if p.is_file()}
     if not reports:
         return ""
     keys = list(dict.fromkeys(k for r in reports.values() for k, v in r.items()
@@ -310,8 +228,7 @@ def section_variance(ctx: Context) -> str:
     body += _p(FX.RULES, "note")
     stage = SAMPLE_DIRS.get(variant, "samples")
     try:
-        samples, index = FX.load_samples(
-            ctx.need(ctx.run.stage(stage) / "samples.npy", stage).parent)
+        samples, index = ctx.samples(stage)
         cohort = ctx.cohort()
     except MissingInput as exc:
         return body + exc.html()
@@ -374,13 +291,16 @@ BUILDERS = (
 
 
 def build_section(ctx: Context, key: str, title: str, builder) -> Section:
-    """Run one builder; missing inputs and bad inputs become a note instead of a crash."""
+    """Run one builder; missing inputs become a note and a section that cannot be drawn shows
+    why; a damaged input file (RunFileError) stops the report."""
     try:
         body = builder(ctx)
         status = "partial" if 'class="missing"' in body else "ok"
         return Section(key, title, body, status)
     except MissingInput as exc:
         return Section(key, title, exc.html(), "missing")
+    except RunFileError:
+        raise
     except (ValueError, KeyError, TypeError, OSError) as exc:
         log.warning("report section %r failed: %s", key, exc)
         return Section(key, title, _p(f"Could not be drawn: {type(exc).__name__}: {exc}", "error"),
@@ -389,6 +309,8 @@ def build_section(ctx: Context, key: str, title: str, builder) -> Section:
 
 def build_report(run: RunDir, config: Any) -> tuple[Path, list[Section]]:
     """Write RUN/report (index.html, the PNGs, run_info.json); returns the page and its sections."""
+    for stage in STAGES:  # every run_info.json the page summarises must be readable
+        run.is_done(stage)
     ctx = Context(run, config)
     order = [b for b in BUILDERS if b[0] != "reading"] + [BUILDERS[0]]  # reading uses the facts
     built = {key: build_section(ctx, key, title, fn) for key, title, fn in order}

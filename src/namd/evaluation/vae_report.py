@@ -15,7 +15,6 @@ paper's Figure 2: latents coloured by diameter) and reconstructions.png.
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from matplotlib.figure import Figure
 from namd.cohort.ehr import NODULE_FIELDS
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig
+from namd.contract import read_json
 from namd.models.alignment import project_latents
 from namd.models.probe import load_probe
 from namd.models.vae import from_network, load_trained_vae
@@ -201,7 +201,7 @@ def write_report(stage_dir: Path, cohort: Cohort, config: NamdConfig, split: str
     vae, scale = load_trained_vae(stage_dir, "cuda" if torch.cuda.is_available() else "cpu")
     probe = load_probe(stage_dir)
     meta_path = stage_dir / META_FILE
-    stats = json.loads(meta_path.read_text()) if meta_path.is_file() else \
+    stats = read_json(meta_path, meta_path.parent.name) if meta_path.is_file() else \
         training_statistics(cohort.crops("train"), config.vae.pred_balance)
     source = split_source(cohort, split, config, stats)
     if len(source) == 0:

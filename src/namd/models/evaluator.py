@@ -12,7 +12,6 @@ Dropout is applied to hidden states and attention weights, as in the authors' co
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from torch import nn
 from transformers import ViTConfig, ViTModel
 
 from namd.config import EvaluatorConfig
+from namd.contract import RunFileError, check_safetensors, read_json, reading
 from namd.imaging import hu_to_unit
 from namd.runinfo import RUN_INFO
 from namd.training.trainer import load_best
@@ -97,19 +97,25 @@ def predict(model: MalignancyViT, hu: np.ndarray, window: tuple[float, float],
 
 def load_evaluator(stage_dir: Path) -> tuple[MalignancyViT, tuple[float, float], dict]:
     """The trained evaluator of a run (best validation-AUROC weights), its HU window and its
-    run_info; the architecture is rebuilt from the config the stage was trained with."""
+    run_info; the architecture is rebuilt from the config the stage was trained with. Every
+    file is checked first: RunFileError naming the one that is missing or damaged."""
     stage_dir = Path(stage_dir)
     info_path = stage_dir / RUN_INFO
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{info_path} not found: train the evaluator first "
-                                f"(`namd train evaluator --run RUN`)")
-    info = json.loads(info_path.read_text())
+    info = read_json(info_path, "evaluator", keys=("config", "image_size"))
     if not info.get("complete"):
-        raise FileNotFoundError(f"{info_path}: the evaluator stage did not finish "
-                                f"(`namd train evaluator --run RUN --resume`)")
-    cfg = EvaluatorConfig.model_validate(info["config"]["evaluator"])
-    model = build_evaluator(cfg, int(info["image_size"]))
-    load_best(stage_dir, {MODULE: model})
+        raise RunFileError(info_path, "the evaluator stage did not finish",
+                           f"finish it: `namd train evaluator --run {stage_dir.parent} --resume`")
+    with reading(info_path, "evaluator"):
+        cfg = EvaluatorConfig.model_validate(info["config"]["evaluator"])
+        image_size = int(info["image_size"])
+        window = tuple(float(v) for v in info["config"]["data"]["window_hu"])
+    best = stage_dir / "checkpoints" / "best"
+    read_json(best / "state.json", "evaluator")
+    weights = best / f"ema_{MODULE}.safetensors"
+    weights = weights if weights.is_file() else best / f"{MODULE}.safetensors"
+    check_safetensors(weights, "evaluator")
+    model = build_evaluator(cfg, image_size)
+    with reading(weights, "evaluator"):
+        load_best(stage_dir, {MODULE: model})
     model.eval()
-    window = tuple(float(v) for v in info["config"]["data"]["window_hu"])
     return model, window, info

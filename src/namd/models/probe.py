@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from namd.contract import check_safetensors, reading
 from namd.training.checkpoint import load_module, save_module
 
 PROBE_FILE = "probe.safetensors"
@@ -36,14 +37,10 @@ def save_probe(probe: LinearProbe, stage_dir: Path) -> Path:
 
 
 def load_probe(stage_dir: Path) -> LinearProbe:
-    """The probe of a finished VAE stage, with a clear error when it is missing."""
-    from safetensors import safe_open
-
+    """The probe of a finished VAE stage (RunFileError when it is missing or damaged)."""
     path = Path(stage_dir) / PROBE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {stage_dir} a finished `namd train vae` stage?")
-    with safe_open(str(path), framework="pt") as fh:
-        shape = tuple(int(s) for s in (fh.metadata() or {})["latent_shape"].split(","))
-    probe = LinearProbe(shape)
-    load_module(probe, path)
+    meta = check_safetensors(path, "vae")
+    with reading(path, "vae"):
+        probe = LinearProbe(tuple(int(s) for s in meta["latent_shape"].split(",")))
+        load_module(probe, path)
     return probe.eval().requires_grad_(False)

@@ -21,6 +21,7 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 
 from namd.config import UNetConfig
+from namd.contract import DIFFUSERS_WEIGHTS, check_safetensors, read_json, reading
 from namd.runinfo import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -198,9 +199,11 @@ def save_unet(unet: UNet2DConditionModel, stage_dir: Path) -> Path:
 
 
 def load_unet(stage_dir: Path, device: str | torch.device = "cpu") -> UNet2DConditionModel:
-    """The exported U-Net of a finished prior or cond stage, frozen, in eval mode."""
+    """The exported U-Net of a finished prior or cond stage, frozen, in eval mode (its files
+    checked first: RunFileError naming the one that is missing or damaged)."""
     folder = Path(stage_dir) / MODEL_DIR
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} not found: is {stage_dir} a finished `namd train` stage?")
-    unet = UNet2DConditionModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    read_json(folder / "config.json")
+    check_safetensors(folder / DIFFUSERS_WEIGHTS)
+    with reading(folder):
+        unet = UNet2DConditionModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
     return unet.to(device).eval().requires_grad_(False)

@@ -14,7 +14,7 @@ nothing is fetched from a hub; pickle checkpoints (.ckpt/.pt/.bin) are refused.
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +22,12 @@ import torch
 from diffusers import AutoencoderKL
 
 from namd.config import VAEConfig
+from namd.contract import DIFFUSERS_WEIGHTS, RunFileError, check_safetensors, read_json, reading
 from namd.imaging import hu_to_unit, unit_to_hu
 from namd.runinfo import atomic_write_json
 
 SCALE_FILE = "latent_scale.json"
 MODEL_DIR = "autoencoder"
-DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 
@@ -82,16 +82,27 @@ def save_trained_vae(vae: AutoencoderKL, out: Path, scale_factor: float, **extra
 def load_trained_vae(stage_dir: Path, device: str | torch.device = "cpu") -> tuple[AutoencoderKL, float]:
     """The frozen VAE of a finished `namd train vae` stage and its scale factor (1 / latent std).
 
-    The diffusion stages read the scale factor from here: nothing is copied by hand.
+    The diffusion stages read the scale factor from here: nothing is copied by hand. Every
+    file is checked before the network is built (RunFileError naming it when damaged).
     """
     stage_dir = Path(stage_dir)
-    scale_path, model_path = stage_dir / SCALE_FILE, stage_dir / MODEL_DIR
-    for p in (scale_path, model_path):
-        if not p.exists():
-            raise FileNotFoundError(f"{p} not found: is {stage_dir} a finished `namd train vae` stage?")
-    vae = AutoencoderKL.from_pretrained(model_path, local_files_only=True, use_safetensors=True)
+    scale, model_path = read_scale_factor(stage_dir), stage_dir / MODEL_DIR
+    read_json(model_path / "config.json", "vae")
+    check_safetensors(model_path / DIFFUSERS_WEIGHTS, "vae")
+    with reading(model_path, "vae"):
+        vae = AutoencoderKL.from_pretrained(model_path, local_files_only=True, use_safetensors=True)
     vae.to(device).eval().requires_grad_(False)
-    return vae, float(json.loads(scale_path.read_text())["scale_factor"])
+    return vae, scale
+
+
+def read_scale_factor(stage_dir: Path) -> float:
+    """The latent scale factor a VAE stage saved (a positive number)."""
+    path = Path(stage_dir) / SCALE_FILE
+    value = read_json(path, "vae", keys=("scale_factor",))["scale_factor"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value <= 0:
+        raise RunFileError(path, f"scale_factor {value!r} is not a positive number", writer="vae")
+    return float(value)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -1,21 +1,56 @@
 """Safetensors checkpoints for the shared trainer: module weights, AdamW state and progress.
 
 Nothing is pickled: optimizer state is flattened into tensors, its hyper-parameters and the
-trainer's counters go to JSON. A checkpoint directory is written atomically.
+trainer's counters go to JSON. A checkpoint directory is written atomically (`atomic_dir`): a
+process killed while writing leaves the previous checkpoint readable, at its own name or, when
+the kill fell between atomic_dir's two renames, at the aside name `.<name>.old` that the readers
+here fall back to and `recover` moves back.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from namd.contract import load_safetensors, read_json
 from namd.runinfo import atomic_dir, atomic_write_json
 
 STATE = "state.json"
+
+
+def aside_of(path: Path) -> Path:
+    """Where `atomic_dir` keeps the folder it replaces until the new one is renamed in."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.old")
+
+
+def resolve(path: Path) -> Path:
+    """The readable checkpoint at `path`: itself, or its aside copy after a kill mid-replace."""
+    path = Path(path)
+    if not (path / STATE).is_file() and (aside_of(path) / STATE).is_file():
+        return aside_of(path)
+    return path
+
+
+def has_checkpoint(path: Path) -> bool:
+    """True when `path` (or its aside copy) holds a complete checkpoint."""
+    return (resolve(path) / STATE).is_file()
+
+
+def recover(path: Path) -> None:
+    """Undo what a killed write of checkpoint `path` left: move the aside copy back into place
+    and delete half-written `.<name>.*.partial` folders. Only for the single writer of `path`
+    (the trainer's main process), whose own writes are then not in flight."""
+    path = Path(path)
+    aside = aside_of(path)
+    if aside.is_dir() and not path.exists():
+        aside.replace(path)
+    for partial in path.parent.glob(f".{path.name}.*.partial"):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def save_module(module: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -28,7 +63,7 @@ def load_module(module: torch.nn.Module, path: Path, strict: bool = True) -> Non
     """Load safetensors weights into a module, with a clear error when the file is missing."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    module.load_state_dict(load_file(str(path)), strict=strict)
+    module.load_state_dict(load_safetensors(Path(path)), strict=strict)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -73,13 +108,13 @@ def save_checkpoint(path: Path, modules: dict[str, torch.nn.Module],
 
 def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module],
                     optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Restore modules (and optimizer) from `path`; returns the trainer state."""
-    path = Path(path)
+    """Restore modules (and optimizer) from `path` (or its aside copy); returns the trainer state."""
+    path = resolve(path)
     if not (path / STATE).is_file():
         raise FileNotFoundError(f"no checkpoint in {path} (expected {STATE})")
-    state = json.loads((path / STATE).read_text())
+    state = read_json(path / STATE)
     for name, module in modules.items():
         load_module(module, path / f"{name}.safetensors")
     if optimizer is not None and (path / "optimizer.safetensors").is_file():
-        _restore_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer"])
+        _restore_optimizer(optimizer, load_safetensors(path / "optimizer.safetensors"), state["optimizer"])
     return state

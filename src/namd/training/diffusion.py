@@ -52,6 +52,7 @@ from namd.models.unet import (
 )
 from namd.rundir import RunDir, variant_dirs
 from namd.runinfo import atomic_write_bytes, atomic_write_json
+from namd.training.checkpoint import has_checkpoint
 from namd.training.latents import LatentStore, cache_path, load_or_build, vae_fingerprint
 from namd.training.trainer import Batch, Trainer, load_best
 
@@ -222,18 +223,26 @@ class CondTask:
 
 
 # -- the stages -----------------------------------------------------------------------------------
-def _prepare_out(run: RunDir, name: str, args: argparse.Namespace) -> Path:
-    """The stage folder; refuses to clobber a finished or interrupted stage without a flag."""
+def _check_out(run: RunDir, name: str, args: argparse.Namespace) -> Path:
+    """The stage folder; refuses to clobber a finished or interrupted stage without a flag.
+    Under --overwrite the old folder is removed only later (`_clear_out`), once the inputs have
+    been read, so a damaged input does not cost the stage it would have replaced."""
     out = run.stage(name)
     resume, overwrite = bool(getattr(args, "resume", False)), bool(getattr(args, "overwrite", False))
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    elif run.is_done(name) and not resume:
+    if overwrite:
+        return out
+    if run.is_done(name) and not resume:
         raise FileExistsError(f"{out} is already trained (use --overwrite to retrain)")
-    elif (out / "checkpoints" / "last").exists() and not resume:
+    elif has_checkpoint(out / "checkpoints" / "last") and not resume:
         raise FileExistsError(f"{out} holds an interrupted training: use --resume to continue "
                               "it or --overwrite to start again")
     return out
+
+
+def _clear_out(out: Path, args: argparse.Namespace) -> None:
+    """Remove the old stage folder under --overwrite (its inputs read and usable by now)."""
+    if bool(getattr(args, "overwrite", False)) and out.exists():
+        shutil.rmtree(out)
 
 
 def _place(encoder: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -341,7 +350,7 @@ def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path
     dirs = variant_dirs(bool(getattr(args, "no_align", False)), null_context)
     name = dirs[stage]
     tcfg: TrainConfig = getattr(config.diffusion, stage)
-    out = _prepare_out(run, name, args)
+    out = _check_out(run, name, args)
     acc = Accelerator(mixed_precision=tcfg.mixed_precision)
     store = _latent_store(config, run, dirs["vae"], acc)
     cohort = Cohort(run.require("cohort", f"train {stage}"))
@@ -354,6 +363,9 @@ def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path
     else:
         task, train, val, extra = _cond(config, run, dirs["prior"], cohort, store, encoder,
                                         null_context, tcfg.seed)
+    if acc.is_main_process:
+        _clear_out(out, args)
+    acc.wait_for_everyone()
     result = Trainer(tcfg, out, accelerator=acc).fit(task, train, val, resume=bool(getattr(args, "resume", False)))
     load_best(out, task.trainable())
     if acc.is_main_process:

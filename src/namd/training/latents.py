@@ -27,11 +27,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from namd.cohort.store import Cohort
+from namd.contract import RunFileError, load_safetensors, reading
 from namd.imaging import ROTATIONS, rotate
-from namd.models.vae import MODEL_DIR, SCALE_FILE, encode, load_trained_vae, to_network
+from namd.models.vae import (
+    MODEL_DIR,
+    SCALE_FILE,
+    encode,
+    load_trained_vae,
+    read_scale_factor,
+    to_network,
+)
 from namd.runinfo import atomic_write_bytes, progress
 
 log = logging.getLogger(__name__)
@@ -55,13 +63,14 @@ def _hash_files(paths: list[Path], digest: hashlib._Hash) -> None:
 
 
 def vae_fingerprint(vae_dir: Path) -> str:
-    """SHA-256 of a VAE stage's autoencoder folder and scale factor."""
+    """SHA-256 of a VAE stage's autoencoder folder and scale factor. A hash of bytes cannot
+    tell damage from retraining: the VAE's reader checks the files (load_trained_vae)."""
     vae_dir = Path(vae_dir)
     files = [p for p in (vae_dir / MODEL_DIR).glob("*") if p.is_file()] + [vae_dir / SCALE_FILE]
-    missing = [str(p) for p in files if not p.is_file()]
-    if missing or not (vae_dir / MODEL_DIR).is_dir():
-        raise FileNotFoundError(f"{vae_dir} is not a finished `namd train vae` stage "
-                                f"(missing {missing or [str(vae_dir / MODEL_DIR)]})")
+    missing = [p for p in [*files, vae_dir / MODEL_DIR] if not p.exists()]
+    if missing:
+        raise RunFileError(missing[0], f"missing: {vae_dir} is not a finished `namd train vae` "
+                           "stage", writer="vae")
     digest = hashlib.sha256()
     _hash_files(files, digest)
     return digest.hexdigest()
@@ -70,9 +79,12 @@ def vae_fingerprint(vae_dir: Path) -> str:
 def cohort_fingerprint(cohort_dir: Path) -> str:
     """SHA-256 of a cohort's meta, manifest and image chunks."""
     cohort_dir = Path(cohort_dir)
+    meta = [cohort_dir / "cohort.json", cohort_dir / "manifest.csv"]
+    for path in meta:
+        if not path.is_file():
+            raise RunFileError(path, "missing", writer="cohort")
     digest = hashlib.sha256()
-    _hash_files([cohort_dir / "cohort.json", cohort_dir / "manifest.csv",
-                 *(cohort_dir / "images").glob("*.npy")], digest)
+    _hash_files([*meta, *(cohort_dir / "images").glob("*.npy")], digest)
     return digest.hexdigest()
 
 
@@ -132,7 +144,7 @@ def _fingerprint(vae_fp: str, cohort_fp: str, window: tuple[float, float],
 
 
 def _read_fingerprint(path: Path) -> str | None:
-    """The fingerprint stored in a cache file, or None when unreadable."""
+    """The fingerprint stored in a cache file, or None when unreadable (then rebuilt)."""
     try:
         with safe_open(str(path), framework="pt") as fh:
             return (fh.metadata() or {}).get("fingerprint")
@@ -144,18 +156,22 @@ def load_or_build(path: Path, cohort_dir: Path, vae_dir: Path, window: tuple[flo
                   batch: int = 64, device: torch.device | str = "cpu",
                   rotations: tuple[int, ...] = ROTATIONS) -> LatentStore:
     """The cohort's latents under the VAE of `vae_dir`: read from `path` when its fingerprint
-    matches, otherwise encoded now and written there (atomically)."""
+    matches, otherwise encoded now and written there (atomically). A damaged cache is
+    rebuilt; a damaged VAE or cohort is a RunFileError naming the file."""
     if 0 not in rotations:
         raise ValueError("the latent cache needs rotation 0 (validation and sampling use it)")
     vae_dir, path = Path(vae_dir), Path(path)
     key = _fingerprint(vae_fingerprint(vae_dir), cohort_fingerprint(cohort_dir), tuple(window),
                        tuple(rotations))
-    scale = float(json.loads((vae_dir / SCALE_FILE).read_text())["scale_factor"])
-    if path.is_file() and _read_fingerprint(path) == key:
+    scale = read_scale_factor(vae_dir)
+    stored = _read_fingerprint(path) if path.is_file() else None
+    if stored == key:
         log.info("latent cache %s is up to date", path)
-        return LatentStore(load_file(str(path))["latents"], tuple(rotations), scale, key)
+        with reading(path, "cache"):
+            return LatentStore(load_safetensors(path, "cache")["latents"], tuple(rotations), scale, key)
     if path.is_file():
-        log.info("latent cache %s is stale (VAE, cohort or settings changed): rebuilding", path)
+        log.info("latent cache %s is %s: rebuilding", path, "unreadable" if stored is None else
+                 "stale (VAE, cohort or settings changed)")
     vae, scale = load_trained_vae(vae_dir, device)
     latents = encode_cohort(Cohort(cohort_dir), vae, tuple(window), tuple(rotations), batch, device)
     meta = {"fingerprint": key, "rotations": ",".join(map(str, rotations)),

@@ -6,16 +6,22 @@ supplies AdamW, the learning-rate schedule, gradient clipping, mixed precision a
 safetensors checkpoints and exact resume.
 
 Exact resume without saving RNG state: the batch order of epoch e is a permutation seeded by
-(seed, e), and all randomness inside step s (noise, timesteps, augmentation) comes from a
-generator seeded by (seed, s). A run stopped and resumed therefore replays the same steps.
+(seed, e), all randomness a task draws inside step s (noise, timesteps, augmentation) comes from
+a generator seeded by (seed, s), and torch's global RNG, which dropout layers draw from, is
+seeded from (seed, s) for the step's forward pass and restored after it. The step, the weights,
+the AdamW moments, EMA copies and the fp16 loss scale are checkpointed; the learning rate is a
+function of the step. A run stopped (or killed) and resumed therefore replays the same steps:
+its final weights equal an uninterrupted run's bit for bit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -26,7 +32,13 @@ from accelerate import Accelerator
 
 from namd.config import TrainConfig
 from namd.runinfo import atomic_write_text, progress
-from namd.training.checkpoint import load_checkpoint, save_checkpoint
+from namd.training.checkpoint import (
+    has_checkpoint,
+    load_checkpoint,
+    recover,
+    resolve,
+    save_checkpoint,
+)
 
 Batch = dict[str, torch.Tensor]
 
@@ -76,6 +88,24 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The generator that owns all randomness of one training step."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+@contextlib.contextmanager
+def global_rng(seed: int, step: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global RNG (CPU and `device`) for one step's forward pass, then restore it.
+
+    Dropout layers draw from the global RNG, not from the step generator; seeding it per step
+    makes their masks a function of (seed, step), so a resumed run draws the same ones. The
+    seed is offset from the step generator's so the two streams differ.
+    """
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    value = seed * 1_000_003 + step + 2**40
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(value)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(value)
+        yield
 
 
 @dataclass
@@ -167,14 +197,19 @@ class Trainer:
             writer.writerow(row)
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log rows after the resumed step so the log reads like one run."""
-        if not self.log_path.exists():
+        """Drop log rows after the resumed step (and a row torn by a kill) so the log reads like
+        one run; rewritten atomically, so a kill here loses nothing."""
+        if not self.log_path.exists() or not self.acc.is_main_process:
             return
-        with self.log_path.open() as fh:
-            rows = [r for r in csv.DictReader(fh) if int(float(r["step"])) <= step]
-        self.log_path.unlink()
-        for r in rows:
-            self._log(r)
+        with self.log_path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = [r for r in reader if None not in r.values() and int(float(r["step"])) <= step]
+            fields = list(reader.fieldnames or [])
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.log_path, buffer.getvalue())
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self, task: TrainTask, train: BatchSource, val: BatchSource | None = None,
@@ -196,9 +231,15 @@ class Trainer:
         ckpt_modules = {**wrapped, **ema}
 
         step, best_val, best_step = 0, math.inf, -1
-        if resume and (self.ckpt_last / "state.json").is_file():
+        if acc.is_main_process:  # undo what a killed checkpoint write left behind
+            recover(self.ckpt_last)
+            recover(self.ckpt_best)
+        acc.wait_for_everyone()
+        if resume and has_checkpoint(self.ckpt_last):
             state = load_checkpoint(self.ckpt_last, ckpt_modules, optimizer)
             step, best_val, best_step = state["step"], state["best_val"], state["best_step"]
+            if acc.scaler is not None and state.get("scaler"):
+                acc.scaler.load_state_dict(state["scaler"])
             self._truncate_log(step)
         elif self.log_path.exists() and acc.is_main_process:
             self.log_path.unlink()
@@ -215,7 +256,7 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = self._to_device(train.batch(self.batch_indices(len(train), step)))
-            with acc.autocast():
+            with acc.autocast(), global_rng(cfg.seed, step, acc.device):
                 loss, terms = task.loss(batch, step_generator(cfg.seed, step), True)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{self.out.name}: loss became {float(loss.detach())} at step {step}")
@@ -247,8 +288,10 @@ class Trainer:
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 acc.wait_for_everyone()
                 if acc.is_main_process:
+                    scaler = acc.scaler.state_dict() if acc.scaler is not None else None
                     save_checkpoint(self.ckpt_last, ckpt_modules, optimizer,
-                                    {"step": step, "best_val": best_val, "best_step": best_step})
+                                    {"step": step, "best_val": best_val, "best_step": best_step,
+                                     "scaler": scaler})
         bar.close()
         if val is None or select is None:
             best_step = step  # nothing to select on: the last weights are exported
@@ -285,7 +328,7 @@ def load_best(out: Path, modules: dict[str, torch.nn.Module]) -> dict:
 
     With EMA the best checkpoint holds `ema_<name>` files; they are loaded into `<name>`.
     """
-    best = Path(out) / "checkpoints" / "best"
+    best = resolve(Path(out) / "checkpoints" / "best")
     if any((best / f"ema_{k}.safetensors").is_file() for k in modules):
         return load_checkpoint(best, {f"ema_{k}": m for k, m in modules.items()}, None)
     return load_checkpoint(best, modules, None)

@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL
 from namd.cohort.ehr import NODULE_FIELDS
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig, VAEConfig
-from namd.imaging import random_rotations, rotate
+from namd.imaging import grey_to_hu, random_rotations, rotate
 from namd.models.alignment import (
     PerceptualLoss,
     alignment_loss,
@@ -51,8 +51,7 @@ def cohort_hu(cohort: Cohort, indices: np.ndarray, window: tuple[float, float]) 
     the window (grey 0 -> window low, 255 -> window high), the only reading it allows."""
     images = cohort.images(indices)
     if cohort.meta.get("units", "HU") == "windowed_uint8":
-        lo, hi = window
-        images = lo + images / 255.0 * (hi - lo)
+        images = grey_to_hu(images, window)
     return images.astype(np.float32, copy=False)
 
 

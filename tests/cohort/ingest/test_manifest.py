@@ -97,6 +97,28 @@ def test_missing_column_named(cohort_inputs, cfg, build):
         _run(tmp_path, rows, cfg, build)
 
 
+@pytest.mark.parametrize("column, field", [("SCT_LONG_DAI", "SCT_LONG_DIA"), ("sct_margin", "SCT_MARGINS"),
+                                           ("Sex", "gender"), ("agee", "age"), ("famchild_", "famchild")])
+def test_column_spelt_like_an_ehr_field_is_an_error(cohort_inputs, cfg, build, column, field):
+    """Read as an extra column, it would make every value of the field silently missing."""
+    tmp_path, rows = cohort_inputs
+    for r in rows:
+        r[column] = r.pop(field, 1)
+    with pytest.raises(IngestError) as err:
+        _run(tmp_path, rows, cfg, build, on_error="skip")  # a table error: skip cannot help
+    msg = str(err.value)
+    assert f"manifest.csv, field {column}: column {column!r} looks like the EHR field {field}" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_extra_columns_are_normal(cohort_inputs, cfg, build):
+    tmp_path, rows = cohort_inputs
+    for r in rows:  # 'race' and 'image' are 2 edits from 'age', which takes 1 (see tables.py)
+        r.update({"notes": "x", "race": 1, "scanner": "GE", "SCT_LONG_DIA_mm": 4})
+    summary, _ = _run(tmp_path, rows, cfg, build)
+    assert summary["pairs"] == 2
+
+
 def test_skip_leaves_out_bad_rows_and_their_pair(cohort_inputs, cfg, build):
     tmp_path, rows = cohort_inputs
     rows[1]["z"] = 500.0  # p1's follow-up lies outside its scan

@@ -150,6 +150,33 @@ def test_bad_tables_named_and_nothing_written(nlst, cfg, table, row, values, mes
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("table, column, field", [
+    ("prsn", "gendr", "gender"), ("prsn", "Sex", "gender"), ("abn", "sct_long_dai", "SCT_LONG_DIA"),
+    ("abn", "sct_pre_at", "SCT_PRE_ATT"),
+])
+def test_column_spelt_like_an_ehr_field_is_an_error(nlst, cfg, table, column, field):
+    tmp_path, files = nlst
+    df = pd.read_csv(files[table], dtype=str, keep_default_na=False)
+    df = df.rename(columns={field.lower(): column}) if field.lower() in df else df.assign(**{column: "1"})
+    df.to_csv(files[table], index=False)
+    name = files[table].name
+    with pytest.raises(IngestError, match=rf"{name}, field {column}: column '{column}' looks like "
+                                          rf"the EHR field {field}"):
+        prepare("nlst", files, cfg, tmp_path / "out", on_error="skip")
+    assert not (tmp_path / "out").exists()
+
+
+def test_real_nlst_columns_are_not_taken_for_misspellings(nlst, cfg):
+    """The full prsn and ctab tables have hundreds of other columns (race is 2 edits from age)."""
+    tmp_path, files = nlst
+    for table, extra in (("prsn", ["race", "educat", "cigsmok", "pkyr", "age_quit", "diaghype"]),
+                         ("abn", ["sct_ab_attn", "sct_found_after_comp", "dataset_version"])):
+        df = pd.read_csv(files[table], dtype=str, keep_default_na=False)
+        df.assign(**{c: "1" for c in extra}).to_csv(files[table], index=False)
+    summary, _ = prepare("nlst", files, cfg, tmp_path / "out")
+    assert summary["pairs"] > 0
+
+
 def test_exams_table_missing_exam_and_missing_column(nlst, cfg, build):
     tmp_path, files = nlst
     files["exams"] = build.write_csv(tmp_path / "exams.csv", [

@@ -8,6 +8,8 @@ nearest the coordinate's z (no blending of neighbouring slices). In-plane it is 
 with linear interpolation by SimpleITK; when the crop is coarser than the scan by 20 % or
 more, the slice is first smoothed with skimage's anti-aliasing rule (sigma = (factor-1)/2
 source pixels). Pixels outside the slice are air (-1000 HU) and the crop is flagged `padded`.
+A crop whose values are not plausible HU (namd.imaging.HU_RANGE, the bounds `predict` uses)
+is an error naming the slice's file, never a crop in the cohort.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import SimpleITK as sitk
 
 from namd.cohort.ingest.errors import IngestError
 from namd.cohort.ingest.volume import Volume
+from namd.imaging import HU_RANGE, hu_problem
 
 AIR_HU = -1000.0
 PADDED = "padded"
@@ -150,4 +153,10 @@ def extract_crop(volume: Volume, k: int, centre: np.ndarray,
     y1 = min(ny, int(math.ceil(corners[:, 1].max())) + margin + 1)
     region = _antialias(image[x0:x1, y0:y1, :], geometry.spacing_mm)
     out = sitk.Resample(region, ref, sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out)[0].copy(), flags
+    crop = sitk.GetArrayFromImage(out)[0].copy()
+    problem = hu_problem(crop)
+    if problem:
+        lo, hi = HU_RANGE
+        raise IngestError(f"crop on slice {k}: {problem} (plausible {lo:g}..{hi:g} after "
+                          "RescaleSlope/RescaleIntercept)", volume.slice_file(k), category="invalid")
+    return crop, flags

@@ -1,7 +1,10 @@
 """DICOM exams: find the series, check each one, and choose one by a documented rule.
 
 Headers are read with pydicom (no pixel data); pixels are read later, slice by slice, with
-SimpleITK (which applies each file's RescaleSlope/RescaleIntercept). Series choice
+SimpleITK (which applies each file's RescaleSlope/RescaleIntercept), after volume.py has
+checked each file's pixel data against its header. Files that are not DICOM images
+(other formats, notes, DICOMDIR, reports) are skipped with one note per exam; a file that is
+DICOM but damaged is an error naming it. Series choice
 (docs/data-sources.md): the series an annotation names; otherwise, among the axial CT
 series that pass the checks, leave out avoided kernels (bone/edge) when others remain, then
 take the thinnest slices, then the most slices, then the lowest SeriesNumber.
@@ -9,8 +12,10 @@ take the thinnest slices, then the most slices, then the lowest SeriesNumber.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +23,22 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from namd.cohort.ingest.errors import IngestError
 
-# Files in an exam folder that are not DICOM and are ignored (annotations, notes, images).
+log = logging.getLogger(__name__)
+
+# Files in an exam folder that are not DICOM and are ignored (annotations, notes, images);
+# files with other names are ignored too when their content is not a DICOM image.
 NON_DICOM_SUFFIXES = frozenset({".xml", ".md", ".txt", ".csv", ".json", ".jpg", ".jpeg", ".png",
                                 ".nii", ".gz", ".mha", ".mhd", ".raw", ".npy", ".html", ".pdf"})
-_TAGS = ["SeriesInstanceUID", "SOPInstanceUID", "Modality", "ImageType", "InstanceNumber",
-         "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
-         "SliceThickness", "ConvolutionKernel", "SeriesDescription", "SeriesNumber",
-         "RescaleSlope", "RescaleIntercept"]
+# Names that claim DICOM: such a file that cannot be read as DICOM is an error, not skipped.
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".ima"})
+_TAGS = ["SOPClassUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality", "ImageType",
+         "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+         "Rows", "Columns", "SliceThickness", "ConvolutionKernel", "SeriesDescription",
+         "SeriesNumber", "RescaleSlope", "RescaleIntercept"]
 
 
 @dataclass
@@ -72,17 +83,57 @@ class Series:
 
 
 def _read_header(path: Path) -> pydicom.Dataset | None:
-    """The header of one file; None for files that are clearly not DICOM; errors name the file."""
-    if path.suffix.lower() in NON_DICOM_SUFFIXES or path.name.startswith("."):
+    """The header of one DICOM image file; None for a file that is not one (another format, or
+    a DICOM object without an image); a damaged DICOM file is an error naming it."""
+    if path.suffix.lower() in NON_DICOM_SUFFIXES:
         return None
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
-    except InvalidDicomError:
-        raise IngestError("not a readable DICOM file (no DICOM header)", path,
-                          category="unreadable file") from None
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+    except InvalidDicomError:  # no 'DICM' preamble
+        ds = _read_without_preamble(path)
     except Exception as exc:  # pydicom raises many types on corrupt files
         raise IngestError(f"corrupt DICOM file ({type(exc).__name__}: {exc})", path,
                           category="unreadable file") from None
+    return ds if ds is not None and _is_image(ds) else None
+
+
+def _read_without_preamble(path: Path) -> pydicom.Dataset | None:
+    """A file without the 'DICM' preamble is DICOM only if it parses as a dataset with an
+    image (Rows and PixelData): old exports omit the preamble, GIFs and READMEs do not parse.
+    Not DICOM: None, or an error when its name (.dcm) says it is DICOM."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True, defer_size=1024)  # large values left unread
+        is_dicom = "PixelData" in ds and "Rows" in ds
+    except Exception:  # what junk makes pydicom raise is not worth listing
+        is_dicom = False
+    if is_dicom:
+        return ds
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        raise IngestError("not a readable DICOM file (no DICOM header)", path,
+                          category="unreadable file")
+    return None
+
+
+def _is_image(ds: pydicom.Dataset) -> bool:
+    """False for DICOM objects that hold no image (DICOMDIR, reports, structure sets,
+    segmentations): their SOP class is one pydicom knows and not an '... Image Storage'."""
+    meta = getattr(ds, "file_meta", None)
+    sop = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
+    if not sop:
+        return True
+    uid = UID(str(sop))
+    return uid.name == str(uid) or "Image Storage" in uid.name
+
+
+def _note_skipped(root: Path, skipped: list[Path]) -> None:
+    """One note per exam for the files that were not DICOM images (a warning, so that worker
+    processes, which have no logging set up, still show it)."""
+    names = [str(f.relative_to(root)) if f != root else f.name for f in skipped]
+    examples = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    log.warning("skipped %d file(s) that are not DICOM images in %s (e.g. %s)",
+                len(skipped), root, examples)
 
 
 def _slice_header(path: Path, ds: pydicom.Dataset) -> SliceHeader:
@@ -121,16 +172,23 @@ def scan_exam(path: str | Path, tolerance: float = 0.05,
     files = [root] if root.is_file() else sorted(
         Path(d) / f for d, _, names in os.walk(root) for f in names)
     groups: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    skipped: list[Path] = []
     for f in files:
+        if f.name.startswith("."):  # .DS_Store and the like: not worth a note
+            continue
         ds = _read_header(f)
         if ds is None:
+            skipped.append(f)
             continue
         uid = str(ds.get("SeriesInstanceUID", "")).strip()
         if not uid:
             raise IngestError("missing DICOM tag SeriesInstanceUID", f, field="SeriesInstanceUID")
         groups[uid].append((f, ds))
     if not groups:
-        raise IngestError("no DICOM files found", root, category="unreadable file")
+        also = f" ({len(skipped)} other file(s))" if skipped else ""
+        raise IngestError(f"no DICOM files found{also}", root, category="unreadable file")
+    if skipped:
+        _note_skipped(root, skipped)
     return [_build_series(uid, items, tolerance, max_tilt_degrees)
             for uid, items in sorted(groups.items())]
 
@@ -182,8 +240,11 @@ def check_series(series: Series, tolerance: float = 0.05, max_tilt_degrees: floa
     if any(not np.allclose(h.orientation, orient, atol=1e-3) for h in s):
         series.problems.append("mixed slice orientations")
         return
-    if any(h.shape != s[0].shape or not np.allclose(h.spacing, s[0].spacing, rtol=1e-3) for h in s):
-        series.problems.append("slices differ in size or pixel spacing")
+    odd = [h for h in s
+           if h.shape != s[0].shape or not np.allclose(h.spacing, s[0].spacing, rtol=1e-3)]
+    if odd:
+        series.problems.append(f"slices differ in size or pixel spacing ({_size(odd[0])} in "
+                               f"{odd[0].path.name}, {_size(s[0])} in {s[0].path.name})")
         return
     normal = normal_of(orient)
     tilt = math.degrees(math.acos(min(1.0, abs(float(normal[2])))))
@@ -214,6 +275,11 @@ def check_series(series: Series, tolerance: float = 0.05, max_tilt_degrees: floa
                 abs(ratio - round(ratio)) < tolerance * round(ratio) else "slice spacing varies")
         series.problems.append(f"{what}: step {steps[i]:.3g} mm between {s[i].path.name} and "
                                f"{s[i + 1].path.name}, median {series.step:.3g} mm")
+
+
+def _size(h: SliceHeader) -> str:
+    """'512 x 512 at 0.7 x 0.7 mm' (rows x columns, column x row spacing)."""
+    return f"{h.shape[0]} x {h.shape[1]} at {h.spacing[0]:g} x {h.spacing[1]:g} mm"
 
 
 def choose_series(series: list[Series], where: str | Path, wanted_uid: str | None = None,

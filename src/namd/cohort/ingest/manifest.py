@@ -9,7 +9,8 @@ One row per nodule observation (docs/data-sources.md has the full table):
   slice_number                            optional DICOM InstanceNumber of the slice to use
   series_uid                              optional: which series of a DICOM folder
   label, split                            optional 0/1 and train/val/test (constant per patient)
-  SCT_PRE_ATT ... famchild                optional EHR fields (NLST codes; missing codes allowed)
+  SCT_PRE_ATT ... famchild                optional EHR fields (NLST codes; missing codes allowed);
+                                          a column spelt almost like one is an error
 Pairing: the observations of one (patient_id, nodule_id), sorted by timepoint, form a pair
 from each one to the next; a nodule seen once becomes an unpaired crop. A pair's label is
 the label of its rows (they must agree when both are given).
@@ -27,6 +28,7 @@ from namd.cohort.ingest.parallel import CropRequest
 from namd.cohort.ingest.tables import (
     Table,
     cell,
+    check_ehr_columns,
     ehr_from_row,
     parse_id,
     parse_int,
@@ -37,6 +39,7 @@ from namd.cohort.ingest.tables import (
 from namd.cohort.store import SPLITS
 
 REQUIRED = ("patient_id", "nodule_id", "timepoint", "image", "x", "y")
+OPTIONAL = ("z", "space", "slice_number", "series_uid", "label", "split")
 
 
 def _observation(table: Table, line: int, row: dict[str, Any], root: Path,
@@ -120,6 +123,7 @@ def read_manifest(path: str | Path, errors: ErrorLog, images: str | Path | None 
     table = read_table(path)
     for name in REQUIRED:
         table.require(name)
+    check_ehr_columns(table, known=REQUIRED + OPTIONAL)
     root = Path(images) if images is not None else table.path.parent
     obs, seen, tainted = [], {}, set()
     for line, row in table.rows():

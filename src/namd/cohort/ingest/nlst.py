@@ -3,7 +3,8 @@
 Codes follow the NLST data dictionaries (../shared/reference section 1; EHR codes are
 validated by namd.cohort.ehr). Only abnormalities with sct_ab_desc = 51 (non-calcified
 nodule or mass >= 4 mm) become crops. The public prsn table has no diagemph and no fam*
-columns: absent columns are missing values, never "No".
+columns: absent columns are missing values, never "No". A column of the prsn or abnormality
+table spelt almost like an EHR field (`sct_long_dai`) is an error (tables.check_ehr_columns).
 
 Positions: NLST gives only lobe and sct_slice_num, so in-plane centres come from a positions
 CSV keyed by (pid, study_yr, sct_ab_num) with LUNA16-style coordX, coordY[, coordZ] (world
@@ -24,6 +25,7 @@ from namd.cohort.ingest.errors import ErrorLog, IngestError
 from namd.cohort.ingest.tables import (
     Table,
     cell,
+    check_ehr_columns,
     ehr_from_row,
     parse_id,
     parse_int,
@@ -87,6 +89,7 @@ def read_participants(path: str | Path, errors: ErrorLog) -> tuple[Table, dict[s
     table = read_table(path)
     pid_col = table.require("pid")
     can_col, yr_col = table.column("can_scr"), table.column("cancyr")
+    check_ehr_columns(table, known=("pid", "can_scr", "cancyr"))
     out: dict[str, Participant] = {}
     for line, row in table.rows():
         try:
@@ -111,6 +114,7 @@ def read_abnormalities(path: str | Path, people: dict[str, Participant], errors:
                        label_column: str | None = None) -> tuple[dict[str, Nodule], dict[str, int]]:
     """The abnormality table: sct_ab_desc 51 rows become nodules with validated EHR."""
     table = read_table(path)
+    check_ehr_columns(table, known=(*ABN_KEYS, "sct_ab_desc", "sct_slice_num", label_column or ""))
     cols = {k: table.require(k) for k in (*ABN_KEYS, "sct_ab_desc", *[f.lower() for f in NODULE_FIELDS])}
     slice_col = table.column("sct_slice_num")
     label_col = table.require(label_column) if label_column else None

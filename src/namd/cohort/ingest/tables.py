@@ -2,19 +2,22 @@
 
 Cells are read as text (pandas, no type guessing, no NA guessing) so that NLST missing codes
 such as `.M` reach the parsers unchanged; column names are matched case-insensitively.
+Columns a reader does not use are normal (NLST tables have hundreds), but one spelt almost
+like an EHR field (`check_ehr_columns`) is an error: read as absent, it would turn every
+value of that field into a missing one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from namd.cohort.ehr import EHR, is_missing
+from namd.cohort.ehr import EHR, EHR_FIELDS, SYNONYMS, is_missing
 from namd.cohort.ingest.crop import Position
 from namd.cohort.ingest.errors import IngestError, as_ingest_error
 
@@ -70,6 +73,48 @@ def read_table(path: str | Path) -> Table:
     if dup:
         raise IngestError(f"duplicate column {dup[0]!r}", path, field=dup[0], category="invalid")
     return Table(path, frame)
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: the fewest insertions, deletions and substitutions from a to b."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def near_miss_distance(field: str) -> int:
+    """How far a column may be from `field` and still be taken for a misspelling of it: 2, or 1
+    for three-letter names (at 2, `age` would claim NLST's `race` and the manifest's `image`)."""
+    return 1 if len(field) <= 3 else 2
+
+
+def resembled_field(column: str) -> str | None:
+    """The EHR field a column is a near-miss of (a synonym, or within the edit distance of
+    `near_miss_distance` without being equal), compared case-insensitively; else None."""
+    name = column.strip().lower()
+    if name in SYNONYMS:
+        return SYNONYMS[name]
+    fields = {f.lower(): f for f in EHR_FIELDS}
+    if name in fields:
+        return None
+    best = min(fields, key=lambda f: (edit_distance(name, f), f))
+    return fields[best] if edit_distance(name, best) <= near_miss_distance(best) else None
+
+
+def check_ehr_columns(table: Table, known: Collection[str] = ()) -> None:
+    """Refuse a column that looks like a misspelt EHR field (IngestError naming both), unless
+    it is one of the `known` columns the reader uses for something else."""
+    used = {k.lower() for k in known}
+    for column in table.frame.columns:
+        field = None if column.lower() in used else resembled_field(column)
+        if field is not None:
+            raise IngestError(f"column {column!r} looks like the EHR field {field}, whose values "
+                              f"would be read as missing; rename it to {field}, or drop it",
+                              table.path, field=column, category="invalid")
 
 
 def cell(row: dict[str, Any], column: str | None) -> str | None:

@@ -2,20 +2,28 @@
 
 A `Volume` knows its affine (origin, spacing, direction; world = LPS millimetres as in DICOM
 and ITK) and hands out single axial slices as SimpleITK images in HU. DICOM slices are read
-on demand (a 2D crop needs one slice, not the whole series); NIfTI and MHA are read whole and
-reoriented to LPS axes so that the third axis is always the axial one.
+on demand (a 2D crop needs one slice, not the whole series), each file's pixel data checked
+against its header first (pydicom), so that a short buffer is never decoded into garbage;
+NIfTI and MHA are read whole and reoriented to LPS axes so that the third axis is always the
+axial one.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
+from pydicom.encaps import generate_frames
+from pydicom.pixels.utils import get_expected_length, get_nr_frames
+from pydicom.uid import UID, RLELossless
 
 from namd.cohort.ingest.dicom import Series, choose_series, normal_of, scan_exam
 from namd.cohort.ingest.errors import IngestError
@@ -59,6 +67,10 @@ class Volume(ABC):
     def voxel_to_world(self, index: np.ndarray) -> np.ndarray:
         """World point of a voxel index as the user counts it (the file's own storage order)."""
         return self.to_world(index)
+
+    def slice_file(self, k: int) -> str:
+        """The file that holds slice k (for messages about its pixels)."""
+        return self.source
 
     def slice_of_instance(self, instance: int) -> int:
         """Slice index of a DICOM InstanceNumber (NLST sct_slice_num)."""
@@ -125,6 +137,10 @@ class DicomVolume(Volume):
         self._cache: OrderedDict[int, sitk.Image] = OrderedDict()  # nodules often share slices
         self._instances = {h.instance: k for k, h in enumerate(series.slices) if h.instance is not None}
 
+    def slice_file(self, k: int) -> str:
+        """The DICOM file of slice k."""
+        return str(self.series.slices[k].path)
+
     def slice_of_instance(self, instance: int) -> int:
         """Slice index whose InstanceNumber is `instance`."""
         if instance not in self._instances:
@@ -147,24 +163,127 @@ class DicomVolume(Volume):
         return image
 
     def _read_slice(self, k: int) -> sitk.Image:
-        """One slice file as a flattened float32 HU image; errors name the file."""
+        """One slice file as a flattened float32 HU image, its pixel data checked against its
+        header before decoding (length) and after (shape); errors name the file."""
         path = self.series.slices[k].path
+        ds = read_pixel_header(path)
         try:
             image = sitk.ReadImage(str(path), sitk.sitkFloat32)
         except RuntimeError as exc:
             raise IngestError(f"cannot read pixel data ({_first_line(exc)})", path,
                               category="unreadable file") from None
-        if image.GetSize()[:2] != self.size[:2]:
-            raise IngestError(f"pixel data is {image.GetSize()[:2]}, header says {self.size[:2]}",
+        check_decoded_shape(path, ds, image.GetSize())
+        if image.GetSize() != (*self.size[:2], 1):
+            raise IngestError(f"pixel data is {image.GetSize()} (columns x rows x frames), the "
+                              f"series is {self.size[0]} x {self.size[1]} with one frame per file",
                               path, category="unreadable file")
         return self._flatten(image)
+
+
+def read_pixel_header(path: Path) -> pydicom.Dataset:
+    """The whole dataset of one slice, its pixel data checked against the header before
+    anything decodes it: a decoder given a header larger than its buffer reads past the
+    end, and returns different garbage on each run."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True)
+    except Exception as exc:  # pydicom raises many types on corrupt files
+        raise IngestError(f"cannot read pixel data ({type(exc).__name__}: {_one_line(exc)})",
+                          path, category="unreadable file") from None
+    if "PixelData" not in ds:
+        raise IngestError("cannot read pixel data: the file has none", path, field="PixelData",
+                          category="unreadable file")
+    syntax = _transfer_syntax(ds)
+    if not _encapsulated(ds, syntax):
+        _check_native_length(path, ds)
+    elif syntax == RLELossless:
+        _check_rle_length(path, ds)
+    return ds
+
+
+def _transfer_syntax(ds: pydicom.Dataset) -> UID | None:
+    """The file's TransferSyntaxUID, or None when it has no file meta information."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    return UID(str(syntax)) if syntax else None
+
+
+def _encapsulated(ds: pydicom.Dataset, syntax: UID | None) -> bool:
+    """True for compressed (encapsulated) pixel data: known from the transfer syntax, or, when
+    that is missing or private, from the undefined length that encapsulation uses."""
+    try:
+        if syntax is not None:
+            return bool(syntax.is_compressed)
+    except ValueError:  # not a transfer syntax pydicom knows
+        pass
+    return bool(ds["PixelData"].is_undefined_length)
+
+
+def _pixel_tags(path: Path, ds: pydicom.Dataset) -> tuple[int, int, int, int, int]:
+    """Rows, Columns, frames, SamplesPerPixel, BitsAllocated; a missing one is an error."""
+    for tag in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "PhotometricInterpretation"):
+        if ds.get(tag) in (None, ""):
+            raise IngestError(f"missing DICOM tag {tag}", path, field=tag, category="invalid")
+    return (int(ds.Rows), int(ds.Columns), get_nr_frames(ds, warn=False),
+            int(ds.SamplesPerPixel), int(ds.BitsAllocated))
+
+
+def _check_native_length(path: Path, ds: pydicom.Dataset) -> None:
+    """Uncompressed pixel data must hold exactly what the header describes (pydicom's
+    expected length; one trailing padding byte allowed): shorter data would be read past its
+    end, longer data means rows or columns are wrong and the image would be sheared."""
+    rows, cols, frames, samples, bits = _pixel_tags(path, ds)
+    expected = get_expected_length(ds)
+    actual = len(ds.PixelData)
+    if not expected <= actual <= expected + 1:
+        raise IngestError(f"pixel data does not match the header: {actual} bytes, but Rows x "
+                          f"Columns x frames x samples x bits allocated = {rows} x {cols} x "
+                          f"{frames} x {samples} x {bits} bits = {expected} bytes", path,
+                          field="PixelData", category="unreadable file")
+
+
+def _check_rle_length(path: Path, ds: pydicom.Dataset) -> None:
+    """RLE data holds no image size and GDCM shapes it by the header, so a header smaller
+    than the data would shear the image unnoticed: each segment must decode (pydicom's RLE
+    decoder, first segment of the first frame) to Rows x Columns bytes, one padding byte allowed."""
+    from pydicom.pixels.decoders.rle import _rle_decode_segment, _rle_parse_header  # pydicom 3
+    rows, cols, frames, _, _ = _pixel_tags(path, ds)
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=frames))
+        offsets = [*_rle_parse_header(frame[:64]), len(frame)]
+        got = len(_rle_decode_segment(frame[offsets[0]:offsets[1]]))
+    except Exception as exc:  # malformed encapsulation or RLE header
+        raise IngestError(f"cannot read pixel data (RLE: {type(exc).__name__}: {_one_line(exc)})",
+                          path, field="PixelData", category="unreadable file") from None
+    if not rows * cols <= got <= rows * cols + 1:
+        raise IngestError(f"pixel data does not match the header: an RLE segment decodes to {got} "
+                          f"bytes, but Rows x Columns = {rows} x {cols} = {rows * cols}", path,
+                          field="PixelData", category="unreadable file")
+
+
+def check_decoded_shape(path: Path, ds: pydicom.Dataset, size: tuple[int, ...]) -> None:
+    """The decoded image (SimpleITK size: columns, rows, frames) must be what the header says:
+    GDCM sizes JPEG images by their codestream, so this is where a wrong header shows."""
+    rows, cols, frames, _, _ = _pixel_tags(path, ds)
+    got = tuple(size) + (1,) * (3 - len(size))
+    if got != (cols, rows, frames):
+        raise IngestError(f"decoded pixel data is {' x '.join(map(str, got))} (columns x rows x "
+                          f"frames), the header says {cols} x {rows} x {frames}", path,
+                          field="PixelData", category="unreadable file")
+
+
+def _one_line(exc: Exception) -> str:
+    """A pydicom exception's text on one line (some span several)."""
+    return " ".join(str(exc).split())[:200]
 
 
 def _first_line(exc: Exception) -> str:
     """The useful line of an ITK exception (they span many lines)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     useful = [ln for ln in lines if "description" in ln.lower() or "error" in ln.lower()]
-    return (useful or lines or ["unknown error"])[-1][:200]
+    # Without object addresses ('GDCMImageIO(0x55fa...)'), the same file gives the same message.
+    return re.sub(r"\(0x[0-9a-fA-F]+\)", "", (useful or lines or ["unknown error"])[-1])[:200]
 
 
 def read_image_file(path: str | Path, max_tilt_degrees: float = 5.0) -> ImageVolume:

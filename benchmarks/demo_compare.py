@@ -1,0 +1,134 @@
+"""The demo before and after a change: Table 1, image quality, what the baseline buys, the
+fidelity of the mean of K, the growth evidence, and the time each stage took, side by side.
+
+Reads RUN/eval/metrics.json of both runs and, where present, RUN/pipeline.json (written by
+`namd demo`: seconds per stage, wall time, load average) and RUN/samples/run_info.json (the
+sampler). Writes a markdown and a JSON file.
+
+    python benchmarks/demo_compare.py --before runs/demo_before --after runs/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def load(run: Path) -> dict:
+    """What one run says about itself."""
+    out = {"run": str(run), "metrics": json.loads((run / "eval" / "metrics.json").read_text())}
+    for key, path in (("pipeline", run / "pipeline.json"), ("samples", run / "samples" / "run_info.json")):
+        out[key] = json.loads(path.read_text()) if path.is_file() else None
+    return out
+
+
+def _f(value, fmt: str = ".3f") -> str:
+    """A number, or a dash."""
+    return "-" if value is None else format(value, fmt)
+
+
+def table1(before: dict, after: dict) -> list[str]:
+    """AUROC of the mean probability and mean AUROC over K per row, before and after."""
+    rows_b = {r["name"]: r for r in before["metrics"]["rows"]}
+    lines = ["| row | AUROC mean over K, before | after | mean-prob AUROC, before | after | "
+             "DeLong p vs VAE copy, after |", "|---|---|---|---|---|---|"]
+    for r in after["metrics"]["rows"]:
+        b = rows_b.get(r["name"], {})
+
+        def cell(row: dict) -> str:
+            if row.get("status", "ok") != "ok":
+                return "not run"
+            return _f((row.get("auroc") or {}).get("mean"))
+
+        p = (r.get("vs_vae_copy_baseline") or {}).get("p_value")
+        lines.append(f"| {r['name']} | {cell(b) if b else 'not run'} | {cell(r)} | "
+                     f"{_f(b.get('mean_prob_auroc'))} | {_f(r.get('mean_prob_auroc'))} | {_f(p)} |")
+    return lines
+
+
+def quality(before: dict, after: dict) -> list[str]:
+    """Image quality, baseline use and fidelity per generated variant."""
+    lines = ["| variant | MAE (HU) before / after | SSIM before / after | baseline-use ratio "
+             "before / after | mean-of-K MAE / VAE copy before / after | nearest own before / after |",
+             "|---|---|---|---|---|---|"]
+    for name in after["metrics"].get("image_quality", {}):
+        def get(m: dict, block: str, *keys, name: str = name):
+            value = m["metrics"].get(block, {}).get(name)
+            for k in keys:
+                value = value.get(k) if isinstance(value, dict) else None
+            return value
+
+        pair = [(get(before, "image_quality", "mae_hu", "mean"), get(after, "image_quality", "mae_hu", "mean"), ".1f"),
+                (get(before, "image_quality", "ssim", "mean"), get(after, "image_quality", "ssim", "mean"), ".3f"),
+                (get(before, "baseline_use", "ratio"), get(after, "baseline_use", "ratio"), ".2f"),
+                (get(before, "fidelity", "mean_of_k_mae_to_vae_copy"),
+                 get(after, "fidelity", "mean_of_k_mae_to_vae_copy"), ".2f"),
+                (get(before, "fidelity", "nearest_own_followup_share"),
+                 get(after, "fidelity", "nearest_own_followup_share"), ".2f")]
+        lines.append(f"| {name} | " + " | ".join(f"{_f(b, f)} / {_f(a, f)}" for b, a, f in pair) + " |")
+    return lines
+
+
+def growth(run: dict) -> list[str]:
+    """The growth evidence of one run."""
+    block = run["metrics"].get("growth")
+    if not block:
+        return [f"{run['run']}: no growth block (evaluated before it existed)."]
+    lines = ["| | benign (mm) | malignant (mm) | malignant - benign [95% CI] |", "|---|---|---|---|"]
+    entries = [("real follow-up", block["real_followup"])] + [
+        (name, g) for name, g in block["generated"].items()]
+    for name, g in entries:
+        if g.get("status", "ok") != "ok":
+            lines.append(f"| {name} | {g['status']} | | |")
+            continue
+        lo, hi = g["difference_ci95"]
+        lines.append(f"| {name} | {g['benign_mean_mm']:+.2f} | {g['malignant_mean_mm']:+.2f} | "
+                     f"{g['difference_mm']:+.2f} [{lo:+.2f}, {hi:+.2f}] |")
+    return lines
+
+
+def timing(run: dict) -> str:
+    """Wall time, stage seconds and load of a run, or why they are unknown."""
+    p, s = run["pipeline"], run["samples"] or {}
+    sampler = (s.get("config") or {}).get("sampling", {})
+    head = f"sampler {sampler.get('scheduler')} {sampler.get('steps')} steps, K = {sampler.get('k')}"
+    if not p:
+        return f"{run['run']}: {head}; no RUN/pipeline.json (run before `namd demo` recorded it)."
+    stages = ", ".join(f"{k} {v:.0f}" for k, v in p["stage_seconds"].items())
+    others = p.get("other_cpus_during")
+    load = (f"{p['busy_cpus_before']:.2f} CPUs busy at the start, {others:.2f} CPUs of other work on "
+            "average during the run, " if others is not None else "")
+    return (f"{run['run']}: {head}; `--jobs {p['jobs']}` on {p['cpus']} CPUs, ablations "
+            f"{'on' if p['ablations'] else 'off'}: **{p['wall_seconds'] / 60:.1f} min** wall, "
+            f"{p['cpu_seconds'] / 60:.1f} min CPU; {load}load average {p['loadavg_before'][0]:.2f} "
+            f"before, {p['loadavg_after'][0]:.2f} after. Stage seconds: {stages}.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True)
+    parser.add_argument("--after", required=True)
+    parser.add_argument("--out", default=str(HERE / "results" / "demo"))
+    args = parser.parse_args()
+    before, after = load(Path(args.before)), load(Path(args.after))
+    text = "\n".join([
+        "# The demo before and after", "",
+        f"`python benchmarks/demo_compare.py --before {args.before} --after {args.after}`", "",
+        "## Time", "", "- before: " + timing(before), "- after: " + timing(after), "",
+        f"## Table 1 (test split, {after['metrics']['n_test']} nodules, "
+        f"{after['metrics']['n_malignant']} malignant)", "", *table1(before, after), "",
+        "## Image quality, baseline use, fidelity", "", *quality(before, after), "",
+        "## Growth: before", "", *growth(before), "", "## Growth: after", "", *growth(after), ""])
+    from namd.runinfo import atomic_write_json, atomic_write_text
+
+    out = Path(args.out)
+    atomic_write_text(out.with_suffix(".md"), text)
+    atomic_write_json(out.with_suffix(".json"), {"before": before, "after": after})
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
