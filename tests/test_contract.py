@@ -28,6 +28,7 @@ from namd.diffusion import load_scheduler_config
 from namd.evaluation import evaluate
 from namd.evaluation.report import build_section, section_table, stage_reports_html
 from namd.evaluation.report_inputs import Context
+from namd.models.calibration import load_calibration
 from namd.models.evaluator import load_evaluator
 from namd.models.probe import load_probe
 from namd.models.unet import load_unet
@@ -120,6 +121,7 @@ READERS: dict[str, Callable[[Case], Any]] = {
     "namd.sampling.FollowUpSampler.from_run": lambda c: FollowUpSampler.from_run(
         RunDir(c.run), variant_dirs(), c.finished.config),
     "namd.models.evaluator.load_evaluator": lambda c: load_evaluator(c.run / c.folder),
+    "namd.models.calibration.load_calibration": lambda c: load_calibration(c.run / c.folder),
     "namd.evaluation.evaluate.load_samples": lambda c: evaluate.load_samples(
         c.run / c.folder, c.finished.pairs, "test", c.finished.crop_size),
     "namd.evaluation.report_inputs.Context.metrics": lambda c: Context(
@@ -199,8 +201,8 @@ def test_damaged_file(finished, tmp_path, folder, file, damage, reader):
         assert isinstance(store, LatentStore) and check_safetensors(targets[0])  # rebuilt whole
     elif damage == "deleted" and reader in file.absent_ok:
         result = call(Case(run, folder, finished))
-        assert result is False or result == "" or (isinstance(result, tuple)
-                                                   and str(result[1]).startswith("not run"))
+        assert result is False or result is None or result == "" or (
+            isinstance(result, tuple) and str(result[1]).startswith("not run"))  # None: no calibration
     else:
         with pytest.raises(RunFileError) as info:
             call(Case(run, folder, finished))

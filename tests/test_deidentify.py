@@ -1,6 +1,6 @@
 """De-identification, proved: identifiers planted in DICOM tags, folder names, the manifest and
 the EHR file appear in no output of `namd prepare --hash-ids` and `namd predict --hash-ids`
-(file contents of every kind, and file names)."""
+(file contents of every kind, and file names). `tiny_run` comes from tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ def _module(path: Path, name: str) -> ModuleType:
 
 
 dicom = _module(TESTS / "cohort" / "ingest" / "conftest.py", "_deid_dicom_builders")
-tiny_run = _module(TESTS / "test_predict.py", "_deid_tiny_run").tiny_run  # the trained tiny run
 
 
 def _plant(folder: Path, study: int) -> None:

@@ -140,3 +140,19 @@ def test_a_stage_process_runs_namd_with_its_threads_and_logs_to_the_run(tmp_path
     assert item.process.wait(timeout=120) == 0
     assert item.log_path == tmp_path / "logs" / "version.log"
     assert last_line(item.log_path).startswith("namd ")
+
+
+def test_one_job_keeps_a_failed_stage_error_as_its_cause(tmp_path, capsys):
+    """--jobs 1 calls the stage functions, not the CLI: the first stage's damaged config
+    surfaces as StageFailed naming the stage and the error, chained to the ConfigError."""
+    from namd.config import ConfigError
+    from namd.pipeline import run_pipeline
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    (run.path / "config.yaml").write_text("data: [unclosed\n")  # not YAML
+    with pytest.raises(StageFailed, match=r"stage cohort failed \(namd synth .*\): ConfigError: ") as info:
+        run_pipeline(run, ablations=False, jobs=1)
+    assert isinstance(info.value.__cause__, ConfigError)
+    assert "not valid YAML" in str(info.value) and "\n" not in str(info.value)
+    assert not (run.path / "cohort").exists() or not run.is_done("cohort")

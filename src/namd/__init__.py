@@ -13,3 +13,23 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+# The public API, imported on first use (PEP 562) so that `import namd` and `namd --help` stay
+# light: torch loads only when a model does.
+_LAZY = {"NAMDPipeline": "namd.model", "EHR": "namd.cohort.ehr", "crop_nodule": "namd.crops"}
+__all__ = ["NAMDPipeline", "EHR", "crop_nodule", "__version__"]
+
+
+def __getattr__(name: str):
+    """`namd.NAMDPipeline`, `namd.EHR`, `namd.crop_nodule`: imported when first asked for."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'namd' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

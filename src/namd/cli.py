@@ -19,7 +19,7 @@ import sys
 
 import namd
 import namd.commands
-from namd.pipeline import StageFailed
+from namd.errors import StageFailed
 
 
 class UsageError(Exception):

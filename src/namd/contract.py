@@ -80,6 +80,7 @@ LOAD_SCHEDULE = "namd.diffusion.load_scheduler_config"
 LOAD_CONTEXT = "namd.sampling.load_context_encoder"
 SAMPLER = "namd.sampling.FollowUpSampler.from_run"
 LOAD_EVALUATOR = "namd.models.evaluator.load_evaluator"
+LOAD_CALIBRATION = "namd.models.calibration.load_calibration"
 LOAD_SAMPLES = "namd.evaluation.evaluate.load_samples"
 REPORT_METRICS = "namd.evaluation.report_inputs.Context.metrics"
 REPORT_TABLE = "namd.evaluation.report_inputs.Context.per_nodule"
@@ -184,12 +185,13 @@ def _end() -> list[StageContract]:
             RunFile("checkpoints/best/state.json", "json", (LOAD_EVALUATOR,)),
             RunFile("checkpoints/best/*vit.safetensors", "safetensors", (LOAD_EVALUATOR,)),
             RunFile("checkpoints/last/*", "safetensors"), RunFile("log.csv", "csv"),
+            RunFile("calibration.json", "json", (LOAD_CALIBRATION,), absent_ok=(LOAD_CALIBRATION,)),
             _run_info(LOAD_EVALUATOR)), (CONFIG_FILE, *cohort_in)),
         StageContract("eval", "namd evaluate --run {run}", (
             RunFile("metrics.json", "json", (REPORT_METRICS,), unchecked=("namd.commands.demo.run",)),
             RunFile("per_nodule.csv", "csv", (REPORT_TABLE,)), _run_info()),
             (CONFIG_FILE, *cohort_in, "evaluator/run_info.json", "evaluator/checkpoints/best/*",
-             *sample_in, *vae_in, *(f"{c}/baseline_use.json" for c in ("cond", "cond_no_align",
+             "evaluator/calibration.json", *sample_in, *vae_in, *(f"{c}/baseline_use.json" for c in ("cond", "cond_no_align",
                                                                        "cond_null"))),
             overwrite=""),
         StageContract("report", "namd report --run {run}", (

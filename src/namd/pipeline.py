@@ -10,6 +10,7 @@ processes, each with cores / jobs threads and its output in RUN/logs/<stage>.log
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import subprocess
@@ -19,15 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from namd.cli import build_parser
+from namd.errors import StageFailed
 from namd.rundir import RunDir, variant_dirs
+from namd.runinfo import recorded_command
 
 log = logging.getLogger(__name__)
 
 LOG_DIR = "logs"
-
-
-class StageFailed(RuntimeError):
-    """One or more stages failed; the message names each with its one-line error."""
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,8 @@ def run_pipeline(run: RunDir, ablations: bool, jobs: int = 1) -> dict[str, float
 
 
 def _run_in_process(run: RunDir, steps: list[Step]) -> dict[str, float]:
-    """Today's order: one stage after the other through the CLI's own entry point."""
-    from namd.cli import main
-
+    """One stage after the other in this process, each through its own command function."""
+    parser = build_parser()
     timings: dict[str, float] = {}
     for step in steps:
         if run.is_done(step.folder):
@@ -102,11 +101,34 @@ def _run_in_process(run: RunDir, steps: list[Step]) -> dict[str, float]:
             continue
         print(f"\n== namd {' '.join(step.argv)}", flush=True)
         start = time.perf_counter()
-        code = main(list(step.argv))
-        if code != 0:
-            raise StageFailed(f"stage {step.folder} failed (namd {' '.join(step.argv)} exited {code})")
+        run_step(parser, step)
         timings[step.folder] = time.perf_counter() - start
     return timings
+
+
+def run_step(parser: argparse.ArgumentParser, step: Step) -> None:
+    """Call one stage's command function, recorded in run_info as its own `namd` command.
+
+    Unlike `namd.cli.main` nothing is turned into an exit code: a stage's error becomes a
+    StageFailed naming the stage, the error's type and its one-line message, chained to the
+    original (`__cause__`), so callers and tracebacks keep what actually went wrong.
+    """
+    argv = list(step.argv)
+    args = parser.parse_args(argv)
+    command = f"namd {' '.join(argv)}"
+    try:
+        with recorded_command(["namd", *argv]):
+            code = int(args.func(args) or 0)
+    except Exception as exc:
+        raise StageFailed(f"stage {step.folder} failed ({command}): {type(exc).__name__}: "
+                          f"{one_line(exc)}") from exc
+    if code != 0:
+        raise StageFailed(f"stage {step.folder} failed ({command} returned {code})")
+
+
+def one_line(exc: BaseException) -> str:
+    """The text of an error on one line (multi-line library messages are joined)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @dataclass

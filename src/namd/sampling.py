@@ -26,15 +26,23 @@ import pandas as pd
 import torch
 
 import namd.models.context as context_module
+import namd.models.context_factory as context_factory
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig, SamplingConfig, TextConfig
 from namd.contract import RunFileError, load_safetensors, read_json, reading
 from namd.diffusion import load_scheduler_config, model_output, sampling_scheduler
+from namd.models.context_factory import ENCODER_FILE, PROMPTS_FILE
 from namd.models.unet import load_unet
-from namd.models.vae import decode, encode, from_network, load_trained_vae, to_network
+from namd.models.vae import (
+    decode,
+    encode,
+    from_network,
+    load_trained_vae,
+    to_network,
+    vae_fingerprint,
+)
 from namd.rundir import RunDir
 from namd.runinfo import RUN_INFO, progress
-from namd.training.diffusion import ENCODER_FILE, PROMPTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +169,6 @@ class FollowUpSampler:
 
         A missing or damaged file is a RunFileError naming it; the VAE is read (and so checked)
         before its fingerprint is compared, so damage is never mistaken for a retrained VAE."""
-        from namd.training.latents import vae_fingerprint
-
         cond_dir, vae_dir = run.require(dirs["cond"], "sample"), run.require(dirs["vae"], "sample")
         if not run.is_done(dirs["cond"]):
             raise RunFileError(cond_dir / RUN_INFO, "missing or not complete: the stage did not finish")
@@ -221,7 +227,7 @@ def load_context_encoder(cond_dir: Path, device: torch.device | str = "cpu") -> 
     prompts = load_safetensors(prompts_path, "cond")
     with reading(spec_path, "cond"):
         text = TextConfig.model_validate(spec["text"])
-    encoder = context_module.build_context_encoder(text)
+    encoder = context_factory.build_context_encoder(text)
     if (encoder.dim, encoder.n_tokens) != (spec["dim"], spec["n_tokens"]):
         raise ValueError(f"{spec_path}: the context encoder now gives D={encoder.dim}, "
                          f"m={encoder.n_tokens}, but the stage was trained with D={spec['dim']}, "

@@ -3,7 +3,6 @@ follow the sampling stage's file contract exactly."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -75,7 +74,7 @@ def evaluated(tmp_path_factory):
     from namd.config import save_config
 
     save_config(config, run.path / "config.yaml")
-    evaluator_stage.run_stage(config, run, argparse.Namespace(resume=False, overwrite=False))
+    evaluator_stage.run_stage(config, run)
     vae_cfg = config.vae.model_copy(update={"block_out_channels": (8, 8, 8), "norm_num_groups": 4})
     save_trained_vae(build_vae(vae_cfg), run.stage("vae"), scale_factor=0.7)  # an untrained VAE
     run.mark_done("vae", config, 0)
@@ -148,6 +147,37 @@ def test_numbers_agree_with_per_nodule_probabilities(evaluated):
     assert rows["namd"]["mean_prob_auroc"] == pytest.approx(roc_auc_score(y, np.mean(runs, axis=0)))
     np.testing.assert_allclose(table["namd_variance"], np.var(runs, axis=0), atol=1e-9)
     assert rows["copy_baseline"]["auroc"] == rows["real_baseline"]["auroc"]
+
+
+def test_probabilities_are_calibrated_per_sample_and_the_block_says_how_well(evaluated):
+    from namd.evaluation.calibration_metrics import IMAGE_ROWS, brier, ece
+    from namd.models.calibration import load_calibration
+    from namd.models.evaluator import load_evaluator, predict
+
+    run, cohort, m, table = evaluated
+    assert m["probability"] == "calibrated (Platt, validation split)"
+    cal = load_calibration(run.stage("evaluator"))
+    model, window, _ = load_evaluator(run.stage("evaluator"))
+    pairs = cohort.pairs("test").set_index("pair_id").loc[table["pair_id"]]
+    raw = predict(model, cohort.images(pairs["baseline_index"].to_numpy()), window)[0]
+    y = table["label"].to_numpy()
+    np.testing.assert_allclose(table["p_real_baseline"], cal.apply(raw), atol=1e-6)
+    rows = {r["name"]: r for r in m["rows"]}
+    assert rows["real_baseline"]["auroc"]["mean"] == pytest.approx(roc_auc_score(y, raw))
+    block = m["calibration"]
+    assert block["method"] == "platt" and block["status"] == "ok" and block["bins"] == 10
+    assert block["slope"] == pytest.approx(cal.slope) and block["n_pos"] == cal.n_pos
+    assert list(block["rows"]) == list(IMAGE_ROWS)
+    assert block["rows"]["namd_null_context"]["status"].startswith("not run")
+    base = block["rows"]["real_baseline"]
+    assert base["raw"]["brier"] == pytest.approx(brier(y, raw), rel=1e-6)
+    assert base["calibrated"]["brier"] == pytest.approx(brier(y, table["p_real_baseline"]), rel=1e-6)
+    assert base["calibrated"]["ece"] == pytest.approx(ece(y, table["p_real_baseline"]), abs=1e-6)
+    assert sum(p["n"] for p in base["raw"]["reliability"]) == len(y)
+    namd = block["rows"]["namd"]  # the mean over K of per-sample calibrated probabilities
+    assert namd["k"] == K
+    assert namd["calibrated"]["brier"] == pytest.approx(brier(y, table["namd_mean_prob"]), rel=1e-6)
+    assert namd["raw"]["brier"] != pytest.approx(namd["calibrated"]["brier"])
 
 
 def test_image_quality_and_variance_blocks(evaluated):

@@ -97,7 +97,8 @@ def make_metrics(n_mal: int, namd: float = 0.80, base: float = 0.70,
                                   "mean_of_k_mae_to_vae_copy": 1.07, "nearest_own_followup_share": 0.91,
                                   "per_sample_mae_hu": 95.0, "spread_over_k_hu": 33.0, "k": K,
                                   "n": N_TEST}},
-            "growth": GROWTH}
+            "growth": GROWTH, "probability": "calibrated (Platt, validation split)",
+            "calibration": CALIBRATION}
 
 
 def gap(benign: float, malignant: float, lo: float, hi: float) -> dict:
@@ -115,6 +116,26 @@ GROWTH = {"size": "equivalent diameter 2 sqrt(A / pi) of the tissue above -400 H
           "generated": {"namd": {"status": "ok", "samples": "samples", "vae": "vae", "k": K,
                                  **gap(0.4, 1.9, 0.8, 3.0), "benign_minus_real_benign_mm": 0.3},
                         "namd_no_align": {"status": "not run: samples_no_align not found"},
+                        "namd_null_context": {"status": "not run: samples_null not found"}}}
+
+
+def _measures(brier: float, ece: float) -> dict:
+    """Calibration measures of one score, with three reliability points."""
+    points = [{"lo": b / 10, "hi": (b + 1) / 10, "n": 5, "mean_prob": b / 10 + 0.05,
+               "frac_pos": min(1.0, b / 10 + 0.05 + ece)} for b in (1, 4, 8)]
+    return {"brier": brier, "ece": ece, "reliability": points}
+
+
+CALIBRATION = {"method": "platt", "status": "ok", "slope": 0.62, "intercept": -1.31, "n": 40,
+               "n_pos": 8, "note": "1-D logistic regression on logit(p)", "bins": 10,
+               "fitted_on": "labelled real crops of the validation split (all kinds)",
+               "of": "the row's score",
+               "rows": {"real_baseline": {"status": "ok", "k": 1, "raw": _measures(0.31, 0.27),
+                                          "calibrated": _measures(0.17, 0.06)},
+                        "real_followup": {"status": "ok", "k": 1, "raw": _measures(0.28, 0.22),
+                                          "calibrated": _measures(0.14, 0.05)},
+                        "namd": {"status": "ok", "k": K, "raw": _measures(0.30, 0.25),
+                                 "calibrated": _measures(0.15, 0.04)},
                         "namd_null_context": {"status": "not run: samples_null not found"}}}
 
 
@@ -196,9 +217,10 @@ def test_full_run_renders_every_section_with_embedded_figures(full_run):
     assert _statuses(text) == {key: "ok" for key in SECTION_KEYS}
     assert 'class="missing"' not in text and 'class="error"' not in text
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(embedded) == 5
+    assert len(embedded) == 6
     assert all(base64.b64decode(e).startswith(PNG) for e in embedded)
-    for name in ("roc_pr.png", "fig2_tsne.png", "fig3_error_variance.png", "fig3_examples.png",
+    for name in ("roc_pr.png", "calibration_reliability.png", "fig2_tsne.png",
+                 "fig3_error_variance.png", "fig3_examples.png",
                  "fig5_running_variance.png"):
         assert (run.stage("report") / name).read_bytes().startswith(PNG)
     assert "and 0." in text.split("latent t-SNE")[1][:200]  # both maps measured (with / without)
@@ -230,6 +252,10 @@ def test_reading_is_written_from_the_numbers(full_run):
     baseline = text.split('id="baseline"')[1].split("</section>")[0]
     assert "0.25" in baseline and "98%" in baseline and "0-100" in baseline  # ratio, x0, band
     assert "cond_no_align/baseline_use.json not found" in baseline and "0.91" in baseline
+    calibrated = text.split('id="calibration"')[1].split("</section>")[0]
+    assert "sigmoid(0.620 logit(p_raw) -1.310)" in calibrated and "8 malignant" in calibrated
+    assert "<td class=num>0.310</td><td class=num>0.170</td><td class=num>0.270</td>" in calibrated
+    assert "not run: samples_null not found" in calibrated
     grown = text.split('id="growth"')[1].split("</section>")[0]
     assert "+1.50 [+0.80, +3.00]" in grown and "predicts more growth for malignant" in grown
     # the same run with NAMD below the baseline says so

@@ -11,8 +11,8 @@ from namd.models.context import (
     ContextCache,
     ContextEncoder,
     StandardizedContext,
-    build_context_encoder,
 )
+from namd.models.context_factory import build_context_encoder
 from namd.models.structured import StructuredEncoder
 from namd.models.text import LLMContextEncoder
 

@@ -7,7 +7,7 @@ import torch
 
 from namd.cohort.ehr import EHR
 from namd.config.text import StructuredConfig, TextConfig
-from namd.models.context import build_context_encoder
+from namd.models.context_factory import build_context_encoder
 from namd.models.structured import StructuredEncoder, ehr_features, feature_names
 
 SCALES = StructuredConfig().scales

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 import namd.models.text as text_module
 from namd.cohort.ehr import EHR, report_sentence
 from namd.config.text import TextConfig
-from namd.models.context import build_context_encoder
+from namd.models.context_factory import build_context_encoder
 from namd.models.minilm import MINILM_SHA256, minilm_dir, verify_weights
 from namd.models.text import LLMContextEncoder, resolve_model_dir
 

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from namd import checkpoint
 from namd.config import TrainConfig
-from namd.training import checkpoint, trainer
+from namd.training import trainer
 from namd.training.trainer import Trainer
 
 EVERY = 4  # checkpoint and validation interval

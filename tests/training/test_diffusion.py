@@ -3,7 +3,6 @@ contract end to end (train prior -> train cond -> namd sample), and an overfitti
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import namd.models.context as context_module
+import namd.models.context_factory as context_factory
 from namd.cli import main
 from namd.cohort.ehr import EHR
 from namd.cohort.store import CohortWriter
@@ -219,14 +218,9 @@ def _write_cohort(path, size=16):
     writer.close()
 
 
-def _args(stage, **kw):
-    return argparse.Namespace(**{"stage": stage, "no_align": False, "null_context": False,
-                                 "resume": False, "overwrite": False, **kw})
-
-
 @pytest.fixture
 def tiny_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(context_module, "build_context_encoder", lambda cfg: FakeEncoder())
+    monkeypatch.setattr(context_factory, "build_context_encoder", lambda cfg: FakeEncoder())
     run = RunDir(tmp_path / "run")
     _write_cohort(run.stage("cohort"))
     config = load_config("tiny", overrides=[
@@ -245,13 +239,13 @@ def tiny_run(tmp_path, monkeypatch):
 
 def test_prior_cond_sample_end_to_end(tiny_run):
     run, config = tiny_run
-    prior = run_stage(config, run, _args("prior"))
+    prior = run_stage(config, run, stage="prior")
     assert run.is_done("prior") and (prior / "unet/diffusion_pytorch_model.safetensors").is_file()
     assert (run.path / "cache/latents_vae.safetensors").is_file()
     with pytest.raises(FileExistsError, match="overwrite"):
-        run_stage(config, run, _args("prior"))
+        run_stage(config, run, stage="prior")
 
-    cond = run_stage(config, run, _args("cond"))
+    cond = run_stage(config, run, stage="cond")
     info = json.loads((cond / "run_info.json").read_text())
     assert info["complete"] and info["from_prior"]["widened"] == ["conv_in.weight"]
     assert not info["from_prior"]["reinitialised"]
@@ -275,14 +269,14 @@ def test_prior_cond_sample_end_to_end(tiny_run):
 
 def test_null_context_ablation_and_resume(tiny_run):
     run, config = tiny_run
-    run_stage(config, run, _args("prior"))
-    null = run_stage(config, run, _args("cond", null_context=True))
+    run_stage(config, run, stage="prior")
+    null = run_stage(config, run, stage="cond", null_context=True)
     assert null.name == "cond_null" and run.is_done("cond_null")
     assert json.loads((null / "context_encoder.json").read_text())["null_context"] is True
     (null / "run_info.json").unlink()  # as if stopped after its last checkpoint
     config.diffusion.cond.max_steps = 6
     with pytest.raises(FileExistsError, match="resume"):  # never silently restarted
-        run_stage(config, run, _args("cond", null_context=True))
-    run_stage(config, run, _args("cond", null_context=True, resume=True))
+        run_stage(config, run, stage="cond", null_context=True)
+    run_stage(config, run, stage="cond", null_context=True, resume=True)
     info = json.loads((null / "run_info.json").read_text())
     assert info["steps"] == 6 and info["null_context"] is True

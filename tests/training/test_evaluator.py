@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 
@@ -14,7 +13,9 @@ from safetensors.torch import load_file
 from namd.cohort.ehr import EHR
 from namd.cohort.store import Cohort, CohortWriter
 from namd.config import TrainConfig, load_config
+from namd.evaluation.calibration_metrics import brier
 from namd.evaluation.metrics import auroc
+from namd.models.calibration import CALIBRATION_FILE, fit_platt, load_calibration
 from namd.models.evaluator import build_evaluator, load_evaluator, predict
 from namd.rundir import RunDir
 from namd.training import evaluator as stage
@@ -63,15 +64,15 @@ def fast_config(steps: int = 30):
     return config
 
 
-def _args(**kw) -> argparse.Namespace:
-    return argparse.Namespace(**{"resume": False, "overwrite": False, **kw})
+def _args(**kw) -> dict:
+    return {"resume": False, "overwrite": False, **kw}
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run = RunDir(tmp_path_factory.mktemp("run"))
     make_cohort(run.stage("cohort"))
-    out = stage.run_stage(fast_config(), run, _args())
+    out = stage.run_stage(fast_config(), run, **_args())
     return run, out
 
 
@@ -104,13 +105,37 @@ def test_selects_the_checkpoint_with_the_best_validation_auroc(trained):
     assert auroc(val["label"].astype(int).to_numpy(), probs) == pytest.approx(info["val_auroc"])
 
 
+def test_platt_calibration_is_fitted_on_the_validation_crops(trained):
+    run, out = trained
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["calibration"] == {"method": "platt", "status": "ok", "file": CALIBRATION_FILE}
+    cal = load_calibration(out)
+    model, window, _ = load_evaluator(out)
+    cohort = Cohort(run.stage("cohort"))
+    val = stage.labelled_crops(cohort, "val")
+    y = val["label"].astype(int).to_numpy()
+    probs, _ = predict(model, cohort.images(val["crop_index"]), window)
+    again = fit_platt(probs, y)
+    assert cal.n == len(val) and cal.n_pos == int(y.sum()) < 30
+    assert cal.slope == pytest.approx(again.slope, rel=1e-6)
+    assert cal.intercept == pytest.approx(again.intercept, rel=1e-6, abs=1e-9)
+    assert "fewer than" in cal.note  # few malignant validation crops: the note says so
+    q = cal.apply(probs)
+    assert auroc(y, q) == pytest.approx(auroc(y, probs))  # monotonic
+    assert brier(y, q) <= brier(y, probs) + 1e-9  # fitted on these very crops
+
+
 def test_too_few_malignant_validation_crops_keep_the_last_weights(tmp_path):
     run = RunDir(tmp_path)
     make_cohort(run.stage("cohort"))
     config = fast_config(steps=10)
-    config.evaluator = config.evaluator.model_copy(update={"select_min_malignant": 9})
-    out = stage.run_stage(config, run, _args())
+    # also: evaluator.calibration = none stores why there is no calibration (one training only)
+    config.evaluator = config.evaluator.model_copy(update={"select_min_malignant": 9,
+                                                           "calibration": "none"})
+    out = stage.run_stage(config, run, **_args())
     info = json.loads((out / "run_info.json").read_text())
+    assert info["calibration"]["status"] == "not fitted: evaluator.calibration = none"
+    assert load_calibration(out) is None and (out / CALIBRATION_FILE).is_file()
     assert info["selection"].startswith("last weights: the val split has 8 malignant crops")
     assert info["best_step"] == 10
     best = load_file(str(out / "checkpoints" / "best" / "vit.safetensors"))
@@ -122,7 +147,7 @@ def test_too_few_malignant_validation_crops_keep_the_last_weights(tmp_path):
 def test_refuses_to_overwrite_a_finished_stage(trained):
     run, _ = trained
     with pytest.raises(FileExistsError, match="--overwrite"):
-        stage.run_stage(fast_config(), run, _args())
+        stage.run_stage(fast_config(), run, **_args())
 
 
 def test_loss_rotates_and_replays_exactly_from_the_generator():
@@ -213,4 +238,4 @@ def test_single_class_validation_is_a_clear_error(tmp_path):
     cohort = make_cohort(run.stage("cohort"), n_pairs=8, n_unpaired=0)
     assert (stage.labelled_crops(cohort, "val")["label"] == 0).all()
     with pytest.raises(ValueError, match="val split: needs both benign and malignant"):
-        stage.run_stage(fast_config(), run, _args())
+        stage.run_stage(fast_config(), run, **_args())

@@ -12,9 +12,9 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
+from namd.checkpoint import aside_of, load_best, load_checkpoint, recover, save_checkpoint
 from namd.config import TrainConfig
-from namd.training.checkpoint import aside_of, load_checkpoint, recover, save_checkpoint
-from namd.training.trainer import Trainer, global_rng, learning_rate, load_best
+from namd.training.trainer import Trainer, global_rng, learning_rate
 
 
 class Data:

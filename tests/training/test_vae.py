@@ -3,7 +3,6 @@ exact resume of the VAE task, batch contents and the L_align / L_pred masking.""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -18,9 +17,10 @@ from namd.cohort.store import Cohort, CohortWriter
 from namd.config import load_config
 from namd.models.probe import LinearProbe, load_probe
 from namd.models.vae import build_vae, latent_shape, load_trained_vae
+from namd.models.vae_data import split_source, training_statistics
 from namd.rundir import RunDir
 from namd.training.trainer import Trainer
-from namd.training.vae import VAETask, run_stage, split_source, training_statistics
+from namd.training.vae import VAETask, run_stage
 
 CROP = 32
 OVERRIDES = ["data.crop_size=32", "vae.block_out_channels=[8,16]", "vae.norm_num_groups=4",
@@ -71,15 +71,11 @@ def make_run(tmp_path, cohort_dir) -> RunDir:
     return run
 
 
-def args(**kw) -> argparse.Namespace:
-    return argparse.Namespace(**{"no_align": False, "resume": False, "overwrite": False, **kw})
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, cohort_dir):
     """One finished aligned stage (shared by the tests that only read it)."""
     run = make_run(tmp_path_factory.mktemp("trained"), cohort_dir)
-    out = run_stage(load_config("tiny", overrides=OVERRIDES), run, args())
+    out = run_stage(load_config("tiny", overrides=OVERRIDES), run)
     return run, out
 
 
@@ -148,7 +144,7 @@ def test_scale_factor_is_one_over_the_training_latent_std(trained, cohort_dir):
 def test_no_align_ablation_and_stage_rules(tmp_path, cohort_dir, trained, caplog):
     run = make_run(tmp_path, cohort_dir)
     config = load_config("tiny", overrides=OVERRIDES)
-    out = run_stage(config, run, args(no_align=True))
+    out = run_stage(config, run, no_align=True)
     assert out == run.stage("vae_no_align") and not run.stage("vae").exists()
     info = json.loads((out / "run_info.json").read_text())
     assert info["config"]["vae"]["align"] is False and config.vae.align is True  # the caller's config untouched
@@ -159,11 +155,11 @@ def test_no_align_ablation_and_stage_rules(tmp_path, cohort_dir, trained, caplog
     # a finished stage is skipped; an unfinished one needs --resume or --overwrite
     stamp = (out / "run_info.json").stat().st_mtime_ns
     with caplog.at_level(logging.INFO):
-        run_stage(config, run, args(no_align=True))
+        run_stage(config, run, no_align=True)
     assert (out / "run_info.json").stat().st_mtime_ns == stamp and "already finished" in caplog.text
     (out / "run_info.json").unlink()
     with pytest.raises(FileExistsError, match="--resume"):
-        run_stage(config, run, args(no_align=True))
+        run_stage(config, run, no_align=True)
 
 
 def _task(config, stats, seed=0):

@@ -1,5 +1,8 @@
-"""`namd predict --run RUN --ehr EHR.json (--crop CROP.npy | --image SCAN --center X Y Z)`:
-virtual one-year follow-ups and a malignancy estimate for one new patient.
+"""`namd predict (--run RUN | --model FOLDER) --ehr EHR.json (--crop CROP.npy | --image SCAN
+--center X Y Z)`: virtual one-year follow-ups and a malignancy estimate for one new patient.
+
+The model is a trained run (with --variant) or a folder written by `namd export`, loaded once as
+a namd.model.NAMDPipeline.
 
 The patient's samples are seeded from the id in EHR.json (patient_id / id / pid, with
 nodule_id), else from a hash of the crop. OUT/prediction.json names the baseline by its
@@ -10,13 +13,19 @@ command with its paths relative to the working folder, or hashed with --hash-ids
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `namd predict`."""
     p = sub.add_parser("predict", help="follow-ups and malignancy estimate for one patient",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="a trained run (cond, vae and evaluator stages)")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--run", help="a trained run (cond, vae and evaluator stages)")
+    model.add_argument("--model", help="a model folder written by `namd export`")
+    p.add_argument("--variant", choices=("namd", "no_align", "null_context"), default="namd",
+                   help="which model of the run (with --run; default namd)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     p.add_argument("--ehr", required=True, help="JSON object with the 13 EHR fields (null = missing) "
                                                 "and optionally patient_id / nodule_id")
     src = p.add_mutually_exclusive_group(required=True)
@@ -64,25 +73,46 @@ def _baseline_crop(args: argparse.Namespace, config) -> tuple:
     return crop, {"input": "image", "center": [x, y, z], "space": space, "flags": list(flags)}
 
 
+def _config(args: argparse.Namespace):
+    """The model's config with --k / --steps applied: checked before any model loads."""
+    from namd.config import load_config
+    from namd.contract import read_yaml
+    from namd.predict import with_sampling
+    from namd.rundir import RunDir
+
+    if args.run:
+        saved = RunDir(args.run).saved_config()
+        if saved is None:
+            raise FileNotFoundError(f"{args.run}/config.yaml not found: is {args.run} a trained run?")
+    else:
+        path = Path(args.model) / "config.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(f"{args.model}: not a namd model folder (no config.yaml); make "
+                                    "one with `namd export RUN OUT`")
+        saved = read_yaml(path)
+    return with_sampling(load_config(base=saved), args.k, args.steps)
+
+
 def run(args: argparse.Namespace) -> int:
     """Predict, print the estimate, and write the outputs when --out is given."""
     import numpy as np
 
     from namd.cohort.ingest.build import IdHasher
-    from namd.config import load_config
-    from namd.predict import baseline_hu, load_patient, predict_patient, with_sampling
-    from namd.rundir import RunDir
+    from namd.model import NAMDPipeline
+    from namd.predict import baseline_hu, load_patient
     from namd.runinfo import atomic_dir, atomic_write_json, recorded_paths, write_run_info
     from namd.sampling_io import save_grid
 
-    run_dir = RunDir(args.run)
-    if run_dir.saved_config() is None:
-        raise FileNotFoundError(f"{run_dir.path}/config.yaml not found: is {run_dir.path} a trained run?")
-    config = with_sampling(load_config(base=run_dir.saved_config()), args.k, args.steps)
+    config = _config(args)
     ehr, ident = load_patient(args.ehr)
     raw, baseline = _baseline_crop(args, config)
     crop = baseline_hu(raw, config, args.crop or "the crop cut from --image", args.units)
-    result = predict_patient(run_dir, raw, ehr, config, key=ident, units=args.units)
+    if args.model:
+        pipe = NAMDPipeline.from_pretrained(args.model, device=args.device)
+    else:
+        pipe = NAMDPipeline.from_run(args.run, args.variant, args.device, config=config)
+    result = pipe.predict([raw], [ehr], k=args.k, num_inference_steps=args.steps, keys=[ident],
+                          units=args.units)[0]
     print(result.report_sentence)
     print(f"evaluator on the baseline crop:        p = {result.p_baseline:.3f}")
     print(f"evaluator on {result.k} virtual follow-ups:   p = {result.p_followup_mean:.3f} "
@@ -97,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             save_grid(tmp / "grid.png", crop, None, result.samples, tuple(config.data.window_hu),
                       f"virtual follow-ups, p = {result.p_followup_mean:.2f}")
             write_run_info(tmp, config, config.sampling.seed, stage="predict",
-                           run=paths.path(run_dir.path), seed_from=result.seed_from)
+                           run=paths.path(args.run or args.model), seed_from=result.seed_from,
+                           model_sha256=pipe.model_hash, variant=pipe.variant)
         print(f"outputs: {args.out}")
     return 0

@@ -12,10 +12,12 @@ import argparse
 import contextlib
 import importlib
 import os
+from pathlib import Path
 
-from namd.rundir import add_config_args, variant_dirs
+from namd.config import NamdConfig
+from namd.rundir import RunDir, add_config_args, variant_dirs
 
-# stage -> (module implementing `run_stage(config, run, args) -> Path`, help)
+# stage -> (module implementing `run_stage(config, run, **flags) -> Path`, help)
 STAGES = {
     "vae": ("namd.training.vae", "the nodule-aligned VAE (paper 3.2); --no-align for the ablation"),
     "prior": ("namd.training.diffusion", "the unconditional U-Net prior (Equation 9)"),
@@ -56,10 +58,26 @@ def launch_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def stage_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The typed keyword arguments of the stage's `run_stage`, read from its command line."""
+    flags: dict[str, object] = {"resume": bool(args.resume), "overwrite": bool(args.overwrite)}
+    if args.stage != "evaluator":
+        flags["no_align"] = bool(args.no_align)
+    if args.stage in ("prior", "cond"):
+        flags.update(stage=args.stage, null_context=bool(getattr(args, "null_context", False)))
+    return flags
+
+
+def run_stage(args: argparse.Namespace, config: NamdConfig, run_dir: RunDir) -> Path:
+    """Hand over to the stage's module, with its typed keyword flags."""
+    module = importlib.import_module(STAGES[args.stage][0])
+    return module.run_stage(config, run_dir, **stage_flags(args))
+
+
 def run(args: argparse.Namespace) -> int:
     """Lock the stage folder, resolve the config and hand over to the stage's module."""
     from namd.locking import stage_lock
-    from namd.rundir import RunDir, resolve_config
+    from namd.rundir import resolve_config
 
     run_dir = RunDir(args.run)
     folder = run_dir.stage(stage_folder(args))
@@ -67,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
     lock = stage_lock(folder) if launch_rank() == 0 else contextlib.nullcontext()
     with lock:
         config = resolve_config(args, run_dir)
-        module = importlib.import_module(STAGES[args.stage][0])
-        out = module.run_stage(config, run_dir, args)
+        out = run_stage(args, config, run_dir)
     print(f"{args.stage}: done -> {out}")
     return 0

@@ -4,6 +4,9 @@ Reads RUN/cohort, RUN/evaluator and the sample folders of the three generative v
 (RUN/samples, RUN/samples_no_align, RUN/samples_null; a missing one gives a "not run" row),
 writes RUN/eval/metrics.json (schema: docs/metrics-schema.md; its growth block comes from
 namd.evaluation.growth), RUN/eval/per_nodule.csv and RUN/eval/run_info.json.
+With RUN/evaluator/calibration.json every image row's probabilities are calibrated per sample
+before the mean over K (metrics.json "probability" says which; its calibration block holds
+Brier, ECE and reliability points, raw and calibrated: namd.evaluation.calibration_metrics).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from namd.cohort.store import Cohort
 from namd.config import NamdConfig
 from namd.contract import RunFileError, load_npy, read_csv, read_json
 from namd.evaluation import baselines, fidelity, growth, metrics, quality, variance
+from namd.evaluation.calibration_metrics import IMAGE_ROWS, calibration_block
+from namd.evaluation.table_text import format_table as format_table  # re-exported for the CLI
+from namd.models.calibration import Calibration, calibration_status
 from namd.models.evaluator import MalignancyViT, load_evaluator, predict
 from namd.rundir import RunDir, variant_dirs
 from namd.runinfo import RUN_INFO, atomic_write_json, atomic_write_text, progress
@@ -231,6 +237,16 @@ def score_images(run: RunDir, cohort: Cohort, inp: Inputs, split: str
     return scored, feats, crops_of
 
 
+def calibrate(scored: dict[str, Scored], calibration: Calibration | None) -> dict[str, np.ndarray]:
+    """Calibrate every image row's probabilities per sample, in place (before any mean over K);
+    returns the raw runs (K, N) of those rows."""
+    raw = {n: scored[n].runs for n in IMAGE_ROWS if scored[n].runs is not None}
+    if calibration is not None:
+        for name, runs in raw.items():
+            scored[name].runs = calibration.apply(runs)
+    return raw
+
+
 def vae_copies(run: RunDir, baselines_hu: np.ndarray, window: tuple[float, float]) -> dict[str, np.ndarray]:
     """The baselines through each finished VAE stage of the run (folder name -> (N, H, W) HU)."""
     return {name: fidelity.vae_roundtrip(run.stage(name), baselines_hu, window)
@@ -287,6 +303,7 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
     """Compute every row, image quality and the variance analysis; write RUN/eval."""
     cohort = Cohort(run.require("cohort", "evaluate"))
     model, window, ev_info = load_evaluator(run.stage("evaluator"))  # says how to train it
+    calibration, cal_status = calibration_status(run.stage("evaluator"))
     if torch.cuda.is_available():
         model = model.cuda()
     pairs, unlabelled = test_pairs(cohort, split)
@@ -296,9 +313,10 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
                  config.sampling.max_batch)
     inp.vae_copies = vae_copies(run, inp.real["baseline"], window)
     scored, feats, crops_of = score_images(run, cohort, inp, split)
+    raw = calibrate(scored, calibration)
     reference = scored["real_baseline"].runs[0]
     scored.update(clinical_rows(cohort, pairs, split, reference, model, window, inp.batch,
-                                config.eval.seed))
+                                config.eval.seed, calibration))
     copy_ref = scored[COPY_REFERENCE].runs
     rows = [row_entry(name, scored[name], inp.y, reference, config,
                       None if copy_ref is None else copy_ref[0])
@@ -311,6 +329,7 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
         "schema_version": SCHEMA_VERSION, "split": split, "n_test": int(len(inp.y)),
         "n_malignant": int(inp.y.sum()), "n_unlabelled_excluded": unlabelled,
         "k": int(namd.shape[0]) if namd is not None else config.sampling.k,
+        "probability": calibration.describe() if calibration is not None else "raw",
         "bootstrap": {"n": config.eval.bootstrap, "level": config.eval.ci, "stratified": True,
                       "seed": config.eval.seed,
                       "generated_rows_ci_of": "the mean probability over the K runs"},
@@ -329,6 +348,9 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
         "variance": ({"variant": "namd", **var_rows["namd"]} if "namd" in var_rows
                      else {"variant": "namd", "status": scored["namd"].status}),
         "variance_other_variants": {n: v for n, v in var_rows.items() if n != "namd"},
+        "calibration": calibration_block(calibration, cal_status, inp.y, raw,
+                                         {n: scored[n].runs for n in raw},
+                                         {n: scored[n].status for n in IMAGE_ROWS}),
     })
     out = run.stage("eval")
     real_diameter = quality.diameters_mm(inp.real["followup"], inp.spacing)
@@ -342,13 +364,15 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
 
 def clinical_rows(cohort: Cohort, pairs: pd.DataFrame, split: str, baseline_prob: np.ndarray,
                   model: MalignancyViT, window: tuple[float, float], batch: int,
-                  seed: int) -> dict[str, Scored]:
-    """The brock, ehr_logistic and baseline_plus_ehr rows as Scored entries."""
+                  seed: int, calibration: Calibration | None = None) -> dict[str, Scored]:
+    """The brock, ehr_logistic and baseline_plus_ehr rows as Scored entries (the validation
+    baselines' probabilities calibrated like `baseline_prob`)."""
     train, val = cohort.pairs("train"), cohort.pairs("val")
     train, val = train[train["label"].notna()], val[val["label"].notna()]
     val_prob = None
     if split != "val" and len(val):
         val_prob = predict(model, cohort.images(val["baseline_index"]), window, batch)[0]
+        val_prob = calibration.apply(val_prob) if calibration is not None else val_prob
     out = baselines.clinical_scores(train, val, pairs, val_prob, baseline_prob, seed)
     scored = {}
     for name, item in out.items():
@@ -358,33 +382,3 @@ def clinical_rows(cohort: Cohort, pairs: pd.DataFrame, split: str, baseline_prob
         else:
             scored[name] = Scored(status=item["status"], info=info)
     return scored
-
-
-def format_table(result: dict) -> str:
-    """The comparison table as text (the paper's Table 1, as far as this run goes)."""
-    lines = [f"namd evaluate: split {result['split']}, {result['n_test']} nodules "
-             f"({result['n_malignant']} malignant), K = {result['k']}",
-             f"{'row':<19} {'k':>3}  {'AUROC mean+-std [95% CI]':<29} {'AUPRC mean+-std [95% CI]':<29}"
-             f" {'dAUROC vs base (p)':<20} {'SSIM':>6} {'FD-eval':>8}"]
-    for row in result["rows"]:
-        if row["status"] != "ok":
-            lines.append(f"{row['name']:<19} {'-':>3}  {row['status']}")
-            continue
-        cells = [_metric_cell(row["auroc"]), _metric_cell(row["auprc"])]
-        vs = row.get("vs_real_baseline")
-        test = f"{vs['delta_auroc']:+.3f} (p={vs['p_value']:.3g})" if vs else ""
-        iq = result["image_quality"].get(row["name"], {})
-        ssim = f"{iq['ssim']['mean']:.3f}" if iq.get("status") == "ok" else ""
-        fd = f"{iq['frechet_evaluator']:.3g}" if iq.get("status") == "ok" else ""
-        lines.append(f"{row['name']:<19} {row['k']:>3}  {cells[0]:<29} {cells[1]:<29} {test:<20} "
-                     f"{ssim:>6} {fd:>8}")
-    return "\n".join(lines)
-
-
-def _metric_cell(block: dict) -> str:
-    """'0.805+-0.018 [0.741, 0.861]' (None-safe)."""
-    def f(v):
-        return "n/a" if v is None else f"{v:.3f}"
-
-    lo, hi = block["ci95"]
-    return f"{f(block['mean'])}+-{f(block['std'])} [{f(lo)}, {f(hi)}]"

@@ -29,14 +29,14 @@ from namd.contract import read_json
 from namd.models.alignment import project_latents
 from namd.models.probe import load_probe
 from namd.models.vae import from_network, load_trained_vae
-from namd.runinfo import atomic_write_bytes, atomic_write_json, progress
-from namd.training.vae import (
+from namd.models.vae_data import (
     META_FILE,
     CropSource,
     encode_source,
     split_source,
     training_statistics,
 )
+from namd.runinfo import atomic_write_bytes, atomic_write_json, progress
 
 REPORT_FILE = "report.json"
 TSNE_FILE = "tsne.png"

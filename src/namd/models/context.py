@@ -1,8 +1,8 @@
-"""The context C that the U-Net cross-attends to: the shared interface, its factory and a cache.
+"""The context C that the U-Net cross-attends to: the shared interface and a cache.
 
 Every context encoder maps a batch of EHR records to C of shape (B, m, D):
 
-    encoder = build_context_encoder(cfg.text)
+    encoder = build_context_encoder(cfg.text)   # namd.models.context_factory
     encoder.dim          # D, the U-Net's cross-attention width (UNet2DConditionModel
                          #    cross_attention_dim)
     encoder.n_tokens     # m, the number of context vectors per record
@@ -29,7 +29,6 @@ import torch
 from torch import Tensor, nn
 
 from namd.cohort.ehr import EHR
-from namd.config.text import TextConfig
 from namd.runinfo import progress
 
 
@@ -177,19 +176,6 @@ class StandardizedContext(ContextEncoder):
         for buf in (self.mean, self.std):
             digest.update(buf.detach().float().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
-
-
-def build_context_encoder(cfg: TextConfig) -> ContextEncoder:
-    """The encoder that `cfg.encoder` names, 'llm' (paper) or 'structured' (plain fields),
-    standardised when `cfg.standardize`."""
-    encoder: ContextEncoder
-    if cfg.encoder == "structured":
-        from namd.models.structured import StructuredEncoder
-        encoder = StructuredEncoder(cfg)
-    else:
-        from namd.models.text import LLMContextEncoder
-        encoder = LLMContextEncoder.from_config(cfg)
-    return StandardizedContext(encoder) if cfg.standardize else encoder
 
 
 class ContextCache:

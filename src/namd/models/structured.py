@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from namd.cohort.ehr import CATEGORICAL, CONTINUOUS, EHR, EHR_FIELDS
 from namd.config.text import TextConfig
 from namd.models.context import ContextEncoder
+from namd.models.text import model_hidden_size
 
 
 def feature_names() -> list[str]:
@@ -59,7 +60,6 @@ def context_dim(cfg: TextConfig) -> int:
     """D: text.structured.dim, or the hidden size of text.model (read from its config only)."""
     if cfg.structured.dim is not None:
         return cfg.structured.dim
-    from namd.models.text import model_hidden_size
     return model_hidden_size(cfg.model)
 
 

@@ -14,6 +14,7 @@ nothing is fetched from a hub; pickle checkpoints (.ckpt/.pt/.bin) are refused.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -172,3 +173,27 @@ def build_vae_from_config(cfg: VAEConfig) -> AutoencoderKL:
     """The configured network, with local pretrained weights when `cfg.pretrained` names them."""
     vae = build_vae(cfg)
     return load_pretrained_weights(vae, cfg.pretrained) if cfg.pretrained else vae
+
+
+def hash_files(paths: list[Path], digest: hashlib._Hash) -> None:
+    """Feed names and contents of files into a digest (streamed, sorted by name); the latent
+    cache hashes its cohort with it too."""
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+
+
+def vae_fingerprint(vae_dir: Path) -> str:
+    """SHA-256 of a VAE stage's autoencoder folder and scale factor. A hash of bytes cannot
+    tell damage from retraining: the VAE's reader checks the files (load_trained_vae)."""
+    vae_dir = Path(vae_dir)
+    files = [p for p in (vae_dir / MODEL_DIR).glob("*") if p.is_file()] + [vae_dir / SCALE_FILE]
+    missing = [p for p in [*files, vae_dir / MODEL_DIR] if not p.exists()]
+    if missing:
+        raise RunFileError(missing[0], f"missing: {vae_dir} is not a finished `namd train vae` "
+                           "stage", writer="vae")
+    digest = hashlib.sha256()
+    hash_files(files, digest)
+    return digest.hexdigest()

@@ -20,7 +20,6 @@ validation-selected checkpoint is exported. Both stages predict the noise (paper
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import shutil
@@ -34,6 +33,8 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import save
 
 import namd.models.context as context_module
+import namd.models.context_factory as context_factory
+from namd.checkpoint import has_checkpoint, load_best
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig, TrainConfig
 from namd.diffusion import (
@@ -43,6 +44,7 @@ from namd.diffusion import (
     training_scheduler,
     training_target,
 )
+from namd.models.context_factory import ENCODER_FILE, PROMPTS_FILE
 from namd.models.unet import (
     build_unet,
     load_pretrained_into,
@@ -50,16 +52,14 @@ from namd.models.unet import (
     save_unet,
     transfer_weights,
 )
+from namd.models.vae import vae_fingerprint
 from namd.rundir import RunDir, variant_dirs
 from namd.runinfo import atomic_write_bytes, atomic_write_json
-from namd.training.checkpoint import has_checkpoint
-from namd.training.latents import LatentStore, cache_path, load_or_build, vae_fingerprint
-from namd.training.trainer import Batch, Trainer, load_best
+from namd.training.latents import LatentStore, cache_path, load_or_build
+from namd.training.trainer import Batch, Trainer
 
 log = logging.getLogger(__name__)
 
-PROMPTS_FILE = "context_encoder.safetensors"
-ENCODER_FILE = "context_encoder.json"
 BASELINE_USE_FILE = "baseline_use.json"
 
 
@@ -223,12 +223,11 @@ class CondTask:
 
 
 # -- the stages -----------------------------------------------------------------------------------
-def _check_out(run: RunDir, name: str, args: argparse.Namespace) -> Path:
+def _check_out(run: RunDir, name: str, *, resume: bool, overwrite: bool) -> Path:
     """The stage folder; refuses to clobber a finished or interrupted stage without a flag.
     Under --overwrite the old folder is removed only later (`_clear_out`), once the inputs have
     been read, so a damaged input does not cost the stage it would have replaced."""
     out = run.stage(name)
-    resume, overwrite = bool(getattr(args, "resume", False)), bool(getattr(args, "overwrite", False))
     if overwrite:
         return out
     if run.is_done(name) and not resume:
@@ -239,9 +238,9 @@ def _check_out(run: RunDir, name: str, args: argparse.Namespace) -> Path:
     return out
 
 
-def _clear_out(out: Path, args: argparse.Namespace) -> None:
+def _clear_out(out: Path, overwrite: bool) -> None:
     """Remove the old stage folder under --overwrite (its inputs read and usable by now)."""
-    if bool(getattr(args, "overwrite", False)) and out.exists():
+    if overwrite and out.exists():
         shutil.rmtree(out)
 
 
@@ -341,20 +340,25 @@ def _export(out: Path, task: PriorTask | CondTask, config: NamdConfig) -> None:
                                                "null_context": task.use_null})
 
 
-def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path:
-    """Train `args.stage` ("prior" or "cond") of the variant the flags select; returns its folder."""
-    stage = args.stage
+def run_stage(config: NamdConfig, run: RunDir, *, stage: str, no_align: bool = False,
+              null_context: bool = False, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train `stage` ("prior" or "cond") of the variant the flags select; returns its folder.
+
+    `no_align`: on the ablation VAE (RUN/vae_no_align, RUN/prior_no_align, ...);
+    `null_context` (cond only): image-only conditioning, RUN/cond_null; `resume`: continue an
+    interrupted training; `overwrite`: retrain a finished or interrupted one from scratch.
+    """
     if stage not in ("prior", "cond"):
         raise ValueError(f"namd.training.diffusion trains prior or cond, not {stage!r}")
-    null_context = bool(getattr(args, "null_context", False)) and stage == "cond"
-    dirs = variant_dirs(bool(getattr(args, "no_align", False)), null_context)
+    null_context = null_context and stage == "cond"
+    dirs = variant_dirs(no_align, null_context)
     name = dirs[stage]
     tcfg: TrainConfig = getattr(config.diffusion, stage)
-    out = _check_out(run, name, args)
+    out = _check_out(run, name, resume=resume, overwrite=overwrite)
     acc = Accelerator(mixed_precision=tcfg.mixed_precision)
     store = _latent_store(config, run, dirs["vae"], acc)
     cohort = Cohort(run.require("cohort", f"train {stage}"))
-    encoder = context_module.build_context_encoder(config.text).eval()
+    encoder = context_factory.build_context_encoder(config.text).eval()
     if stage == "cond" and not null_context:  # the prior and the ablation need only D, m and zeros
         _place(encoder, acc.device)
     if stage == "prior":
@@ -364,9 +368,9 @@ def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path
         task, train, val, extra = _cond(config, run, dirs["prior"], cohort, store, encoder,
                                         null_context, tcfg.seed)
     if acc.is_main_process:
-        _clear_out(out, args)
+        _clear_out(out, overwrite)
     acc.wait_for_everyone()
-    result = Trainer(tcfg, out, accelerator=acc).fit(task, train, val, resume=bool(getattr(args, "resume", False)))
+    result = Trainer(tcfg, out, accelerator=acc).fit(task, train, val, resume=resume)
     load_best(out, task.trainable())
     if acc.is_main_process:
         _export(out, task, config)

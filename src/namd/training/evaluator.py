@@ -7,11 +7,12 @@ rotations (Appendix B). Selection: the checkpoint with the best validation AUROC
 labelled validation crops, through the shared trainer's optional `val_metrics` / `select_on`
 hooks (the trainer's default is validation loss); with fewer malignant validation crops than
 evaluator.select_min_malignant the AUROC is noise and the last weights are kept.
+Calibration: Platt scaling of the selected weights on the labelled validation crops
+(evaluator.calibration), written to RUN/evaluator/calibration.json before the stage is done.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 from pathlib import Path
@@ -21,13 +22,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from namd.checkpoint import load_best
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig
 from namd.evaluation.metrics import auprc, auroc
 from namd.imaging import random_rotations, rotate
+from namd.models.calibration import CALIBRATION_FILE, Calibration, fit_platt, not_fitted
 from namd.models.evaluator import MODULE, MalignancyViT, build_evaluator, predict, to_input
 from namd.rundir import RunDir
-from namd.training.trainer import Batch, Trainer, load_best
+from namd.training.trainer import Batch, Trainer
 
 STAGE = "evaluator"
 log = logging.getLogger(__name__)
@@ -123,10 +126,9 @@ def class_counts(labels: np.ndarray, where: str) -> tuple[int, int]:
     return n_neg, n_pos
 
 
-def prepare_stage_dir(run: RunDir, args: argparse.Namespace) -> Path:
+def prepare_stage_dir(run: RunDir, resume: bool = False, overwrite: bool = False) -> Path:
     """The stage folder, honouring --resume / --overwrite; refuses to clobber a finished stage."""
     out = run.stage(STAGE)
-    resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
     if run.is_done(STAGE) and not overwrite:
         raise FileExistsError(f"{out} is already trained (use --overwrite to retrain it)")
     if out.exists() and overwrite:
@@ -137,10 +139,11 @@ def prepare_stage_dir(run: RunDir, args: argparse.Namespace) -> Path:
     return out
 
 
-def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path:
+def run_stage(config: NamdConfig, run: RunDir, *, resume: bool = False,
+              overwrite: bool = False) -> Path:
     """Train the evaluator of `run` on its cohort's real train crops; returns RUN/evaluator."""
     cohort = Cohort(run.require("cohort", "train evaluator"))
-    out = prepare_stage_dir(run, args)
+    out = prepare_stage_dir(run, resume, overwrite)
     window = tuple(config.data.window_hu)
     train_rows, val_rows = labelled_crops(cohort, "train"), labelled_crops(cohort, "val")
     train = CropSource(cohort, train_rows, window)
@@ -159,10 +162,14 @@ def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path
     model = build_evaluator(cfg, cohort.crop_size)
     task = EvaluatorTask(model, n_neg / n_pos, cfg.train.rotation_augment, window,
                          cfg.train.batch_size, select)
-    result = Trainer(cfg.train, out).fit(task, train, val, resume=getattr(args, "resume", False))
+    result = Trainer(cfg.train, out).fit(task, train, val, resume=resume)
 
     load_best(out, {MODULE: model})
     final = task.val_metrics(val)
+    calibration = fit_calibration(cfg.calibration, model, val, window, cfg.train.batch_size)
+    calibration.save(out / CALIBRATION_FILE)
+    if not calibration.fitted:
+        log.warning("evaluator: calibration %s", calibration.status)
     run.mark_done(STAGE, config, cfg.train.seed, image_size=cohort.crop_size,
                   selection=selection,
                   best_step=result.best_step, steps=result.steps,
@@ -170,5 +177,18 @@ def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path
                   pos_weight=n_neg / n_pos,
                   n_train={"crops": len(train), "malignant": n_pos, "benign": n_neg,
                            "by_kind": train_rows["kind"].value_counts().to_dict()},
-                  n_val={"crops": len(val), "malignant": int((val.labels == 1).sum())})
+                  n_val={"crops": len(val), "malignant": int((val.labels == 1).sum())},
+                  calibration={"method": calibration.method, "status": calibration.status,
+                               "file": CALIBRATION_FILE})
     return out
+
+
+def fit_calibration(method: str, model: MalignancyViT, val: CropSource,
+                    window: tuple[float, float], batch: int) -> Calibration:
+    """Platt scaling of the selected weights on every labelled validation crop (the split that
+    also picked the checkpoint; the test split stays unseen), or none when configured so."""
+    if method == "none":
+        return not_fitted("none", "evaluator.calibration = none", len(val),
+                          int((val.labels == 1).sum()))
+    probs, _ = predict(model, val.hu(), window, batch)
+    return fit_platt(probs, val.labels)

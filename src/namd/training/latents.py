@@ -33,12 +33,12 @@ from namd.cohort.store import Cohort
 from namd.contract import RunFileError, load_safetensors, reading
 from namd.imaging import ROTATIONS, rotate
 from namd.models.vae import (
-    MODEL_DIR,
-    SCALE_FILE,
     encode,
+    hash_files,
     load_trained_vae,
     read_scale_factor,
     to_network,
+    vae_fingerprint,
 )
 from namd.runinfo import atomic_write_bytes, progress
 
@@ -53,29 +53,6 @@ def cache_path(run_path: Path, vae_dir_name: str) -> Path:
     return Path(run_path) / CACHE_DIR / f"latents_{vae_dir_name}.safetensors"
 
 
-def _hash_files(paths: list[Path], digest: hashlib._Hash) -> None:
-    """Feed names and contents of files into a digest (streamed, sorted by name)."""
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-
-
-def vae_fingerprint(vae_dir: Path) -> str:
-    """SHA-256 of a VAE stage's autoencoder folder and scale factor. A hash of bytes cannot
-    tell damage from retraining: the VAE's reader checks the files (load_trained_vae)."""
-    vae_dir = Path(vae_dir)
-    files = [p for p in (vae_dir / MODEL_DIR).glob("*") if p.is_file()] + [vae_dir / SCALE_FILE]
-    missing = [p for p in [*files, vae_dir / MODEL_DIR] if not p.exists()]
-    if missing:
-        raise RunFileError(missing[0], f"missing: {vae_dir} is not a finished `namd train vae` "
-                           "stage", writer="vae")
-    digest = hashlib.sha256()
-    _hash_files(files, digest)
-    return digest.hexdigest()
-
-
 def cohort_fingerprint(cohort_dir: Path) -> str:
     """SHA-256 of a cohort's meta, manifest and image chunks."""
     cohort_dir = Path(cohort_dir)
@@ -84,7 +61,7 @@ def cohort_fingerprint(cohort_dir: Path) -> str:
         if not path.is_file():
             raise RunFileError(path, "missing", writer="cohort")
     digest = hashlib.sha256()
-    _hash_files([*meta, *(cohort_dir / "images").glob("*.npy")], digest)
+    hash_files([*meta, *(cohort_dir / "images").glob("*.npy")], digest)
     return digest.hexdigest()
 
 

@@ -30,15 +30,14 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from namd.config import TrainConfig
-from namd.runinfo import atomic_write_text, progress
-from namd.training.checkpoint import (
+from namd.checkpoint import (
     has_checkpoint,
     load_checkpoint,
     recover,
-    resolve,
     save_checkpoint,
 )
+from namd.config import TrainConfig
+from namd.runinfo import atomic_write_text, progress
 
 Batch = dict[str, torch.Tensor]
 
@@ -323,12 +322,3 @@ class Trainer:
                 e.lerp_(p.detach(), 1.0 - self.cfg.ema_decay)
 
 
-def load_best(out: Path, modules: dict[str, torch.nn.Module]) -> dict:
-    """Load the best (validation-selected) weights of a finished stage into `modules`.
-
-    With EMA the best checkpoint holds `ema_<name>` files; they are loaded into `<name>`.
-    """
-    best = resolve(Path(out) / "checkpoints" / "best")
-    if any((best / f"ema_{k}.safetensors").is_file() for k in modules):
-        return load_checkpoint(best, {f"ema_{k}": m for k, m in modules.items()}, None)
-    return load_checkpoint(best, modules, None)

@@ -11,102 +11,32 @@ Multi-GPU: `accelerate launch --multi_gpu --num_processes N -m namd.cli train va
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from diffusers import AutoencoderKL
 
-from namd.cohort.ehr import NODULE_FIELDS
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig, VAEConfig
-from namd.imaging import grey_to_hu, random_rotations, rotate
+from namd.imaging import random_rotations, rotate
 from namd.models.alignment import (
     PerceptualLoss,
     alignment_loss,
-    class_weights,
-    feature_statistics,
     gradient_loss,
     kl_loss,
     prediction_loss,
     reconstruction_loss,
-    standardise_features,
 )
 from namd.models.probe import LinearProbe, save_probe
-from namd.models.vae import build_vae_from_config, latent_shape, save_trained_vae, to_network
+from namd.models.vae import build_vae_from_config, latent_shape, save_trained_vae
+from namd.models.vae_data import META_FILE, encode_source, split_source, training_statistics
 from namd.rundir import RunDir, variant_dirs
-from namd.runinfo import atomic_write_json, progress
+from namd.runinfo import atomic_write_json
 
 log = logging.getLogger(__name__)
-
-META_FILE = "alignment.json"
-
-
-def cohort_hu(cohort: Cohort, indices: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Crops in HU; a `windowed_uint8` cohort (the authors' JPEG format) is mapped back through
-    the window (grey 0 -> window low, 255 -> window high), the only reading it allows."""
-    images = cohort.images(indices)
-    if cohort.meta.get("units", "HU") == "windowed_uint8":
-        images = grey_to_hu(images, window)
-    return images.astype(np.float32, copy=False)
-
-
-class CropSource:
-    """A BatchSource of cohort crops: network-range images, standardised nodule features
-    (the five SCT_* fields of the crop's own row, NaN = missing) and labels (NaN = none)."""
-
-    def __init__(self, cohort: Cohort, rows: pd.DataFrame, window: tuple[float, float], channels: int,
-                 feature_mean: np.ndarray, feature_std: np.ndarray):
-        self.cohort, self.window, self.channels = cohort, window, channels
-        self.rows = rows.reset_index(drop=True)
-        self.crop_index = self.rows["crop_index"].to_numpy(np.int64)
-        self.raw_features = self.rows[list(NODULE_FIELDS)].to_numpy(np.float64)
-        self.features = standardise_features(self.raw_features, feature_mean, feature_std).astype(np.float32)
-        self.labels = self.rows["label"].astype("Float64").to_numpy(np.float64, na_value=np.nan)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def hu(self, indices: np.ndarray) -> np.ndarray:
-        """HU crops of the given items."""
-        return cohort_hu(self.cohort, self.crop_index[np.asarray(indices)], self.window)
-
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        """{"image": (B, C, H, W) in [-1, 1], "features": (B, 5), "label": (B,)}."""
-        idx = np.asarray(indices)
-        return {"image": to_network(self.hu(idx), self.window, self.channels),
-                "features": torch.from_numpy(self.features[idx]),
-                "label": torch.from_numpy(self.labels[idx].astype(np.float32))}
-
-
-def split_source(cohort: Cohort, split: str, config: NamdConfig, stats: dict, shuffle_seed: int | None = None) -> CropSource:
-    """All crops of one split (every kind) as a CropSource; validation rows are put in a fixed
-    random order so the trainer's first `val_batches` batches are a fair sample."""
-    rows = cohort.crops(split)
-    if shuffle_seed is not None:
-        rows = rows.iloc[np.random.default_rng(shuffle_seed).permutation(len(rows))]
-    return CropSource(cohort, rows, tuple(config.data.window_hu), config.vae.in_channels,
-                      np.asarray(stats["feature_mean"]), np.asarray(stats["feature_std"]))
-
-
-def training_statistics(rows: pd.DataFrame, balance: str) -> dict:
-    """Feature standardisation and class balance, from the training split only."""
-    mean, std = feature_statistics(rows[list(NODULE_FIELDS)].to_numpy(np.float64))
-    labels = rows["label"].dropna().astype(int)
-    n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
-    weights = class_weights(n_neg, n_pos, balance)
-    if balance != "none" and weights is None:
-        log.warning("L_pred: the training split has %d malignant and %d benign labelled crops; "
-                    "no class weighting possible", n_pos, n_neg)
-    complete = int(np.isfinite(rows[list(NODULE_FIELDS)].to_numpy(np.float64)).all(1).sum())
-    return {"feature_fields": list(NODULE_FIELDS), "feature_mean": mean.tolist(), "feature_std": std.tolist(),
-            "n_train": len(rows), "n_train_complete_features": complete, "n_pos": n_pos, "n_neg": n_neg,
-            "class_weights": weights, "balance": balance}
-
 
 def perceptual_loss(cfg: VAEConfig) -> tuple[PerceptualLoss | None, str]:
     """The LPIPS network when it can be used, and a sentence saying whether L_LPIPS is on."""
@@ -194,18 +124,6 @@ class VAETask:
                         "(%d such batches so far; see align_n in log.csv)", n_used, self.align_skipped)
 
 
-@torch.no_grad()
-def encode_source(vae: AutoencoderKL, source: CropSource, batch_size: int, desc: str = "encode") -> np.ndarray:
-    """Posterior-mean latents (N, C, h, w) of every item of a source, in order."""
-    vae.eval()
-    device = next(vae.parameters()).device
-    out = []
-    for start in progress(range(0, len(source), batch_size), desc=desc, unit="batch"):
-        idx = np.arange(start, min(start + batch_size, len(source)))
-        out.append(vae.encode(source.batch(idx)["image"].to(device)).latent_dist.mean.float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
-
-
 def scale_factor(latents: np.ndarray) -> float:
     """The paper's scale factor: 1 / std of all latent elements over the training split."""
     std = float(np.asarray(latents, dtype=np.float64).std())
@@ -236,11 +154,11 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def _prepare_stage_dir(out: Path, args: argparse.Namespace) -> None:
+def _prepare_stage_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse to mix a fresh run into an unfinished one; --overwrite starts from scratch."""
-    if getattr(args, "overwrite", False) and out.exists():
+    if overwrite and out.exists():
         shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()) and not getattr(args, "resume", False):
+    elif out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"{out} holds an unfinished training: use --resume to continue it "
                               "or --overwrite to start again")
 
@@ -253,16 +171,21 @@ def stage_config(config: NamdConfig, no_align: bool) -> NamdConfig:
     return config
 
 
-def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path:
-    """Train (or resume, or skip when finished) the VAE stage and write its folder."""
-    from namd.evaluation.vae_report import write_report
-    from namd.training.trainer import Trainer, load_best
+def run_stage(config: NamdConfig, run: RunDir, *, no_align: bool = False, resume: bool = False,
+              overwrite: bool = False) -> Path:
+    """Train (or resume, or skip when finished) the VAE stage and write its folder.
 
-    no_align = bool(getattr(args, "no_align", False))
+    `no_align`: the ablation without L_align and L_pred (RUN/vae_no_align); `resume`: continue
+    an interrupted training; `overwrite`: retrain a finished or interrupted one from scratch.
+    """
+    from namd.checkpoint import load_best
+    from namd.evaluation.vae_report import write_report
+    from namd.training.trainer import Trainer
+
     config = stage_config(config, no_align)
     cfg, name = config.vae, variant_dirs(no_align=no_align)["vae"]
     out = run.stage(name)
-    if run.is_done(name) and not getattr(args, "overwrite", False):
+    if run.is_done(name) and not overwrite:
         log.info("%s: already finished (use --overwrite to retrain)", out)
         return out
     cohort = Cohort(run.require("cohort", "train vae"))
@@ -270,7 +193,7 @@ def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path
     if cohort.crop_size % factor:
         raise ValueError(f"{cohort.path}: crop size {cohort.crop_size} is not divisible by the VAE's "
                          f"spatial factor {factor}")
-    _prepare_stage_dir(out, args)
+    _prepare_stage_dir(out, resume=resume, overwrite=overwrite)
     stats = training_statistics(cohort.crops("train"), cfg.pred_balance)
     if stats["n_train"] == 0:
         raise ValueError(f"{cohort.path}: the train split has no crops")
@@ -283,7 +206,7 @@ def run_stage(config: NamdConfig, run: RunDir, args: argparse.Namespace) -> Path
     task = VAETask(vae, probe, cfg, cfg.train.rotation_augment, stats["class_weights"], perceptual)
     trainer = Trainer(cfg.train, out)
     result = trainer.fit(task, train_src, val_src if len(val_src) else None,
-                         resume=bool(getattr(args, "resume", False)))
+                         resume=resume)
     if not trainer.acc.is_main_process:
         return out
     load_best(out, task.trainable())

@@ -149,8 +149,10 @@ def test_rescale_to_implausible_hu_is_an_error_naming_the_slice(tmp_path, build)
 
 
 def test_hu_bounds_are_the_ones_predict_uses(tmp_path, build):
-    from namd.imaging import HU_RANGE
-    from namd.predict import check_crop
+    from namd import prediction
+    from namd.imaging import HU_RANGE, check_crop
+
+    assert prediction.check_crop is check_crop  # predict reads its baseline through the same check
 
     lo, hi = HU_RANGE
     build.write_image(tmp_path / "in.mha", np.full((3, 16, 16), hi, np.float32))

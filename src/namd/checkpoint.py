@@ -118,3 +118,14 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module],
     if optimizer is not None and (path / "optimizer.safetensors").is_file():
         _restore_optimizer(optimizer, load_safetensors(path / "optimizer.safetensors"), state["optimizer"])
     return state
+
+
+def load_best(out: Path, modules: dict[str, torch.nn.Module]) -> dict:
+    """Load the best (validation-selected) weights of a finished stage into `modules`.
+
+    With EMA the best checkpoint holds `ema_<name>` files; they are loaded into `<name>`.
+    """
+    best = resolve(Path(out) / "checkpoints" / "best")
+    if any((best / f"ema_{k}.safetensors").is_file() for k in modules):
+        return load_checkpoint(best, {f"ema_{k}": m for k, m in modules.items()}, None)
+    return load_checkpoint(best, modules, None)

@@ -1,0 +1,32 @@
+"""`namd export RUN OUT [--variant namd|no_align|null_context]`: the model folder of a trained
+run, holding only what inference needs (vae/, unet/, scheduler/, context_encoder/, evaluator/,
+config.yaml), the sha256 of every file in model_index.json, and a model card (README.md with
+the training data, Table 1 and training curves). Load it with
+`namd.NAMDPipeline.from_pretrained(OUT)` or `namd predict --model OUT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `namd export`."""
+    p = sub.add_parser("export", help="write a run's model folder (weights, hashes, model card)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a trained run (vae, cond and evaluator stages)")
+    p.add_argument("out", help="the model folder to write")
+    p.add_argument("--variant", choices=("namd", "no_align", "null_context"), default="namd",
+                   help="which model of the run (default namd)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the variant once (on the CPU) and save it."""
+    from namd.model import NAMDPipeline
+
+    pipe = NAMDPipeline.from_run(args.run, args.variant, device="cpu")
+    out = pipe.save_pretrained(args.out, overwrite=args.overwrite)
+    print(f"export: {args.variant} model {pipe.model_hash[:16]} -> {out}")
+    return 0

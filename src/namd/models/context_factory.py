@@ -1,0 +1,28 @@
+"""Which context encoder a config names, and the files the cond stage saves it in.
+
+The factory lives above `namd.models.context` (the interface), `namd.models.text` and
+`namd.models.structured` (the two implementations), so that the interface never imports the
+encoders that implement it. The file names are here, not in the training stage, so that
+sampling and the NAMDPipeline object can read a cond stage without importing training code.
+"""
+
+from __future__ import annotations
+
+from namd.config.text import TextConfig
+from namd.models.context import ContextEncoder, StandardizedContext
+from namd.models.structured import StructuredEncoder
+from namd.models.text import LLMContextEncoder
+
+PROMPTS_FILE = "context_encoder.safetensors"  # the trained soft prompts (or structured MLP)
+ENCODER_FILE = "context_encoder.json"  # the text config, D, m and whether the context is null
+
+
+def build_context_encoder(cfg: TextConfig) -> ContextEncoder:
+    """The encoder that `cfg.encoder` names, 'llm' (paper) or 'structured' (plain fields),
+    standardised when `cfg.standardize`."""
+    encoder: ContextEncoder
+    if cfg.encoder == "structured":
+        encoder = StructuredEncoder(cfg)
+    else:
+        encoder = LLMContextEncoder.from_config(cfg)
+    return StandardizedContext(encoder) if cfg.standardize else encoder
