@@ -149,6 +149,31 @@ def test_numbers_agree_with_per_nodule_probabilities(evaluated):
     assert rows["copy_baseline"]["auroc"] == rows["real_baseline"]["auroc"]
 
 
+def test_gap_closure_block_is_made_from_the_rows_scores(evaluated):
+    _, _, m, _ = evaluated
+    rows = {r["name"]: r for r in m["rows"]}
+    block = m["gap_closure"]
+    assert list(block["generated"]) == ["namd", "namd_no_align", "namd_null_context"]
+    assert block["generated"]["namd_null_context"] == {"status": rows["namd_null_context"]["status"]}
+    assert block["bootstrap"]["n"] == 200 and block["bootstrap"]["seed"] == m["bootstrap"]["seed"]
+    base, follow = rows["real_baseline"]["auroc"]["mean"], rows["real_followup"]["auroc"]["mean"]
+    for name in ("namd", "namd_no_align"):
+        entry = block["generated"][name]
+        assert entry["k"] == K and entry["n_boot"] == 200
+        assert entry["variant_auroc"] == pytest.approx(rows[name]["mean_prob_auroc"])
+        assert entry["mean_run_auroc"] == pytest.approx(rows[name]["auroc"]["mean"])
+        assert (entry["real_baseline_auroc"], entry["real_followup_auroc"]) == pytest.approx(
+            (base, follow))
+        if follow > base:
+            assert entry["status"] == "ok"
+            assert entry["point"] == pytest.approx((entry["variant_auroc"] - base) / (follow - base))
+            assert 0 <= entry["n_boot_denominator_nonpositive"] < 200
+            lo, hi = entry["ci95"]
+            assert lo <= hi
+        else:  # the tiny evaluator may not tell the follow-up apart: then no ratio
+            assert entry["status"].startswith("not defined") and entry["point"] is None
+
+
 def test_probabilities_are_calibrated_per_sample_and_the_block_says_how_well(evaluated):
     from namd.evaluation.calibration_metrics import IMAGE_ROWS, brier, ece
     from namd.models.calibration import load_calibration

@@ -4,6 +4,7 @@ name the command that makes them; numbers in the reading come from metrics.json.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import shutil
@@ -97,7 +98,8 @@ def make_metrics(n_mal: int, namd: float = 0.80, base: float = 0.70,
                                   "mean_of_k_mae_to_vae_copy": 1.07, "nearest_own_followup_share": 0.91,
                                   "per_sample_mae_hu": 95.0, "spread_over_k_hu": 33.0, "k": K,
                                   "n": N_TEST}},
-            "growth": GROWTH, "probability": "calibrated (Platt, validation split)",
+            "growth": GROWTH, "gap_closure": GAP_CLOSURE,
+            "probability": "calibrated (Platt, validation split)",
             "calibration": CALIBRATION}
 
 
@@ -117,6 +119,25 @@ GROWTH = {"size": "equivalent diameter 2 sqrt(A / pi) of the tissue above -400 H
                                  **gap(0.4, 1.9, 0.8, 3.0), "benign_minus_real_benign_mm": 0.3},
                         "namd_no_align": {"status": "not run: samples_no_align not found"},
                         "namd_null_context": {"status": "not run: samples_null not found"}}}
+
+
+# NAMD's mean-probability AUROC 0.81 (row: auroc + 0.01) between baseline 0.70, follow-up 0.85
+GAP_CLOSURE = {"definition": "(AUROC(variant) - AUROC(real_baseline)) / (...)", "paper": 0.82,
+               "bootstrap": {"n": 200, "level": 0.95, "seed": 23, "stratified": True,
+                             "resampled": "nodules, within each label (paired)"},
+               "generated": {"namd": {"status": "ok", "k": K, "real_baseline_auroc": 0.70,
+                                      "real_followup_auroc": 0.85, "variant_auroc": 0.81,
+                                      "point": 0.7333, "ci95": [0.31, 1.12], "n_boot": 200,
+                                      "n_boot_denominator_nonpositive": 3,
+                                      "mean_run_auroc": 0.80, "mean_run_point": 0.6667},
+                             "namd_no_align": {"status": "not defined: the real follow-up "
+                                               "does not beat <i>the real baseline</i>",
+                                               "k": K, "real_baseline_auroc": 0.70,
+                                               "real_followup_auroc": 0.85, "variant_auroc": 0.73,
+                                               "point": None, "ci95": None, "n_boot": 200,
+                                               "n_boot_denominator_nonpositive": None,
+                                               "mean_run_auroc": 0.72, "mean_run_point": None},
+                             "namd_null_context": {"status": "not run: samples_null not found"}}}
 
 
 def _measures(brier: float, ece: float) -> dict:
@@ -275,6 +296,31 @@ def test_reading_is_written_from_the_numbers(full_run):
     sentences = " ".join(read(metrics, {}))
     assert "Below chance (AUROC < 0.5): Brock model (EHR only) (0.400)" in sentences
     assert "real baseline crop: the same to three decimals" in sentences
+
+
+def test_gap_closure_section_shows_the_ratio_its_interval_and_the_three_aurocs(full_run):
+    _, text, _ = full_run
+    gap = text.split('id="gap"')[1].split("</section>")[0]
+    assert "Gap closure: how much of the way from baseline to follow-up" in gap
+    assert ("<td class=num>0.73 [0.31, 1.12]</td><td class=num>0.700</td><td class=num>0.810</td>"
+            "<td class=num>0.850</td><td class=num>0.67</td><td class=num>3 of 200</td>") in gap
+    assert "not defined: the real follow-up" in gap and "<i>" not in gap  # escaped
+    assert "not run: samples_null not found" in gap
+    assert ("NAMD's generated follow-ups close 0.73 of the AUROC gap between the real baseline "
+            "(0.700) and the real follow-up (0.850) (95% CI 0.31 to 1.12): the interval contains "
+            "the paper's 0.82 and excludes 0") in html.unescape(gap)
+
+
+def test_gap_closure_sentence_reads_an_absent_or_undefined_ratio():
+    from namd.evaluation.report_gap import gap_sentence
+
+    undefined = {"generated": {"namd": {"status": "not defined: no gap"}}}
+    assert "not available (not defined: no gap)" in gap_sentence(undefined)
+    assert "the paper's 0.82" in gap_sentence({})
+    low = {"paper": 0.82, "generated": {"namd": {
+        "status": "ok", "point": 0.1, "ci95": [-0.2, 0.4], "real_baseline_auroc": 0.7,
+        "real_followup_auroc": 0.8}}}
+    assert "excludes the paper's 0.82 and contains 0" in gap_sentence(low)
 
 
 def test_text_from_files_is_escaped(full_run):

@@ -23,7 +23,7 @@ import torch
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig
 from namd.contract import RunFileError, load_npy, read_csv, read_json
-from namd.evaluation import baselines, fidelity, growth, metrics, quality, variance
+from namd.evaluation import baselines, fidelity, gap_closure, growth, metrics, quality, variance
 from namd.evaluation.calibration_metrics import IMAGE_ROWS, calibration_block
 from namd.evaluation.table_text import format_table as format_table  # re-exported for the CLI
 from namd.models.calibration import Calibration, calibration_status
@@ -345,6 +345,7 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
         "growth": growth.growth_block(inp.real["baseline"], inp.real["followup"], inp.spacing,
                                       inp.y, growth_variants(run, inp, scored, crops_of),
                                       config.eval),
+        "gap_closure": gap_closure.gap_closure_block(inp.y, scored, config.eval),
         "variance": ({"variant": "namd", **var_rows["namd"]} if "namd" in var_rows
                      else {"variant": "namd", "status": scored["namd"].status}),
         "variance_other_variants": {n: v for n, v in var_rows.items() if n != "namd"},

@@ -23,6 +23,7 @@ from namd.evaluation import figures_examples as FX
 from namd.evaluation import variance
 from namd.evaluation.reading import ok_rows, reading
 from namd.evaluation.report_calibration import section_calibration
+from namd.evaluation.report_gap import section_gap
 from namd.evaluation.report_growth import section_growth
 from namd.evaluation.report_html import (
     baseline_use_table,
@@ -283,6 +284,8 @@ BUILDERS = (
     ("quality", "Image quality", section_quality),
     ("baseline", "What the baseline buys", section_baseline),
     ("growth", "Growth: does the generator predict change?", section_growth),
+    ("gap", "Gap closure: how much of the way from baseline to follow-up does generation go?",
+     section_gap),
     ("curves", "ROC and precision-recall curves", section_curves),
     ("calibration", "Calibration: does a probability mean what it says?", section_calibration),
     ("latent", "Figure 2: the latent space (t-SNE)", section_latent),

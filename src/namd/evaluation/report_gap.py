@@ -1,0 +1,103 @@
+"""The report's section "Gap closure" from the `gap_closure` block of RUN/eval/metrics.json
+(namd.evaluation.gap_closure): per generated variant the share of the AUROC gap between the
+real baseline and the real follow-up that it closes, with its paired interval and the three
+AUROCs, and one sentence reading NAMD's value beside the paper's 0.82.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from namd.evaluation.figures import GENERATED, display_name
+from namd.evaluation.gap_closure import PAPER_CLOSURE
+from namd.evaluation.report_html import esc
+
+if TYPE_CHECKING:
+    from namd.evaluation.report import Context
+
+
+def _num(value: Any) -> str:
+    """'0.823', '–' when absent."""
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _closure(entry: dict[str, Any]) -> str:
+    """'0.82 [0.41, 1.20]', or '–' when there is no ratio."""
+    point, ci = entry.get("point"), entry.get("ci95")
+    if point is None:
+        return "–"
+    return f"{point:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else " [no interval]")
+
+
+def gap_table(block: dict[str, Any]) -> str:
+    """One row per generated variant: closure [CI], the three AUROCs, the secondary figure and
+    the dropped bootstrap draws (variants not run say why)."""
+    level = (block.get("bootstrap") or {}).get("level", 0.95)
+    head = (f"<tr><th>Variant</th><th>gap closure [{level:.0%} CI, paired]</th>"
+            "<th>AUROC real baseline</th><th>AUROC variant (mean prob. over K)</th>"
+            "<th>AUROC real follow-up</th><th>closure of the mean AUROC over K</th>"
+            "<th>draws dropped (denominator ≤ 0)</th></tr>")
+    body = []
+    for name in GENERATED:
+        e = (block.get("generated") or {}).get(name) or {"status": "not in metrics.json"}
+        cls = ' class="namd"' if name == "namd" else ""
+        label = f"{esc(display_name(name))}<br><span class=muted>{esc(name)}</span>"
+        if "variant_auroc" not in e:
+            body.append(f"<tr{cls}><td>{label}</td><td colspan=6 class=muted>"
+                        f"{esc(e.get('status'))}</td></tr>")
+            continue
+        dropped = e.get("n_boot_denominator_nonpositive")
+        cells = (_closure(e) if e.get("status") == "ok" else e.get("status"),
+                 _num(e.get("real_baseline_auroc")), _num(e.get("variant_auroc")),
+                 _num(e.get("real_followup_auroc")),
+                 "–" if e.get("mean_run_point") is None else f"{e['mean_run_point']:.2f}",
+                 "–" if dropped is None else f"{dropped} of {e.get('n_boot')}")
+        body.append(f"<tr{cls}><td>{label}</td>"
+                    + "".join(f"<td class=num>{esc(c)}</td>" for c in cells) + "</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def gap_sentence(block: dict[str, Any]) -> str:
+    """NAMD's gap closure and its interval, read against 0 and the paper's value."""
+    paper = block.get("paper", PAPER_CLOSURE)
+    namd = (block.get("generated") or {}).get("namd") or {"status": "absent"}
+    if namd.get("status") != "ok":
+        return (f"NAMD's gap closure is not available ({namd['status']}), so this run neither "
+                f"supports nor contradicts the paper's {paper:.2f}.")
+    point, ci = namd["point"], namd.get("ci95")
+    text = (f"NAMD's generated follow-ups close {point:.2f} of the AUROC gap between the real "
+            f"baseline ({namd['real_baseline_auroc']:.3f}) and the real follow-up "
+            f"({namd['real_followup_auroc']:.3f})")
+    if not ci:
+        return (text + " (no bootstrap draw had a positive gap, so no interval); the paper "
+                f"reports {paper:.2f}.")
+    lo, hi = ci
+    level = (block.get("bootstrap") or {}).get("level", 0.95)
+    against_paper = "contains" if lo <= paper <= hi else "excludes"
+    if lo > 0:
+        against_zero = "excludes 0 (generation closes some of the gap)"
+    elif hi < 0:
+        against_zero = "lies below 0 (the generated follow-ups diagnose worse than the baseline)"
+    else:
+        against_zero = "contains 0 (no evidence that generation closes any of the gap)"
+    return (text + f" ({level:.0%} CI {lo:.2f} to {hi:.2f}): the interval {against_paper} the "
+            f"paper's {paper:.2f} and {against_zero}.")
+
+
+def section_gap(ctx: Context) -> str:
+    """The gap_closure block as a table with how it was measured and its reading."""
+    block = ctx.metrics().get("gap_closure")
+    if not block:
+        return ('<p class="missing">metrics.json holds no gap_closure block (written by an older '
+                "<code>namd evaluate</code>; re-run it).</p>")
+    boot = block.get("bootstrap") or {}
+    how = ("Gap closure = (AUROC of the variant − AUROC of the real baseline) / (AUROC of the "
+           "real follow-up − AUROC of the real baseline), with the variant scored by its mean "
+           "probability over the K samples: 0 = no better than the baseline it started from, "
+           "1 = as good as the real follow-up; above 1 is possible. Interval: percentile "
+           f"bootstrap over nodules ({boot.get('n')} draws, within each label), each draw "
+           "computing all three AUROCs on the same resampled nodules; draws in which the real "
+           "follow-up does not beat the baseline are dropped and counted. The secondary column "
+           "uses the AUROC averaged over the K runs instead (point only).")
+    return (f"<p>{esc(how)}</p>" + gap_table(block)
+            + f"<p><strong>Reading:</strong> {esc(gap_sentence(block))}</p>")
