@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import SMALL
 
 from namd.cli import main
 from namd.cohort.store import Cohort
@@ -37,12 +38,6 @@ from namd.rundir import RunDir, resolve_config, variant_dirs
 from namd.sampling import FollowUpSampler, load_context_encoder
 from namd.training.latents import LatentStore, cache_path, load_or_build
 
-SMALL = ["--set", "synth.pairs=60", "--set", "synth.unpaired=30", "--set", "synth.seed=1",
-         "--set", "synth.split_fractions=[0.5,0.25,0.25]",
-         "--set", "vae.train.max_steps=2", "--set", "diffusion.prior.max_steps=2",
-         "--set", "diffusion.cond.max_steps=2", "--set", "evaluator.train.max_steps=2",
-         "--set", "sampling.k=2", "--set", "sampling.steps=2", "--set", "eval.bootstrap=20",
-         "--set", "vae.report_tsne_max=40"]
 # The folders of a run without ablations (the ablation folders hold the same files, read by
 # the same functions); "" is RUN itself.
 FOLDERS = ("", "cohort", "cache", "vae", "prior", "cond", "evaluator", "samples", "eval", "report")

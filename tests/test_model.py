@@ -4,15 +4,14 @@ card, and the lazy `namd` namespace (tiny_run and its helpers: tests/conftest.py
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+from helpers import SIZE, disc
 
 import namd.sampling
 from namd.cli import main
@@ -22,18 +21,6 @@ from namd.contract import RunFileError
 from namd.model import NAMDPipeline, resolve_device
 from namd.predict import crop_digest
 from namd.rundir import variant_dirs
-
-
-def _module(path: Path, name: str) -> ModuleType:
-    """A helper module of the tests by path (test folders are not packages)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_helpers = _module(Path(__file__).resolve().parent / "conftest.py", "_model_helpers")
-SIZE, disc = _helpers.SIZE, _helpers.disc
 
 
 @pytest.fixture(scope="module")

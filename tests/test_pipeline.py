@@ -9,18 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import SMALL
 
 from namd.cli import main
 from namd.cohort.store import Cohort
 from namd.pipeline import plan
 from namd.rundir import RunDir
-
-SMALL = ["--set", "synth.pairs=60", "--set", "synth.unpaired=30", "--set", "synth.seed=1",
-         "--set", "synth.split_fractions=[0.5,0.25,0.25]",
-         "--set", "vae.train.max_steps=2", "--set", "diffusion.prior.max_steps=2",
-         "--set", "diffusion.cond.max_steps=2", "--set", "evaluator.train.max_steps=2",
-         "--set", "sampling.k=2", "--set", "sampling.steps=2", "--set", "eval.bootstrap=20",
-         "--set", "vae.report_tsne_max=40"]
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,12 @@ per patient, and what its outputs record, on a run trained for one step per stag
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+from helpers import SIZE, TINY, disc  # tiny_run: tests/conftest.py
 
 import namd.sampling
 from namd.cli import main
@@ -25,18 +24,6 @@ from namd.predict import (
     predict_patient,
     with_sampling,
 )
-
-
-def _module(path: Path, name: str) -> ModuleType:
-    """A helper module of the tests by path (test folders are not packages)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_helpers = _module(Path(__file__).resolve().parent / "conftest.py", "_predict_helpers")
-SIZE, TINY, disc = _helpers.SIZE, _helpers.TINY, _helpers.disc  # tiny_run: tests/conftest.py
 
 
 @pytest.fixture

@@ -1,0 +1,65 @@
+"""Helpers shared by several test modules (importable as `helpers`: pyproject's pytest
+`pythonpath` puts tests/ on sys.path; test folders are not packages)."""
+
+# -- a finished tiny run, shared by tests/test_predict.py, test_deidentify.py, test_model.py ----
+import numpy as np
+
+SIZE = 16
+# Every network at its smallest; one training step per stage (about 2 s in all on a CPU).
+TINY = ["data.crop_size=16", "data.pixel_spacing_mm=1.0", "text.encoder=structured",
+        "text.structured.dim=8", "text.structured.hidden=8", "vae.block_out_channels=[8,8,8]",
+        "vae.norm_num_groups=4", "diffusion.unet.block_out_channels=[8,16]",
+        "diffusion.unet.norm_num_groups=4", "diffusion.unet.attention_head_dim=2",
+        "diffusion.unet.layers_per_block=1", "diffusion.prior.max_steps=1",
+        "diffusion.prior.batch_size=4", "diffusion.cond.max_steps=1", "diffusion.cond.batch_size=4",
+        "evaluator.width=16", "evaluator.depth=1", "evaluator.heads=2", "evaluator.mlp_dim=16",
+        "evaluator.select_min_malignant=0", "evaluator.train.max_steps=1",
+        "evaluator.train.batch_size=8", "sampling.k=2", "sampling.steps=2"]
+
+
+def disc(radius: float, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    """Lung (-800 HU) with a solid disc at the centre, in HU."""
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    return (np.where(xx ** 2 + yy ** 2 <= radius ** 2, 40.0, -800.0)
+            + rng.normal(0, 10, (size, size))).astype(np.float32)
+
+
+def build_tiny_run(path):
+    """A finished run (cohort, untrained VAE, prior, cond, evaluator) with 16 x 16 crops at 1 mm."""
+    import torch
+
+    from namd.cli import main
+    from namd.cohort.ehr import EHR
+    from namd.cohort.store import CohortWriter
+    from namd.config import load_config, save_config
+    from namd.models.vae import build_vae, save_trained_vae
+    from namd.rundir import RunDir
+
+    run = RunDir(path)
+    rng = np.random.default_rng(0)
+    writer = CohortWriter(run.stage("cohort"), crop_size=SIZE, pixel_spacing_mm=1.0, source="test")
+    for i, split in enumerate(["train"] * 4 + ["val"] * 2 + ["test"] * 2):
+        label = i % 2
+        ehr = EHR(SCT_LONG_DIA=4.0 + i, SCT_PERP_DIA=3.0, age=60.0, gender=1)
+        for t in (0, 1):
+            writer.add(disc(2 + label * (1 + t), rng), patient_id=f"p{i}", nodule_id="n",
+                       kind=("baseline", "followup")[t], split=split, label=label, ehr=ehr,
+                       pair_id=f"pair{i}", timepoint=t)
+    writer.close()
+    config = load_config("tiny", overrides=TINY)
+    save_config(config, run.path / "config.yaml")
+    torch.manual_seed(0)
+    save_trained_vae(build_vae(config.vae), run.stage("vae"), scale_factor=0.7)
+    run.mark_done("vae", config, 0)
+    for stage in ("prior", "cond", "evaluator"):
+        assert main(["train", stage, "--run", str(run.path)]) == 0
+    return run
+
+
+# `namd demo` at its smallest: it checks that the stages fit together, not how well they learn
+SMALL = ["--set", "synth.pairs=60", "--set", "synth.unpaired=30", "--set", "synth.seed=1",
+         "--set", "synth.split_fractions=[0.5,0.25,0.25]",
+         "--set", "vae.train.max_steps=2", "--set", "diffusion.prior.max_steps=2",
+         "--set", "diffusion.cond.max_steps=2", "--set", "evaluator.train.max_steps=2",
+         "--set", "sampling.k=2", "--set", "sampling.steps=2", "--set", "eval.bootstrap=20",
+         "--set", "vae.report_tsne_max=40"]
