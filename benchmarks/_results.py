@@ -20,29 +20,22 @@ def start_load() -> dict:
     return snapshot()
 
 
-def machine(before: tuple[float, float, float] | dict, threads: int | None = None) -> dict:
+def machine(before: dict, threads: int | None = None) -> dict:
     """Platform, CPU count, torch version, torch threads, the load before and after, and whether
     the machine was loaded: on a shared machine wall times are only worth quoting when nothing
-    else ran. `before` is `start_load()` (or a bare load average). Loaded = other work kept more
-    than a quarter of the cores busy on average during the run (`other_cpus_during`, or the CPUs
-    busy at the start where it cannot be measured; stricter than half the cores, since on two
-    cores half a core of other work already changes a two-thread timing by a quarter); with only a bare load
-    average, the 1-minute load before above half the cores or after above half the cores plus
-    the run's own threads. `threads` defaults to torch.get_num_threads() now; a script whose
-    work runs in other processes passes the threads they used in all (their CPU time counts as
-    ours only once they have finished, as children)."""
+    else ran. `before` is `start_load()`. Loaded = other work kept more than a quarter of the
+    cores busy on average during the run (`other_cpus_during`, or the CPUs busy at the start
+    where /proc/stat is absent; stricter than half the cores, since on two cores half a core of
+    other work already changes a two-thread timing by a quarter). `threads` defaults to
+    torch.get_num_threads() now; a script whose work runs in other processes passes the threads
+    they used in all (their CPU time counts as ours once they have finished, as children)."""
     cpus = os.cpu_count() or 1
-    threads = torch.get_num_threads() if threads is None else threads
-    after = os.getloadavg()
-    if isinstance(before, dict):
-        loadavg, busy, during = before["loadavg"], before["busy_cpus"], other_cpus_during(before)
-        loaded = (during if during is not None else busy) > cpus / 4
-    else:
-        loadavg, busy, during = before, None, None
-        loaded = loadavg[0] > cpus / 2 or after[0] > cpus / 2 + threads
+    during = other_cpus_during(before)
     return {"platform": platform.platform(), "cpus": cpus, "torch": torch.__version__,
-            "loadavg_before": loadavg, "busy_cpus_before": busy, "other_cpus_during": during,
-            "loadavg_after": after, "threads": threads, "loaded": bool(loaded)}
+            "loadavg_before": before["loadavg"], "busy_cpus_before": before["busy_cpus"],
+            "other_cpus_during": during, "loadavg_after": os.getloadavg(),
+            "threads": torch.get_num_threads() if threads is None else threads,
+            "loaded": bool((during if during is not None else before["busy_cpus"]) > cpus / 4)}
 
 
 def load_line(m: dict) -> str:

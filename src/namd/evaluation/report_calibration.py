@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from namd.evaluation.figures import display_name, row_colour
 from namd.evaluation.report_html import esc
+from namd.evaluation.report_inputs import missing_block
 
 if TYPE_CHECKING:
     from namd.evaluation.report import Context
@@ -88,8 +89,7 @@ def section_calibration(ctx: Context) -> str:
     m = ctx.metrics()
     block = m.get("calibration")
     if not block:
-        return ('<p class="missing">metrics.json holds no calibration block (written by an '
-                "older <code>namd evaluate</code>; re-run it).</p>")
+        return missing_block("calibration")
     rows = block.get("rows") or {}
     body = f"<p>{esc(_how(block, m.get('probability', 'raw')))}</p>"
     body += ctx.figure("calibration_reliability.png", reliability_figure(rows),

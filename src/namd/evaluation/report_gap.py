@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from namd.evaluation.figures import GENERATED, display_name
 from namd.evaluation.gap_closure import PAPER_CLOSURE
 from namd.evaluation.report_html import esc
+from namd.evaluation.report_inputs import missing_block
 
 if TYPE_CHECKING:
     from namd.evaluation.report import Context
@@ -88,8 +89,7 @@ def section_gap(ctx: Context) -> str:
     """The gap_closure block as a table with how it was measured and its reading."""
     block = ctx.metrics().get("gap_closure")
     if not block:
-        return ('<p class="missing">metrics.json holds no gap_closure block (written by an older '
-                "<code>namd evaluate</code>; re-run it).</p>")
+        return missing_block("gap_closure")
     boot = block.get("bootstrap") or {}
     how = ("Gap closure = (AUROC of the variant − AUROC of the real baseline) / (AUROC of the "
            "real follow-up − AUROC of the real baseline), with the variant scored by its mean "

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from namd.evaluation.figures import GENERATED, display_name
 from namd.evaluation.report_html import esc
+from namd.evaluation.report_inputs import missing_block
 
 if TYPE_CHECKING:
     from namd.evaluation.report import Context
@@ -78,8 +79,7 @@ def section_growth(ctx: Context) -> str:
     """The growth block as a table with how it was measured and its reading."""
     block = ctx.metrics().get("growth")
     if not block:
-        return ('<p class="missing">metrics.json holds no growth block (written by an older '
-                "<code>namd evaluate</code>; re-run it).</p>")
+        return missing_block("growth")
     how = (f"Size: {block.get('size', 'the central equivalent diameter')}. Growth of a real "
            "follow-up: its size minus the baseline's; of a generated one: the mean size over its "
            "K samples minus the size of the baseline passed through that variant's VAE (the "

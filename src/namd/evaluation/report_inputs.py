@@ -114,3 +114,9 @@ class Context:
         return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
                 f"<figcaption>{html.escape(caption)} <span class=file>({name})</span>"
                 "</figcaption></figure>")
+
+
+def missing_block(name: str) -> str:
+    """The note a section shows when metrics.json predates its block."""
+    return (f'<p class="missing">metrics.json holds no {name} block (written by an older '
+            "<code>namd evaluate</code>; re-run it).</p>")
