@@ -14,7 +14,7 @@ $(BIN)/python:
 # torch is pinned to the CPU build that lies on this machine's disk; the rest comes from PyPI.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,serve]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

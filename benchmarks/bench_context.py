@@ -19,7 +19,8 @@ from _results import load_line, machine, start_load
 
 from namd.cohort.ehr import CATEGORICAL, CONTINUOUS, EHR, EHR_FIELDS
 from namd.config.text import TextConfig
-from namd.models.context import ContextCache, ContextEncoder, build_context_encoder
+from namd.models.context import ContextCache, ContextEncoder
+from namd.models.context_factory import build_context_encoder
 from namd.runinfo import atomic_write_text, package_versions
 
 

@@ -41,7 +41,7 @@ def stage_tasks(preset: str, n: int):
     from namd.config import load_config
     from namd.diffusion import training_scheduler
     from namd.imaging import ROTATIONS
-    from namd.models.context import build_context_encoder
+    from namd.models.context_factory import build_context_encoder
     from namd.models.unet import build_unet
     from namd.models.vae import latent_shape
     from namd.training.diffusion import CondTask, LatentCrops, LatentPairs, PriorTask

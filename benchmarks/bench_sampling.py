@@ -38,7 +38,7 @@ def build(preset: str, n: int, seed: int = 0):
     """Networks of a preset and n synthetic test nodules (crops in HU and EHR records)."""
     from namd.cohort.ehr import EHR
     from namd.config import load_config
-    from namd.models.context import build_context_encoder
+    from namd.models.context_factory import build_context_encoder
     from namd.models.unet import build_unet
     from namd.models.vae import build_vae, latent_shape
 

@@ -63,3 +63,44 @@ SMALL = ["--set", "synth.pairs=60", "--set", "synth.unpaired=30", "--set", "synt
          "--set", "diffusion.cond.max_steps=2", "--set", "evaluator.train.max_steps=2",
          "--set", "sampling.k=2", "--set", "sampling.steps=2", "--set", "eval.bootstrap=20",
          "--set", "vae.report_tsne_max=40"]
+
+
+def save_tiny_clip(folder, hidden: int = 16):
+    """An SD1.5-shaped pipeline folder with only a tiny CLIP text encoder (1 layer) and its
+    tokenizer, for the empty-prompt null context of stage 1, built locally."""
+    import json
+    from pathlib import Path
+
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    (folder / "tokenizer").mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, **{f"{c}</w>": i + 2 for i, c in enumerate("abcdefgh")}}
+    (folder / "tokenizer" / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(folder / "tokenizer" / "vocab.json"), str(folder / "tokenizer" / "merges.txt"),
+                  model_max_length=77).save_pretrained(folder / "tokenizer")
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden,
+                            num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
+                            bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    torch.manual_seed(0)
+    CLIPTextModel(config).save_pretrained(folder / "text_encoder", safe_serialization=True)
+    return folder
+
+
+class RegressionData:
+    """y = 3 sum(x) - 1 on n random 4-vectors, as a trainer BatchSource."""
+
+    def __init__(self, n: int, seed: int = 0):
+        import torch
+
+        rng = np.random.default_rng(seed)
+        self.x = torch.tensor(rng.normal(size=(n, 4)), dtype=torch.float32)
+        self.y = self.x.sum(1, keepdim=True) * 3 - 1
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, indices: np.ndarray) -> dict:
+        return {"x": self.x[indices], "y": self.y[indices]}

@@ -31,6 +31,7 @@ from namd.evaluation.report import build_section, section_table, stage_reports_h
 from namd.evaluation.report_inputs import Context
 from namd.models.calibration import load_calibration
 from namd.models.evaluator import load_evaluator
+from namd.models.null_context import load_null
 from namd.models.probe import load_probe
 from namd.models.unet import load_unet
 from namd.models.vae import load_trained_vae
@@ -112,6 +113,7 @@ READERS: dict[str, Callable[[Case], Any]] = {
     "namd.training.latents.load_or_build": _latents,
     "namd.models.unet.load_unet": lambda c: load_unet(c.run / c.folder),
     "namd.diffusion.load_scheduler_config": lambda c: load_scheduler_config(c.run / c.folder),
+    "namd.models.null_context.load_null": lambda c: load_null(c.run / c.folder),
     "namd.sampling.load_context_encoder": lambda c: load_context_encoder(c.run / c.folder),
     "namd.sampling.FollowUpSampler.from_run": lambda c: FollowUpSampler.from_run(
         RunDir(c.run), variant_dirs(), c.finished.config),

@@ -77,6 +77,7 @@ LOAD_PROBE = "namd.models.probe.load_probe"
 LATENTS = "namd.training.latents.load_or_build"
 LOAD_UNET = "namd.models.unet.load_unet"
 LOAD_SCHEDULE = "namd.diffusion.load_scheduler_config"
+LOAD_NULL = "namd.models.null_context.load_null"
 LOAD_CONTEXT = "namd.sampling.load_context_encoder"
 SAMPLER = "namd.sampling.FollowUpSampler.from_run"
 LOAD_EVALUATOR = "namd.models.evaluator.load_evaluator"
@@ -124,6 +125,7 @@ def _vae_and_prior(suffix: str, flag: str) -> list[StageContract]:
         StageContract(f"prior{suffix}", f"namd train prior --run {{run}}{flag}", (
             *(RunFile(p, _kind(p), (LOAD_UNET,)) for p in _UNET_FILES),
             RunFile("scheduler/scheduler_config.json", "json", (LOAD_SCHEDULE,)),
+            RunFile("null_context.safetensors", "safetensors", (LOAD_NULL,), absent_ok=(LOAD_NULL,)),
             _run_info(), *_internal()),
             (CONFIG_FILE, *cohort_in, *(f"{vae}/{p}" for p in (*_VAE_FILES, RUN_INFO)),
              "cache/latents_*.safetensors")),

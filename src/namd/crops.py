@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from namd.cohort.ingest.volume import Volume
     from namd.config import NamdConfig
 
 SPACES = ("world", "voxel")
@@ -68,12 +69,23 @@ def crop_nodule_flagged(path: str | Path, center: Sequence[float], space: str = 
                         config: NamdConfig | None = None) -> tuple[np.ndarray, list[str]]:
     """`crop_nodule`'s crop and its flags (["padded"] when part of the crop lies outside the
     slice and was filled with air), for callers that record how a crop was made."""
-    from namd.cohort.ingest.crop import CropGeometry, Position, extract_crop, locate
     from namd.cohort.ingest.volume import open_volume
+
+    _geometry(crop_size, spacing_mm, config)
+    _centre(center, space)  # both checked before the scan is read
+    return crop_volume_flagged(open_volume(path), center, space, crop_size, spacing_mm,
+                               config=config)
+
+
+def crop_volume_flagged(volume: Volume, center: Sequence[float], space: str = "world",
+                        crop_size: int = 64, spacing_mm: float = 0.7, *,
+                        config: NamdConfig | None = None) -> tuple[np.ndarray, list[str]]:
+    """`crop_nodule_flagged` on a volume already open (namd.cohort.ingest.volume.open_volume),
+    for callers that cut several crops from one scan (`namd serve`: one per click)."""
+    from namd.cohort.ingest.crop import CropGeometry, Position, extract_crop, locate
 
     size, spacing = _geometry(crop_size, spacing_mm, config)
     x, y, z = _centre(center, space)
-    volume = open_volume(path)
     k, centre = locate(volume, Position(x, y, z, space=space))
     crop, flags = extract_crop(volume, k, centre, CropGeometry(size, spacing))
     return crop.astype(np.float32, copy=False), list(flags)

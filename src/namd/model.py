@@ -54,7 +54,7 @@ from namd.models.minilm import sha256_file
 from namd.models.unet import MODEL_DIR as UNET_DIR
 from namd.models.unet import load_unet
 from namd.models.vae import MODEL_DIR as VAE_DIR
-from namd.models.vae import SCALE_FILE, read_scale_factor
+from namd.models.vae import SCALE_FILE, read_output, read_scale_factor, set_output
 from namd.prediction import Prediction, baseline_hu, crop_digest
 from namd.rundir import RunDir, variant_dirs
 from namd.runinfo import RUN_INFO, atomic_dir, atomic_write_json
@@ -178,6 +178,7 @@ def load_vae_folder(folder: Path, device: torch.device) -> tuple[torch.nn.Module
     check_safetensors(folder / DIFFUSERS_WEIGHTS)
     with reading(folder):
         vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    set_output(vae, read_output(folder))
     return vae.to(device).eval().requires_grad_(False), scale
 
 

@@ -9,6 +9,7 @@ Each stage folder holds its own run_info.json; a stage is finished when that fil
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,15 +77,23 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML file overlaid on the preset")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one value, e.g. --set vae.train.max_steps=50 (repeatable)")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="train the VAE and the U-Net from random weights even where the config "
+                             "requires local SD1.5 weights (the paper preset); saved in RUN/config.yaml")
 
 
-def resolve_config(args: argparse.Namespace, run: RunDir | None = None) -> NamdConfig:
+def resolve_config(args: argparse.Namespace, run: RunDir | None = None,
+                   check: Callable[[NamdConfig], None] | None = None) -> NamdConfig:
     """Config of a command: the run's saved config (unless --preset is given) <- file <- --set.
 
-    The first command of a run saves it as RUN/config.yaml so later stages agree on it.
+    The first command of a run saves it as RUN/config.yaml so later stages agree on it; `check`
+    (e.g. the preflight of namd.config.preflight) runs first, so a refused config is never saved.
     """
     saved = run.saved_config() if run is not None and args.preset is None else None
-    config = load_config(args.preset or "tiny", args.config, args.overrides, base=saved)
+    overrides = [*args.overrides, *(["require_pretrained=false"] if getattr(args, "from_scratch", False) else [])]
+    config = load_config(args.preset or "tiny", args.config, overrides, base=saved)
+    if check is not None:
+        check(config)
     if run is not None and not (run.path / CONFIG_FILE).exists():
         save_config(config, run.path / CONFIG_FILE)
     return config

@@ -227,7 +227,7 @@ def load_context_encoder(cond_dir: Path, device: torch.device | str = "cpu") -> 
     prompts = load_safetensors(prompts_path, "cond")
     with reading(spec_path, "cond"):
         text = TextConfig.model_validate(spec["text"])
-    encoder = context_factory.build_context_encoder(text)
+    encoder = context_factory.build_context_encoder(text, spec.get("null_mode", "zeros"))
     if (encoder.dim, encoder.n_tokens) != (spec["dim"], spec["n_tokens"]):
         raise ValueError(f"{spec_path}: the context encoder now gives D={encoder.dim}, "
                          f"m={encoder.n_tokens}, but the stage was trained with D={spec['dim']}, "

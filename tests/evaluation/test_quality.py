@@ -140,3 +140,19 @@ def test_image_quality_uses_lpips_when_available(monkeypatch):
     real, gen, feats, real_feats = _variant()
     block, _ = quality.image_quality(gen, real, np.full(4, 0.7), WINDOW, feats, real_feats)
     assert block["lpips"]["mean"] == pytest.approx(0.25)
+
+
+def test_fid_is_reported_as_mean_and_std_over_the_k_runs(monkeypatch):
+    """Table 1 gives FID as mean +- std over the K runs: both come from the K per-run FIDs."""
+    monkeypatch.setattr(quality, "perceptual_status", lambda: {"lpips": "not computed: test", "fid": None})
+    calls = []
+
+    def features(crops, window):  # a stand-in Inception: call 0 = the real crops, call j = run j, shifted by j
+        calls.append(len(calls))
+        return np.random.default_rng(calls[-1]).normal(size=(len(crops), 3)) + calls[-1]
+
+    monkeypatch.setattr(quality, "inception_features", features)
+    real, gen, feats, real_feats = _variant()
+    block, _ = quality.image_quality(gen, real, np.full(4, 0.7), WINDOW, feats, real_feats)
+    assert block["fid_std"] > 0.5  # runs shifted by 1, 2, 3 from the reference: FIDs far apart
+    assert block["fid"] > block["fid_std"]

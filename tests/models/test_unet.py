@@ -38,6 +38,26 @@ def test_paper_preset_is_sd15_size_on_meta_device():
     assert 890e6 < count_parameters(namd) < 920e6
 
 
+def test_paper_stage_widths_on_meta_device_follow_null_context():
+    """Stage 1 cross-attends to diffusion.null_context's C (CLIP's empty prompt: 768 wide, so
+    SD1.5's 859,520,964 parameters), stage 2 to D = 2560 with 8 inputs: exactly the 16
+    cross-attention to_k/to_v pairs widen by 2560 - 768 and conv_in gains 4 x 320 x 3 x 3."""
+    from namd.sizing import prior_context_shape
+
+    config = load_config("paper")
+    cfg = config.diffusion.unet
+    _, width = prior_context_shape(config, (config.text.n_prompt_sets, 2560))
+    with torch.device("meta"):
+        prior = build_unet(cfg, in_channels=4, out_channels=4, cross_attention_dim=width, sample_size=8)
+        cond = build_unet(cfg, in_channels=8, out_channels=4, cross_attention_dim=2560, sample_size=8)
+    if config.diffusion.null_context == "empty_prompt":
+        assert width == 768 and count_parameters(prior) == 859_520_964
+    attn2 = [m for name, m in cond.named_modules() if name.endswith("attn2")]
+    inner = sum(m.to_k.out_features for m in attn2)
+    assert len(attn2) == 16 and inner == 5 * 320 + 5 * 640 + 6 * 1280
+    assert count_parameters(cond) - count_parameters(prior) == 2 * (2560 - width) * inner + 4 * 320 * 9
+
+
 def test_tiny_forward_shape_and_seeded_init():
     unet = _tiny()
     out = unet(torch.randn(3, 4, 4, 4), torch.tensor([1, 500, 999]), encoder_hidden_states=torch.randn(3, 2, 6)).sample

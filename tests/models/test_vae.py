@@ -142,3 +142,31 @@ def test_trained_vae_round_trip(tmp_path, source_vae):
     _assert_same_weights(loaded, source_vae)
     with pytest.raises(RunFileError, match="latent_scale.json: missing — make it: `namd train vae"):
         load_trained_vae(tmp_path / "nothing")
+
+
+def test_authors_dropout_and_tanh_output_survive_save_and_load(tmp_path):
+    """vae.dropout and vae.output = tanh (the authors' VAE, the paper preset): the decoder's
+    output is bounded, the weights keep diffusers' names, and a saved stage decodes the same."""
+    from namd.models.vae import load_trained_vae, save_trained_vae
+
+    cfg = VAEConfig(block_out_channels=(8, 16), norm_num_groups=4, dropout=0.2, output="tanh")
+    vae = build_vae(cfg)
+    from diffusers.models.resnet import ResnetBlock2D
+
+    drops = [m.dropout.p for m in vae.modules() if isinstance(m, ResnetBlock2D)]
+    assert len(drops) >= 4 and all(p == 0.2 for p in drops)  # residual blocks only, as the authors' VAE
+    assert set(vae.state_dict()) == set(build_vae(VAEConfig(block_out_channels=(8, 16), norm_num_groups=4)).state_dict())
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.fill_(10.0)  # far outside [-1, 1] before the tanh
+        vae.eval()
+        z = torch.randn(2, 4, 4, 4)
+        out = vae.decode(z).sample
+    assert out.abs().max() <= 1.0 and out.min() > 0.99
+    save_trained_vae(vae, tmp_path, 1.0)
+    loaded, _ = load_trained_vae(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.decode(z).sample, out)
+    plain = build_vae(VAEConfig(block_out_channels=(8, 16), norm_num_groups=4))
+    with torch.no_grad():
+        plain.decoder.conv_out.bias.fill_(10.0)
+        assert plain.eval().decode(z).sample.max() > 5  # identity output: unbounded

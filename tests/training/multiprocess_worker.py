@@ -1,4 +1,5 @@
-"""Run by test_trainer_multiprocess under `accelerate launch --cpu --num_processes 2`."""
+"""Run by test_trainer_multiprocess under torchrun (accelerate's multi-CPU mode, gloo):
+`multiprocess_worker.py OUT BATCH [GRAD_ACCUM]`."""
 
 import sys
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel
 
 from namd.config import TrainConfig
 from namd.training.trainer import Trainer
@@ -42,9 +44,12 @@ class Task:
 
 if __name__ == "__main__":
     out, batch = Path(sys.argv[1]), int(sys.argv[2])
-    trainer = Trainer(TrainConfig(lr=0.05, batch_size=batch, max_steps=6, grad_clip=None,
-                                  checkpoint_every=100, seed=3), out)
+    accum = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    trainer = Trainer(TrainConfig(lr=0.05, batch_size=batch, grad_accum=accum, max_steps=6,
+                                  grad_clip=1.0, checkpoint_every=100, seed=3), out)
     task = Task()
     trainer.fit(task, Data(32))
     rank = trainer.acc.process_index
+    # with several processes the task's modules train inside accelerate's DDP wrapper
+    assert trainer.acc.num_processes == 1 or isinstance(trainer.prepared, DistributedDataParallel)
     save_file({k: v.contiguous() for k, v in task.net.state_dict().items()}, str(out / f"rank{rank}.safetensors"))

@@ -52,6 +52,15 @@ class FakeEncoder(ContextEncoder):
     def cache_key(self, ehr):
         return repr(ehr)
 
+    def empty_prompt_context(self):
+        return self.prompts[None] + 0.5  # the empty sentence's C, through the trainable prompts
+
+
+def _fake(null_mode: str = "zeros") -> FakeEncoder:
+    encoder = FakeEncoder()
+    encoder.null_mode = null_mode
+    return encoder
+
 
 class Pairs:
     """In-memory pair latents as a BatchSource (one rotation slot)."""
@@ -220,7 +229,7 @@ def _write_cohort(path, size=16):
 
 @pytest.fixture
 def tiny_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(context_factory, "build_context_encoder", lambda cfg: FakeEncoder())
+    monkeypatch.setattr(context_factory, "build_context_encoder", lambda cfg, null_mode="zeros": _fake(null_mode))
     run = RunDir(tmp_path / "run")
     _write_cohort(run.stage("cohort"))
     config = load_config("tiny", overrides=[
@@ -280,3 +289,32 @@ def test_null_context_ablation_and_resume(tiny_run):
     run_stage(config, run, stage="cond", null_context=True, resume=True)
     info = json.loads((null / "run_info.json").read_text())
     assert info["steps"] == 6 and info["null_context"] is True
+
+
+def test_empty_prompt_null_context_the_authors_way(tiny_run, tmp_path):
+    """diffusion.null_context = empty_prompt: stage 1 trains on CLIP's empty-prompt embedding
+    (its own width, saved with the prior), stage 2 widens cross-attention to the encoder's D
+    (key/value projections start afresh) and its null context is the encoder's empty sentence."""
+    from helpers import save_tiny_clip
+
+    from namd.models.null_context import load_null
+
+    run, config = tiny_run
+    config = config.model_copy(deep=True)
+    config.diffusion.null_context = "empty_prompt"
+    config.diffusion.clip_text = str(save_tiny_clip(tmp_path / "sd15", hidden=16))
+    prior = run_stage(config, run, stage="prior")
+    null = load_null(prior)
+    assert null.shape == (1, 77, 16)
+    assert json.loads((prior / "unet/config.json").read_text())["cross_attention_dim"] == 16
+    cond = run_stage(config, run, stage="cond")
+    info = json.loads((cond / "run_info.json").read_text())
+    fresh = info["from_prior"]["reinitialised"]
+    assert fresh and all("attn2.to_k" in k or "attn2.to_v" in k for k in fresh)
+    spec = json.loads((cond / "context_encoder.json").read_text())
+    assert spec["null_mode"] == "empty_prompt" and spec["dim"] == 6
+    assert json.loads((cond / "baseline_use.json").read_text())["loss_prior"] > 0  # the prior on CLIP's C
+    from namd.sampling import load_context_encoder
+
+    encoder, _ = load_context_encoder(cond)
+    torch.testing.assert_close(encoder.null_context(2), (encoder.prompts[None] + 0.5).expand(2, -1, -1))

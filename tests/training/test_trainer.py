@@ -10,26 +10,12 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
+from helpers import RegressionData
 from safetensors.torch import load_file
 
 from namd.checkpoint import aside_of, load_best, load_checkpoint, recover, save_checkpoint
 from namd.config import TrainConfig
 from namd.training.trainer import Trainer, global_rng, learning_rate
-
-
-class Data:
-    """y = 3x - 1 with noise, as a BatchSource."""
-
-    def __init__(self, n: int, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.x = torch.tensor(rng.normal(size=(n, 4)), dtype=torch.float32)
-        self.y = self.x.sum(1, keepdim=True) * 3 - 1
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        return {"x": self.x[indices], "y": self.y[indices]}
 
 
 class Task:
@@ -77,7 +63,7 @@ def test_learning_rate_warmup_then_cosine_to_min():
 
 
 def test_fit_learns_and_logs_every_term(tmp_path):
-    result = Trainer(_cfg(max_steps=60), tmp_path).fit(Task(), Data(64), Data(16, seed=1))
+    result = Trainer(_cfg(max_steps=60), tmp_path).fit(Task(), RegressionData(64), RegressionData(16, seed=1))
     assert result.history[-1]["loss"] < result.history[0]["loss"] * 0.5
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
     assert {r["phase"] for r in rows} == {"train", "val"}
@@ -88,12 +74,12 @@ def test_fit_learns_and_logs_every_term(tmp_path):
 
 @pytest.mark.parametrize("task", [Task, DropoutTask])
 def test_resume_matches_uninterrupted_run(tmp_path, task):
-    Trainer(_cfg(), tmp_path / "full").fit(task(), Data(40), Data(16, seed=1))
-    Trainer(_cfg(max_steps=8), tmp_path / "part").fit(task(), Data(40), Data(16, seed=1))
+    Trainer(_cfg(), tmp_path / "full").fit(task(), RegressionData(40), RegressionData(16, seed=1))
+    Trainer(_cfg(max_steps=8), tmp_path / "part").fit(task(), RegressionData(40), RegressionData(16, seed=1))
     with (tmp_path / "part/log.csv").open("a") as fh:
         fh.write("9,tra")  # a row torn by a kill mid-write
     torch.manual_seed(123)  # the resuming process's global RNG is wherever it happens to be
-    Trainer(_cfg(), tmp_path / "part").fit(task(), Data(40), Data(16, seed=1), resume=True)
+    Trainer(_cfg(), tmp_path / "part").fit(task(), RegressionData(40), RegressionData(16, seed=1), resume=True)
     full = load_file(str(tmp_path / "full/checkpoints/last/net.safetensors"))
     part = load_file(str(tmp_path / "part/checkpoints/last/net.safetensors"))
     for key in full:
@@ -114,8 +100,10 @@ def test_global_rng_is_seeded_per_step_and_restored():
         assert not torch.equal(torch.rand(3), first)
 
 
-def test_resume_restores_the_fp16_loss_scale(tmp_path):
-    """The GradScaler's scale grows every step here; a resume must not restart it."""
+@pytest.mark.parametrize("accum", [1, 2])
+def test_resume_restores_the_fp16_loss_scale(tmp_path, accum):
+    """The GradScaler's scale grows every optimizer step here (not every micro-batch); a resume
+    must not restart it."""
 
     def accelerator() -> Accelerator:  # accelerate makes no scaler on CPU: attach one
         acc = Accelerator()
@@ -123,9 +111,9 @@ def test_resume_restores_the_fp16_loss_scale(tmp_path):
         return acc
 
     full, part, resumed = accelerator(), accelerator(), accelerator()
-    Trainer(_cfg(grad_clip=None), tmp_path / "full", full).fit(Task(), Data(40))
-    Trainer(_cfg(grad_clip=None, max_steps=8), tmp_path / "part", part).fit(Task(), Data(40))
-    Trainer(_cfg(grad_clip=None), tmp_path / "part", resumed).fit(Task(), Data(40), resume=True)
+    Trainer(_cfg(grad_clip=None, grad_accum=accum), tmp_path / "full", full).fit(Task(), RegressionData(40))
+    Trainer(_cfg(grad_clip=None, grad_accum=accum, max_steps=8), tmp_path / "part", part).fit(Task(), RegressionData(40))
+    Trainer(_cfg(grad_clip=None, grad_accum=accum), tmp_path / "part", resumed).fit(Task(), RegressionData(40), resume=True)
     assert part.scaler.get_scale() == 2.0**18
     assert resumed.scaler.get_scale() == full.scaler.get_scale() == 2.0**22
 
@@ -170,7 +158,7 @@ def test_epoch_order_covers_every_item_once(tmp_path):
 
 
 def test_ema_weights_are_checkpointed_and_loaded(tmp_path):
-    Trainer(_cfg(ema_decay=0.9), tmp_path).fit(Task(), Data(40), Data(16, seed=1))
+    Trainer(_cfg(ema_decay=0.9), tmp_path).fit(Task(), RegressionData(40), RegressionData(16, seed=1))
     assert (tmp_path / "checkpoints/best/ema_net.safetensors").is_file()
     net = torch.nn.Linear(4, 1)
     load_best(tmp_path, {"net": net})
@@ -184,4 +172,4 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
             return torch.tensor(float("nan"), requires_grad=True), {}
 
     with pytest.raises(FloatingPointError, match="step 0"):
-        Trainer(_cfg(), tmp_path).fit(Bad(), Data(16))
+        Trainer(_cfg(), tmp_path).fit(Bad(), RegressionData(16))

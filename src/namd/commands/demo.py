@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from namd.rundir import RunDir, resolve_config
 
     run_dir = RunDir(args.out)
-    resolve_config(args, run_dir)  # saves RUN/config.yaml; later stages reuse it
+    from namd.config.preflight import check_pipeline
+
+    resolve_config(args, run_dir, check=check_pipeline)  # saves RUN/config.yaml; stages reuse it
     ablations = args.ablations
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")

@@ -16,16 +16,21 @@ import argparse
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `namd predict`."""
-    p = sub.add_parser("predict", help="follow-ups and malignancy estimate for one patient",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_args(p: argparse.ArgumentParser, run_help: str) -> None:
+    """--run | --model, --variant, --device: where a command's NAMDPipeline comes from."""
     model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--run", help="a trained run (cond, vae and evaluator stages)")
+    model.add_argument("--run", help=run_help)
     model.add_argument("--model", help="a model folder written by `namd export`")
     p.add_argument("--variant", choices=("namd", "no_align", "null_context"), default="namd",
                    help="which model of the run (with --run; default namd)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `namd predict`."""
+    p = sub.add_parser("predict", help="follow-ups and malignancy estimate for one patient",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p, "a trained run (cond, vae and evaluator stages)")
     p.add_argument("--ehr", required=True, help="JSON object with the 13 EHR fields (null = missing) "
                                                 "and optionally patient_id / nodule_id")
     src = p.add_mutually_exclusive_group(required=True)

@@ -76,6 +76,7 @@ def run_stage(args: argparse.Namespace, config: NamdConfig, run_dir: RunDir) -> 
 
 def run(args: argparse.Namespace) -> int:
     """Lock the stage folder, resolve the config and hand over to the stage's module."""
+    from namd.config.preflight import check_stage
     from namd.locking import stage_lock
     from namd.rundir import resolve_config
 
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     # the ranks of one multi-GPU launch write one folder together: rank 0 holds the lock for all
     lock = stage_lock(folder) if launch_rank() == 0 else contextlib.nullcontext()
     with lock:
-        config = resolve_config(args, run_dir)
+        config = resolve_config(args, run_dir, check=lambda c: check_stage(c, args.stage))
         out = run_stage(args, config, run_dir)
     print(f"{args.stage}: done -> {out}")
     return 0

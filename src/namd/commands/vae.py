@@ -46,5 +46,9 @@ def run_report(args: argparse.Namespace) -> int:
     for key in KEYS:
         value = report.get(key)
         print(f"  {key:<24} {'n/a' if value is None else f'{value:.4f}'}")
+    if report.get("target_entropy") is not None:
+        print(f"  {'target_entropy (P)':<24} {report['target_entropy']:.4f} (uniform "
+              f"{report['target_entropy_uniform']:.4f} at batch {report['target_entropy_batch']}, "
+              f"{report.get('features')} features)")
     print(f"  -> {run.stage(name) / 'report.json'}, tsne.png, reconstructions.png")
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from namd.config.base import Section, TrainConfig
 from namd.config.data import DataConfig, IngestConfig, SynthConfig
@@ -39,6 +39,11 @@ class NamdConfig(Section):
     """The whole configuration of a run."""
 
     preset: str = "tiny"
+    require_pretrained: bool = Field(
+        False, description="refuse to train the VAE and the prior without local SD1.5 weights "
+        "(vae.pretrained, diffusion.unet.pretrained): the paper fine-tunes SD1.5, and SD1.5-sized "
+        "networks from scratch are a different method. The paper preset sets it; --from-scratch "
+        "turns it off")
     data: DataConfig = DataConfig()
     synth: SynthConfig = SynthConfig()
     ingest: IngestConfig = IngestConfig()

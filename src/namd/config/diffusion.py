@@ -65,6 +65,16 @@ class DiffusionConfig(Section):
     snr_gamma: float | None = Field(
         None, gt=0, description="min-SNR loss weighting of both stages (Hang et al. 2023), e.g. 5; "
                                 "None = the paper's unweighted Equations 9-10")
+    null_context: Literal["zeros", "empty_prompt"] = Field(
+        "zeros", description="the null context C of stage 1 and of condition dropout: zeros of the "
+        "context encoder's shape (CPU presets), or 'empty_prompt' (paper preset, the authors' code): "
+        "stage 1 conditions on the CLIP text encoder's embedding of the empty prompt from the local "
+        "SD1.5 folder (diffusion.clip_text, 77 x 768, which keeps SD1.5's cross-attention weights) "
+        "and stage 2's null context is the language model's output for the empty prompt")
+    clip_text: str | None = Field(
+        None, description="local SD1.5 folder (with text_encoder/ and tokenizer/) or a CLIP text model "
+                          "folder; needed by null_context = 'empty_prompt'; None = the parent folder "
+                          "of diffusion.unet.pretrained")
     encode_batch: int = Field(64, ge=1, description="crops per VAE call when building the latent cache")
 
 

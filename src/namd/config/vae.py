@@ -22,18 +22,35 @@ class VAEConfig(Section):
                                    "file (diffusers or original layout); pickle .ckpt files are refused")
     # losses (Equation 6); defaults follow the authors' code where the paper is silent
     lambda_kl: float = Field(1e-6, ge=0)
-    lambda_lpips: float = Field(0.0, ge=0)
+    lambda_lpips: float = Field(
+        0.0, ge=0, description="weight of L_LPIPS (the authors' reconstruction loss: 1, the paper "
+        "preset). Above 0 it needs vae.lpips_weights, else the VAE stage refuses to start; "
+        "vae.lambda_lpips=0 is the explicit opt-out (CPU presets: 0, no VGG on two cores)")
     lambda_grad: float = Field(0.0, ge=0, description="weight of an L1 on image gradients added to "
                                "L_rec (beyond the paper; 0 = the paper's Equation 6)")
-    lpips_weights: str | None = Field(None, description="local LPIPS weights (.safetensors of the whole "
-                                      "lpips.LPIPS module); L_LPIPS is off when absent")
-    lpips_net: Literal["vgg", "alex", "squeeze"] = "vgg"
+    lpips_weights: str | None = Field(None, description="local LPIPS VGG weights: a .safetensors of "
+                                      "lpips.LPIPS(net='vgg').state_dict() (README, 'LPIPS weights')")
+    lpips_net: Literal["vgg"] = Field("vgg", description="LPIPS backbone layout (VGG-16, as the "
+                                      "authors' LDM loss; built without torchvision)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout in the VAE's residual blocks "
+                           "(authors' code: 0.2, the paper preset; CPU presets 0)")
+    output: Literal["identity", "tanh"] = Field(
+        "identity", description="the decoder's output activation (authors' code: tanh, the paper "
+                                "preset; CPU presets: none, as diffusers' AutoencoderKL)")
     lambda_align: float = Field(1.0, ge=0)
     lambda_pred: float = Field(
         0.05, ge=0, description="weight of L_pred; the paper preset keeps the authors' 0.2. At CPU sizes "
         "(from scratch, no LPIPS in L_rec) 0.2 cost 2.2-2.6 dB of reconstruction and bought little: "
         "benchmarks/results/vae.md (beyond the paper)")
     align: bool = Field(True, description="False = the paper's 'w/o L_align' ablation (no L_align, no L_pred)")
+    features: Literal["standardised", "raw"] = Field(
+        "standardised", description="the five SCT_* features as Equations 2-4 see them: raw codes and "
+        "millimetres ('raw', the authors' code and the paper preset) or standardised by the training "
+        "split's mean and std (CPU presets). Standardised with sigma_f = 4 the target P is nearly "
+        "uniform (row entropy 2.65 against 2.71 uniform at batch 16), but every sharper target "
+        "measured (raw, or standardised with sigma_f 1.7 or 1) cost the tiny VAE 5 dB of "
+        "reconstruction (25.0 -> 19.9-20.3 dB) for a k-NN diameter R^2 of 0.87-0.91 against 0.87 "
+        "(benchmarks/results/align_target.md); the report gives P's row entropy")
     sigma_f: float = Field(4.0, gt=0)
     sigma_z: float = Field(1.0, gt=0)
     temperature: float = Field(0.5, gt=0)

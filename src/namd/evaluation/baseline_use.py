@@ -147,6 +147,7 @@ def measure_cond_stage(task, prior_dir: Path, val, seed: int) -> dict:
     LatentPairs), beside the prior of `prior_dir`; models of either parameterisation are scored
     on the noise they imply."""
     from namd.diffusion import as_epsilon, load_scheduler_config, model_output
+    from namd.models.null_context import load_null
     from namd.models.unet import load_unet
 
     device = next(task.unet.parameters()).device
@@ -156,7 +157,8 @@ def measure_cond_stage(task, prior_dir: Path, val, seed: int) -> dict:
     task.unet.eval()
     context = torch.cat([task.context(val.ehrs[s:s + 64], None, False, device)
                          for s in range(0, len(val), 64)])
-    null = task.encoder.null_context(1, device=device)[0]
+    saved = load_null(prior_dir)  # stage 1's own null context (CLIP's, or zeros)
+    null = (task.encoder.null_context(1, device=device) if saved is None else saved.to(device))[0]
     prior = load_unet(prior_dir, device)
     prior_type = load_scheduler_config(prior_dir)["prediction_type"]
     abar = task.scheduler.alphas_cumprod

@@ -263,8 +263,9 @@ def image_quality(generated: np.ndarray, real: np.ndarray, spacing_mm: np.ndarra
         block["lpips"] = status["lpips"]
     if status["fid"] is None:
         ref = gaussian_stats(inception_features(real, window))
-        block["fid"] = float(np.mean([frechet_to_reference(ref, inception_features(generated[:, j], window))
-                                      for j in range(k)]))
+        fid = np.array([frechet_to_reference(ref, inception_features(generated[:, j], window))
+                        for j in range(k)])
+        block["fid"], block["fid_std"] = float(fid.mean()), float(fid.std())  # Table 1's mean +- std over K
     else:
         block["fid"] = status["fid"]
     return block, {**errors, "diameter_mm": gen_d, "diameter_error_mm": err_d}

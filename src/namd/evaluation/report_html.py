@@ -120,7 +120,7 @@ def quality_table(quality: dict[str, Any]) -> str:
         cells = []
         for key, _ in QUALITY_COLUMNS:
             text = fmt_stat(values.get(key), None)
-            if key == "frechet_evaluator" and isinstance(values.get(f"{key}_std"), int | float):
+            if key in ("frechet_evaluator", "fid") and isinstance(values.get(f"{key}_std"), int | float):
                 text += f" ± {fmt_stat(values[f'{key}_std'], None)}"
             cells.append(f"<td class=num>{esc(text)}</td>")
         rows.append(f"<tr><td>{esc(display_name(name))}</td>{''.join(cells)}</tr>")

@@ -8,6 +8,8 @@
     probe_auroc          AUROC of the stage's linear probe on the split
     linear_probe_auroc   AUROC of a class-balanced logistic regression fitted on the training
                          latents: the same protocol for the aligned VAE and the ablation
+    target_entropy       mean row entropy of L_align's target P on the split's features as the
+                         loss sees them (raw or standardised), beside a uniform row's ln(B - 1)
 `_flat` variants use the flattened latent. Written to STAGE/report.json with tsne.png (the
 paper's Figure 2: latents coloured by diameter) and reconstructions.png.
 """
@@ -26,7 +28,7 @@ from namd.cohort.ehr import NODULE_FIELDS
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig
 from namd.contract import read_json
-from namd.models.alignment import project_latents
+from namd.models.alignment import project_latents, target_entropy
 from namd.models.probe import load_probe
 from namd.models.vae import from_network, load_trained_vae
 from namd.models.vae_data import (
@@ -169,6 +171,12 @@ def _reconstruct(vae, source: CropSource, batch_size: int) -> tuple[np.ndarray, 
     return np.concatenate(hu), np.concatenate(rec), np.concatenate(lat)
 
 
+def _entropy_keys(entropy: dict[str, float | None]) -> dict[str, float | None]:
+    """P's row entropy as flat report.json numbers (the HTML report shows scalars)."""
+    return {"target_entropy": entropy["entropy"], "target_entropy_uniform": entropy["uniform"],
+            "target_entropy_batch": entropy["batch"]}
+
+
 @torch.no_grad()
 def evaluate(vae, probe, source: CropSource, config: NamdConfig, train_latents: np.ndarray,
              train_labels: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
@@ -181,14 +189,17 @@ def evaluate(vae, probe, source: CropSource, config: NamdConfig, train_latents: 
     diameter = source.raw_features[:, NODULE_FIELDS.index("SCT_LONG_DIA")]
     metrics = reconstruction_metrics(hu, recon, source.window)
     metrics.update(
-        distance_spearman=distance_spearman(pooled, source.features),
-        distance_spearman_flat=distance_spearman(flat, source.features),
+        distance_spearman=distance_spearman(pooled, source.standardised),
+        distance_spearman_flat=distance_spearman(flat, source.standardised),
+        **_entropy_keys(target_entropy(source.features, cfg.sigma_f, cfg.temperature,
+                                       cfg.train.batch_size, seed)),
+        features=cfg.features,
         knn_r2_diameter=knn_r2(pooled, diameter, cfg.report_knn_k, cfg.report_folds, seed),
         knn_r2_diameter_flat=knn_r2(flat, diameter, cfg.report_knn_k, cfg.report_folds, seed),
         probe_auroc=auroc(probe(z).numpy(), source.labels),
         linear_probe_auroc=linear_probe_auroc(train_latents.reshape(len(train_latents), -1), train_labels,
                                               flat, source.labels, seed),
-        n_crops=len(source), n_complete_features=int(np.isfinite(source.features).all(1).sum()),
+        n_crops=len(source), n_complete_features=int(np.isfinite(source.raw_features).all(1).sum()),
         n_labelled=int(np.isfinite(source.labels).sum()), projection=cfg.projection,
     )
     return metrics, {"hu": hu, "recon": recon, "flat": flat, "diameter": diameter}

@@ -90,7 +90,7 @@ def alignment_loss(z: torch.Tensor, features: torch.Tensor, sigma_f: float, sigm
     """L_align (Equations 2-4): (1/B') sum_i KL(P_i || Q_i) over the B' samples whose features
     are all known (a sample with any missing feature leaves both P and Q).
 
-    `features` (B, T) are expected standardised (see `standardise_features`), NaN = missing.
+    `features` (B, T): raw or standardised (`vae.features`; see `standardise_features`), NaN = missing.
     With fewer than two usable samples there is no distribution to match: the loss is an
     exact 0 (still attached to the graph) and `n_used` tells the caller to say so.
     """
@@ -105,6 +105,25 @@ def alignment_loss(z: torch.Tensor, features: torch.Tensor, sigma_f: float, sigm
     # P log(P/Q) with 0 log 0 = 0: log_p is finite, exp(log_p) may underflow to exactly 0.
     kl_rows = (log_p.exp() * (log_p - log_q)).sum(1)
     return AlignmentResult(kl_rows.mean(), n)
+
+
+def target_entropy(features: np.ndarray, sigma_f: float, temperature: float, batch_size: int,
+                   seed: int, n_batches: int = 50) -> dict[str, float | None]:
+    """Mean row entropy of P (Equation 3) over random batches of the complete-feature rows, beside
+    ln(B - 1), a uniform row's: how much structure L_align asks of the latent. Near the uniform
+    value the target is flat and the loss asks for almost nothing."""
+    f = np.asarray(features, dtype=np.float64)
+    f = f[np.isfinite(f).all(1)]
+    b = min(batch_size, len(f))
+    if b < 3:
+        return {"entropy": None, "uniform": None, "batch": b}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n_batches):
+        pts = torch.from_numpy(f[rng.choice(len(f), size=b, replace=False)])
+        log_p = _offdiagonal_log_softmax(pts, sigma_f, temperature)
+        rows.append(float(-(log_p.exp() * log_p).sum(1).mean()))
+    return {"entropy": float(np.mean(rows)), "uniform": float(np.log(b - 1)), "batch": b}
 
 
 def class_weights(n_neg: int, n_pos: int, mode: str) -> tuple[float, float] | None:
@@ -142,33 +161,16 @@ def prediction_loss(logits: torch.Tensor, labels: torch.Tensor,
 
 
 class PerceptualLoss(torch.nn.Module):
-    """L_LPIPS with the `lpips` package and a local weight file, never a download.
+    """L_LPIPS (VGG) from a local safetensors file, never a download (namd.models.lpips)."""
 
-    The file must hold the whole LPIPS module's state dict (backbone and linear heads), as
-    safetensors; the backbone is built randomly initialised (`pnet_rand=True`) and then
-    overwritten, so torchvision never fetches ImageNet weights.
-    """
-
-    def __init__(self, weights: str | Path, net: str = "vgg"):
+    def __init__(self, weights: str | Path):
         super().__init__()
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"vae.lpips_weights: {path} not found (LPIPS needs local weights)")
-        if path.suffix != ".safetensors":
-            raise ValueError(f"vae.lpips_weights: {path} must be a .safetensors file (nothing is unpickled)")
-        try:
-            import lpips
-        except ImportError as exc:
-            raise ImportError("vae.lpips_weights is set but the optional `lpips` package is not "
-                              "installed; install it or unset vae.lpips_weights") from exc
-        from safetensors.torch import load_file
+        from namd.models.lpips import load_lpips
 
-        self.net = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
-        self.net.load_state_dict(load_file(str(path)), strict=True)
-        self.net.eval().requires_grad_(False)
+        self.net = load_lpips(weights)
 
     def forward(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
         """Mean LPIPS distance; 1-channel crops are replicated to the 3 channels LPIPS expects."""
         if x.shape[1] == 1:
             x, recon = x.expand(-1, 3, -1, -1), recon.expand(-1, 3, -1, -1)
-        return self.net(recon, x, normalize=False).mean()
+        return self.net(recon, x).mean()

@@ -8,7 +8,7 @@ Every context encoder maps a batch of EHR records to C of shape (B, m, D):
     encoder.n_tokens     # m, the number of context vectors per record
     C = encoder(ehrs)    # (B, m, D) float32, on the encoder's device; differentiable in the
                          #    trainable parameters only
-    encoder.null_context(B)            # (B, m, D) zeros: the null prompt (see below)
+    encoder.null_context(B)            # (B, m, D) the null prompt: zeros or the empty sentence
     encoder.trainable_parameters()     # soft prompts, or the structured MLP
     encoder.trainable_state_dict()     # name -> tensor, for safetensors checkpoints
     encoder.load_trainable_state_dict(sd)
@@ -55,15 +55,28 @@ class ContextEncoder(nn.Module, ABC):
         """Where C is produced (the device of the trainable parameters)."""
         return next(iter(self.trainable_parameters())).device
 
-    def null_context(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
-        """The null prompt of the unconditional stage (Eq. 9) and of condition dropout: zeros.
+    # diffusion.null_context, set by the factory: "zeros" or "empty_prompt"
+    null_mode: str = "zeros"
 
-        Zeros, as the authors' null conditioning: with an all-zero C every cross-attention key and
-        value is the same (diffusers' to_k/to_v have no bias), so attention returns a constant and
-        no record information reaches the U-Net. It needs no forward pass and no parameters.
+    def null_context(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
+        """The null prompt of condition dropout, guidance and the image-only ablation (B, m, D).
+
+        "zeros" (CPU presets): with an all-zero C every cross-attention key and value is the same
+        (diffusers' to_k/to_v have no bias), so attention returns a constant and no record
+        information reaches the U-Net; no forward pass, no parameters. "empty_prompt" (the
+        authors' code, the paper preset): the encoder's own output for the empty sentence, soft
+        prompts included, as LDM's learned conditioning of "". (Stage 1's null context is the
+        CLIP one, `namd.models.null_context`.)
         """
         device = self.device if device is None else device
+        if self.null_mode == "empty_prompt":
+            return self.empty_prompt_context().to(device).expand(batch_size, -1, -1)
         return torch.zeros(batch_size, self.n_tokens, self.dim, dtype=torch.float32, device=device)
+
+    def empty_prompt_context(self) -> Tensor:
+        """C (1, m, D) of the empty sentence; only a language-model encoder has one."""
+        raise ValueError(f"diffusion.null_context = 'empty_prompt' needs text.encoder = llm, not "
+                         f"{type(self).__name__}; use diffusion.null_context = zeros")
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimiser should update (soft prompts, or the structured MLP)."""
@@ -108,7 +121,7 @@ class StandardizedContext(ContextEncoder):
 
     Beyond the paper (text.standardize). The statistics are fitted once (`fit`, with the initial
     soft prompts, before cond training) and then fixed, so the soft prompts still move C freely;
-    they travel in `trainable_state_dict` under `standardize.*`. The null context stays zeros,
+    they travel in `trainable_state_dict` under `standardize.*`. A zero null context stays zeros,
     which after standardisation is also the average patient. A spread below a tenth of the median
     spread is raised to it, so near-constant values are not blown up.
     """
@@ -134,8 +147,15 @@ class StandardizedContext(ContextEncoder):
 
     def forward(self, ehrs: Sequence[EHR]) -> Tensor:
         """Standardised C (B, m, D)."""
-        raw = self.inner(ehrs)
+        return self._standardise(self.inner(ehrs))
+
+    def _standardise(self, raw: Tensor) -> Tensor:
+        """(C - mean) / std with the fitted statistics."""
         return (raw - self.mean.to(raw.device)) / self.std.to(raw.device)
+
+    def empty_prompt_context(self) -> Tensor:
+        """The wrapped encoder's empty-sentence C, standardised like every other C."""
+        return self._standardise(self.inner.empty_prompt_context())
 
     def fit(self, ehrs: Sequence[EHR], batch_size: int = 64) -> dict[str, float]:
         """Fit mean and std on `ehrs` (no grad); returns summary numbers for the run's log."""

@@ -17,12 +17,18 @@ PROMPTS_FILE = "context_encoder.safetensors"  # the trained soft prompts (or str
 ENCODER_FILE = "context_encoder.json"  # the text config, D, m and whether the context is null
 
 
-def build_context_encoder(cfg: TextConfig) -> ContextEncoder:
+def build_context_encoder(cfg: TextConfig, null_mode: str = "zeros") -> ContextEncoder:
     """The encoder that `cfg.encoder` names, 'llm' (paper) or 'structured' (plain fields),
-    standardised when `cfg.standardize`."""
+    standardised when `cfg.standardize`, with the null context `null_mode` names
+    (diffusion.null_context: 'zeros' or 'empty_prompt')."""
+    if null_mode not in ("zeros", "empty_prompt"):
+        raise ValueError(f"diffusion.null_context must be 'zeros' or 'empty_prompt', got {null_mode!r}")
     encoder: ContextEncoder
     if cfg.encoder == "structured":
         encoder = StructuredEncoder(cfg)
     else:
         encoder = LLMContextEncoder.from_config(cfg)
-    return StandardizedContext(encoder) if cfg.standardize else encoder
+    if cfg.standardize:
+        encoder = StandardizedContext(encoder)
+    encoder.null_mode = null_mode
+    return encoder

@@ -208,6 +208,11 @@ class LLMContextEncoder(ContextEncoder):
         """C (B, m, D) float32 for the records, from their report sentences."""
         return self.encode_text([report_sentence(ehr) for ehr in ehrs])
 
+    def empty_prompt_context(self) -> Tensor:
+        """C (1, m, D) of the empty sentence: [BOS, prompts, EOS] (diffusion.null_context =
+        empty_prompt, the authors' null conditioning of stage 2)."""
+        return self.encode_text([""])
+
     def token_ids(self, sentences: Sequence[str]) -> list[list[int]]:
         """Sentence token ids without special tokens; a sentence over max_length is an error."""
         ids = self.tokenizer(list(sentences), add_special_tokens=False)["input_ids"]

@@ -33,15 +33,46 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 
 def build_vae(cfg: VAEConfig) -> AutoencoderKL:
-    """A randomly initialised AutoencoderKL of the configured size (spatial factor 2^(levels-1))."""
+    """A randomly initialised AutoencoderKL of the configured size (spatial factor 2^(levels-1)),
+    with the configured residual-block dropout and decoder output."""
     levels = len(cfg.block_out_channels)
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         in_channels=cfg.in_channels, out_channels=cfg.in_channels,
         down_block_types=("DownEncoderBlock2D",) * levels,
         up_block_types=("UpDecoderBlock2D",) * levels,
         block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
         latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_num_groups,
     )
+    set_dropout(vae, cfg.dropout)
+    return set_output(vae, cfg.output)
+
+
+def set_dropout(vae: AutoencoderKL, p: float) -> AutoencoderKL:
+    """Dropout with probability p in every residual block (the authors' VAE: 0.2); diffusers'
+    AutoencoderKL takes no dropout argument, but its ResnetBlock2D holds an nn.Dropout."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    for module in vae.modules():
+        if isinstance(module, ResnetBlock2D):
+            module.dropout.p = p
+    return vae
+
+
+def _tanh_output(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook: the decoder's output through tanh."""
+    return torch.tanh(output)
+
+
+def set_output(vae: AutoencoderKL, output: str) -> AutoencoderKL:
+    """The decoder's output activation: 'tanh' (the authors' VAE) as a forward hook on the
+    decoder, so the weights keep diffusers' and SD1.5's key names; 'identity' = none. The
+    choice travels in latent_scale.json ("output"), read back by `load_trained_vae`."""
+    if output not in ("identity", "tanh"):
+        raise ValueError(f"vae.output must be 'identity' or 'tanh', got {output!r}")
+    if output == "tanh" and not getattr(vae, "_namd_tanh", False):
+        vae.decoder.register_forward_hook(_tanh_output)
+        vae._namd_tanh = True
+    return vae
 
 
 def latent_shape(cfg: VAEConfig, crop_size: int) -> tuple[int, int, int]:
@@ -75,9 +106,11 @@ def decode(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
 
 
 def save_trained_vae(vae: AutoencoderKL, out: Path, scale_factor: float, **extra) -> None:
-    """Write the autoencoder (diffusers folder, safetensors) and its latent scale factor."""
+    """Write the autoencoder (diffusers folder, safetensors), its latent scale factor and its
+    decoder output activation."""
     vae.save_pretrained(Path(out) / MODEL_DIR, safe_serialization=True)
-    atomic_write_json(Path(out) / SCALE_FILE, {"scale_factor": float(scale_factor), **extra})
+    output = "tanh" if getattr(vae, "_namd_tanh", False) else "identity"
+    atomic_write_json(Path(out) / SCALE_FILE, {"scale_factor": float(scale_factor), "output": output, **extra})
 
 
 def load_trained_vae(stage_dir: Path, device: str | torch.device = "cpu") -> tuple[AutoencoderKL, float]:
@@ -92,8 +125,19 @@ def load_trained_vae(stage_dir: Path, device: str | torch.device = "cpu") -> tup
     check_safetensors(model_path / DIFFUSERS_WEIGHTS, "vae")
     with reading(model_path, "vae"):
         vae = AutoencoderKL.from_pretrained(model_path, local_files_only=True, use_safetensors=True)
+    set_output(vae, read_output(stage_dir))
     vae.to(device).eval().requires_grad_(False)
     return vae, scale
+
+
+def read_output(stage_dir: Path) -> str:
+    """The decoder output activation a VAE stage saved ('identity' for stages saved before the
+    field existed, which had none)."""
+    path = Path(stage_dir) / SCALE_FILE
+    value = read_json(path, "vae").get("output", "identity")
+    if value not in ("identity", "tanh"):
+        raise RunFileError(path, f"output {value!r} is not 'identity' or 'tanh'", writer="vae")
+    return value
 
 
 def read_scale_factor(stage_dir: Path) -> float:

@@ -38,16 +38,21 @@ def cohort_hu(cohort: Cohort, indices: np.ndarray, window: tuple[float, float]) 
 
 
 class CropSource:
-    """A BatchSource of cohort crops: network-range images, standardised nodule features
-    (the five SCT_* fields of the crop's own row, NaN = missing) and labels (NaN = none)."""
+    """A BatchSource of cohort crops: network-range images, the nodule features L_align sees
+    (the five SCT_* fields of the crop's own row, raw or standardised as `vae.features` says,
+    NaN = missing) and labels (NaN = none)."""
 
     def __init__(self, cohort: Cohort, rows: pd.DataFrame, window: tuple[float, float], channels: int,
-                 feature_mean: np.ndarray, feature_std: np.ndarray):
+                 feature_mean: np.ndarray, feature_std: np.ndarray, scaling: str = "standardised"):
         self.cohort, self.window, self.channels = cohort, window, channels
         self.rows = rows.reset_index(drop=True)
         self.crop_index = self.rows["crop_index"].to_numpy(np.int64)
         self.raw_features = self.rows[list(NODULE_FIELDS)].to_numpy(np.float64)
-        self.features = standardise_features(self.raw_features, feature_mean, feature_std).astype(np.float32)
+        # the report's fixed yardstick, whatever the loss sees
+        self.standardised = standardise_features(self.raw_features, feature_mean, feature_std).astype(np.float32)
+        if scaling not in ("standardised", "raw"):
+            raise ValueError(f"vae.features must be 'standardised' or 'raw', got {scaling!r}")
+        self.features = self.standardised if scaling == "standardised" else self.raw_features.astype(np.float32)
         self.labels = self.rows["label"].astype("Float64").to_numpy(np.float64, na_value=np.nan)
 
     def __len__(self) -> int:
@@ -72,7 +77,8 @@ def split_source(cohort: Cohort, split: str, config: NamdConfig, stats: dict, sh
     if shuffle_seed is not None:
         rows = rows.iloc[np.random.default_rng(shuffle_seed).permutation(len(rows))]
     return CropSource(cohort, rows, tuple(config.data.window_hu), config.vae.in_channels,
-                      np.asarray(stats["feature_mean"]), np.asarray(stats["feature_std"]))
+                      np.asarray(stats["feature_mean"]), np.asarray(stats["feature_std"]),
+                      config.vae.features)
 
 
 def training_statistics(rows: pd.DataFrame, balance: str) -> dict:

@@ -37,6 +37,7 @@ import namd.models.context_factory as context_factory
 from namd.checkpoint import has_checkpoint, load_best
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig, TrainConfig
+from namd.config.preflight import check_stage
 from namd.diffusion import (
     load_scheduler_config,
     model_output,
@@ -45,6 +46,7 @@ from namd.diffusion import (
     training_target,
 )
 from namd.models.context_factory import ENCODER_FILE, PROMPTS_FILE
+from namd.models.null_context import save_null, stage_one_context
 from namd.models.unet import (
     build_unet,
     load_pretrained_into,
@@ -331,13 +333,16 @@ def _export(out: Path, task: PriorTask | CondTask, config: NamdConfig) -> None:
     """unet/, scheduler/ and (cond) the soft prompts and the encoder's config."""
     save_unet(task.unet, out)
     save_scheduler(task.scheduler, out)
+    if isinstance(task, PriorTask):
+        save_null(task.null, out)
     if isinstance(task, CondTask):
         enc = task.encoder
         state = {k: v.cpu().contiguous() for k, v in enc.trainable_state_dict().items()}
         atomic_write_bytes(out / PROMPTS_FILE, save(state, metadata={"null_context": str(task.use_null)}))
         atomic_write_json(out / ENCODER_FILE, {"text": config.text.model_dump(mode="json"),
                                                "dim": enc.dim, "n_tokens": enc.n_tokens,
-                                               "null_context": task.use_null})
+                                               "null_context": task.use_null,
+                                               "null_mode": enc.null_mode})
 
 
 def run_stage(config: NamdConfig, run: RunDir, *, stage: str, no_align: bool = False,
@@ -350,6 +355,7 @@ def run_stage(config: NamdConfig, run: RunDir, *, stage: str, no_align: bool = F
     """
     if stage not in ("prior", "cond"):
         raise ValueError(f"namd.training.diffusion trains prior or cond, not {stage!r}")
+    check_stage(config, stage)  # external files, before anything is written
     null_context = null_context and stage == "cond"
     dirs = variant_dirs(no_align, null_context)
     name = dirs[stage]
@@ -358,12 +364,14 @@ def run_stage(config: NamdConfig, run: RunDir, *, stage: str, no_align: bool = F
     acc = Accelerator(mixed_precision=tcfg.mixed_precision)
     store = _latent_store(config, run, dirs["vae"], acc)
     cohort = Cohort(run.require("cohort", f"train {stage}"))
-    encoder = context_factory.build_context_encoder(config.text).eval()
-    if stage == "cond" and not null_context:  # the prior and the ablation need only D, m and zeros
+    encoder = context_factory.build_context_encoder(config.text, config.diffusion.null_context).eval()
+    # the prior needs only D, m and its null context; the ablation runs the encoder only for the
+    # empty sentence
+    if stage == "cond" and (not null_context or config.diffusion.null_context == "empty_prompt"):
         _place(encoder, acc.device)
     if stage == "prior":
-        task, train, val, extra = _prior(config, cohort, store, encoder.dim,
-                                         encoder.null_context(1, device="cpu"), tcfg.seed)
+        null = stage_one_context(config, encoder)
+        task, train, val, extra = _prior(config, cohort, store, null.shape[-1], null, tcfg.seed)
     else:
         task, train, val, extra = _cond(config, run, dirs["prior"], cohort, store, encoder,
                                         null_context, tcfg.seed)
@@ -388,5 +396,5 @@ def run_stage(config: NamdConfig, run: RunDir, *, stage: str, no_align: bool = F
                       latent_fingerprint=store.fingerprint, scale_factor=store.scale_factor,
                       latent_shape=list(store.shape), null_context=null_context,
                       condition_dropout=config.diffusion.condition_dropout, steps=result.steps,
-                      best_step=result.best_step, best_val=best_val, **extra)
+                      best_step=result.best_step, best_val=best_val, train_plan=result.plan, **extra)
     return out

@@ -172,7 +172,7 @@ def run_stage(config: NamdConfig, run: RunDir, *, resume: bool = False,
         log.warning("evaluator: calibration %s", calibration.status)
     run.mark_done(STAGE, config, cfg.train.seed, image_size=cohort.crop_size,
                   selection=selection,
-                  best_step=result.best_step, steps=result.steps,
+                  best_step=result.best_step, steps=result.steps, train_plan=result.plan,
                   val_auroc=final["auroc"], val_auprc=final["auprc"],
                   pos_weight=n_neg / n_pos,
                   n_train={"crops": len(train), "malignant": n_pos, "benign": n_neg,

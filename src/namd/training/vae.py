@@ -20,7 +20,8 @@ import torch
 from diffusers import AutoencoderKL
 
 from namd.cohort.store import Cohort
-from namd.config import NamdConfig, VAEConfig
+from namd.config import ConfigError, NamdConfig, VAEConfig
+from namd.config.preflight import check_stage
 from namd.imaging import random_rotations, rotate
 from namd.models.alignment import (
     PerceptualLoss,
@@ -39,15 +40,14 @@ from namd.runinfo import atomic_write_json
 log = logging.getLogger(__name__)
 
 def perceptual_loss(cfg: VAEConfig) -> tuple[PerceptualLoss | None, str]:
-    """The LPIPS network when it can be used, and a sentence saying whether L_LPIPS is on."""
+    """The LPIPS network when L_LPIPS is on, and a sentence saying whether it is (the stage's
+    preflight has checked that weights are given when the weight is above 0)."""
     if cfg.lambda_lpips == 0:
         log.info("L_LPIPS off: vae.lambda_lpips is 0")
         return None, "off: vae.lambda_lpips is 0"
     if not cfg.lpips_weights:
-        status = "off: no local LPIPS weights (vae.lpips_weights unset); vae.lambda_lpips ignored"
-        log.warning("L_LPIPS %s", status)
-        return None, status
-    return PerceptualLoss(cfg.lpips_weights, cfg.lpips_net), f"on: {cfg.lpips_net} weights from {cfg.lpips_weights}"
+        raise ConfigError(f"vae.lambda_lpips is {cfg.lambda_lpips} but vae.lpips_weights is unset")
+    return PerceptualLoss(cfg.lpips_weights), f"on: vgg weights from {cfg.lpips_weights}"
 
 
 def _value(t: torch.Tensor) -> float:
@@ -188,6 +188,8 @@ def run_stage(config: NamdConfig, run: RunDir, *, no_align: bool = False, resume
     if run.is_done(name) and not overwrite:
         log.info("%s: already finished (use --overwrite to retrain)", out)
         return out
+    check_stage(config, "vae")  # before anything is written
+    perceptual, lpips_status = perceptual_loss(cfg)
     cohort = Cohort(run.require("cohort", "train vae"))
     factor = 2 ** (len(cfg.block_out_channels) - 1)
     if cohort.crop_size % factor:
@@ -202,7 +204,6 @@ def run_stage(config: NamdConfig, run: RunDir, *, no_align: bool = False, resume
     torch.manual_seed(cfg.train.seed)
     vae = build_vae_from_config(cfg)
     probe = LinearProbe(latent_shape(cfg, cohort.crop_size))
-    perceptual, lpips_status = perceptual_loss(cfg)
     task = VAETask(vae, probe, cfg, cfg.train.rotation_augment, stats["class_weights"], perceptual)
     trainer = Trainer(cfg.train, out)
     result = trainer.fit(task, train_src, val_src if len(val_src) else None,
@@ -230,6 +231,6 @@ def run_stage(config: NamdConfig, run: RunDir, *, no_align: bool = False, resume
     report = write_report(out, cohort, config, split, train_latents=train_latents, train_labels=train_src.labels)
     run.mark_done(name, config, cfg.train.seed, lpips=lpips_status, probe=probe_status,
                   scale_factor=scale, best_step=result.best_step,
-                  best_val_loss=_finite_or_none(result.best_val),
+                  best_val_loss=_finite_or_none(result.best_val), train_plan=result.plan,
                   report=report)
     return out

@@ -1,0 +1,82 @@
+"""Stage 1's null context C (Equation 9), and where it is kept.
+
+"zeros" (CPU presets): zeros of the context encoder's shape (B, m, D), so stage 2 reuses every
+weight of stage 1. "empty_prompt" (the authors' code, the paper preset): SD1.5's CLIP text
+encoder's embedding of the empty prompt, (1, 77, 768), read from the local SD1.5 folder, so
+stage 1 keeps SD1.5's 768-wide cross-attention weights; stage 2 then widens them to the
+language model's D (its key/value projections start afresh) and its own null context is the
+language model's output for the empty sentence (`ContextEncoder.null_context`).
+
+The prior stage saves the C it trained with (RUN/prior/null_context.safetensors); whatever
+runs the prior again (the baseline-use measure) reads it from there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from namd.config import NamdConfig
+from namd.config.preflight import clip_folder
+from namd.models.context import ContextEncoder
+
+NULL_FILE = "null_context.safetensors"
+
+
+def _sub(folder: Path, name: str) -> Path:
+    """An SD1.5 pipeline's component folder, or the folder itself when it is that component."""
+    return folder / name if (folder / name).is_dir() else folder
+
+
+def clip_empty_prompt(folder: str | Path) -> Tensor:
+    """CLIP's last hidden state of the empty prompt padded to the tokenizer's length, (1, L, D):
+    (1, 77, 768) for SD1.5. Local files only, safetensors only."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"diffusion.clip_text: {folder} not found")
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(_sub(folder, "tokenizer"), local_files_only=True)
+        model = CLIPTextModel.from_pretrained(_sub(folder, "text_encoder"), local_files_only=True,
+                                              use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"diffusion.clip_text: {folder} holds no CLIP tokenizer and text encoder "
+                         f"(safetensors) in tokenizer/ and text_encoder/: {' '.join(str(exc).split())[:200]}") from exc
+    ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return model.eval()(input_ids=ids).last_hidden_state.float().contiguous()
+
+
+def stage_one_context(config: NamdConfig, encoder: ContextEncoder) -> Tensor:
+    """The null context (1, m, D) stage 1 trains with, as diffusion.null_context says."""
+    if config.diffusion.null_context == "empty_prompt":
+        folder = clip_folder(config)
+        if folder is None:
+            raise ValueError("diffusion.null_context = 'empty_prompt' needs diffusion.clip_text or "
+                             "diffusion.unet.pretrained (an SD1.5 folder)")
+        return clip_empty_prompt(folder)
+    return torch.zeros(1, encoder.n_tokens, encoder.dim)
+
+
+def save_null(context: Tensor, stage_dir: Path) -> None:
+    """Write stage 1's null context into its folder (atomically)."""
+    from safetensors.torch import save
+
+    from namd.runinfo import atomic_write_bytes
+
+    atomic_write_bytes(Path(stage_dir) / NULL_FILE, save({"null_context": context.detach().cpu().contiguous()}))
+
+
+def load_null(stage_dir: Path) -> Tensor | None:
+    """Stage 1's saved null context (1, m, D); None for a prior saved before the file existed,
+    which trained on zeros of the context encoder's shape."""
+    from namd.contract import load_safetensors
+
+    path = Path(stage_dir) / NULL_FILE
+    if not path.is_file():
+        return None
+    return load_safetensors(path, "prior")["null_context"]

@@ -1,0 +1,86 @@
+"""The numbers of a prediction as the page shows them: probabilities with four decimals, each
+in an element marked `data-namd="<name>"` with the unrounded value in `data-value`, so that a
+reader sees them and a test can check them against `NAMDPipeline.predict`.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from namd.serve.session import Result
+
+NOTICE = "Research use only, not a medical device."
+SEED_FROM = {"id": "the test nodule's pair id (as namd sample)", "crop": "the sha256 of the crop"}
+
+
+def fmt_p(p: float) -> str:
+    """A probability as shown: four decimals."""
+    return f"{p:.4f}"
+
+
+def _value(name: str, value: float | None, missing: str = "not available") -> str:
+    """A number in its marked element (the text shown when it is None)."""
+    if value is None:
+        return f'<span data-namd="{name}" data-value="">{html.escape(missing)}</span>'
+    return f'<span data-namd="{name}" data-value="{value!r}">{fmt_p(value)}</span>'
+
+
+def _rows(rows: list[tuple[str, str]]) -> str:
+    """An HTML table of (heading, cell HTML) rows."""
+    body = "".join(f"<tr><th>{html.escape(head)}</th><td>{cell}</td></tr>" for head, cell in rows)
+    return f'<table class="namd-table">{body}</table>'
+
+
+def numbers_html(result: Result) -> str:
+    """The malignancy estimate: baseline, mean +- std over K, each follow-up, Brock, the real
+    follow-up when known, and how the probabilities are calibrated."""
+    pred = result.prediction
+    each = ", ".join(_value(f"p_followup_{i}", p) for i, p in enumerate(pred.p_followup))
+    rows = [("evaluator on the baseline crop", _value("p_baseline", pred.p_baseline)),
+            (f"evaluator on the K = {pred.k} virtual follow-ups (mean ± std)",
+             f"{_value('p_followup_mean', pred.p_followup_mean)} ± "
+             f"{_value('p_followup_std', pred.p_followup_std)}"),
+            ("each virtual follow-up", f'<span data-namd="p_followup">{each}</span>'),
+            ("Brock model (EHR only, no image)",
+             _value("brock", pred.brock, "not computable without the longest diameter"))]
+    if result.baseline.followup is not None:
+        rows.append(("evaluator on the real follow-up (reference)",
+                     _value("p_real_followup", result.p_real_followup)))
+    calibrated = pred.provenance.get("probability") == "calibrated"
+    note = ("Each probability is calibrated (Platt scaling fitted on the run's validation split) "
+            "before the mean over K." if calibrated else "Raw evaluator outputs (the run fitted no "
+            "calibration).")
+    return f'<div class="namd-readout">{_rows(rows)}<p class="namd-note">{html.escape(note)}</p></div>'
+
+
+def provenance_rows(provenance: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(name, heading, shown text) of the provenance the page lists."""
+    return [("model_sha256", "model sha256", provenance["model_sha256"]),
+            ("variant", "variant", provenance["variant"]),
+            ("namd_version", "namd version", provenance["namd_version"]),
+            ("seed", "seed", str(provenance["seed"])),
+            ("seed_from", "noises seeded from", SEED_FROM.get(provenance["seed_from"],
+                                                              provenance["seed_from"])),
+            ("k", "k (virtual follow-ups)", str(provenance["k"])),
+            ("steps", "steps", f"{provenance['steps']} ({provenance['scheduler']}, eta "
+                               f"{provenance['eta']:g}, guidance {provenance['guidance_scale']:g})"),
+            ("probability", "probabilities", provenance["probability"])]
+
+
+def provenance_html(result: Result) -> str:
+    """What produced the prediction (no path, no id): NAMDPipeline.provenance."""
+    rows = [(head, f'<span data-namd="{name}">{html.escape(text)}</span>')
+            for name, head, text in provenance_rows(result.prediction.provenance)]
+    return f'<div class="namd-provenance">{_rows(rows)}</div>'
+
+
+def error_html(message: str) -> str:
+    """A one-line error as the page shows it."""
+    return f'<div class="namd-error" data-namd="error">error: {html.escape(message)}</div>'
+
+
+def status_html(message: str) -> str:
+    """A one-line status (no error) as the page shows it."""
+    return f'<div class="namd-status" data-namd="status">{html.escape(message)}</div>'
