@@ -78,7 +78,7 @@ def save_gemma_shaped(folder: Path, layers: int = LM_LAYERS, seed: int = 0) -> P
     from transformers import Gemma3ForCausalLM
 
     from namd.cohort.ehr import report_sentence
-    from namd.sizing import medgemma_text_config, probe_records, word_tokenizer
+    from namd.sizing.language_model import medgemma_text_config, probe_records, word_tokenizer
 
     tok = word_tokenizer([report_sentence(e) for e in probe_records(512)] + [""])
     config = medgemma_text_config(num_hidden_layers=layers, vocab_size=len(tok),
