@@ -52,14 +52,15 @@ def load_line(m: dict) -> str:
     return line
 
 
-def publish(out: str | Path, record: dict, markdown: Callable[[dict], str]) -> None:
-    """Write OUT.json and OUT.md and print the Markdown. When the record has a `machine()` dict
-    and the Markdown does not state the load, its `load_line` is added as a last paragraph, so
-    no published result is silent about the load it ran under."""
-    out = Path(out)
-    atomic_write_json(out.with_suffix(".json"), record)
+def publish(out: str | Path | None, record: dict, markdown: Callable[[dict], str]) -> None:
+    """Write OUT.json and OUT.md (nothing when `out` is None) and print the Markdown. When the
+    record has a `machine()` dict and the Markdown does not state the load, its `load_line` is
+    added as a last paragraph, so no published result is silent about the load it ran under."""
     text = markdown(record)
     if isinstance(record.get("machine"), dict) and "Load: " not in text:
         text = text.rstrip("\n") + "\n\n" + load_line(record["machine"]) + "\n"
-    atomic_write_text(out.with_suffix(".md"), text)
+    if out is not None:
+        out = Path(out)
+        atomic_write_json(out.with_suffix(".json"), record)
+        atomic_write_text(out.with_suffix(".md"), text)
     print(text)

@@ -68,10 +68,7 @@ def main() -> None:
         results = list(pool.map(lambda n: lever(n, LEVERS[n], args), chosen))
     record = {"machine": machine(before, threads=args.jobs * args.threads), "base": args.base,
               "levers": results}
-    if args.out:
-        publish(args.out, record, markdown)
-    else:
-        print(markdown(record))
+    publish(args.out, record, markdown)
 
 
 if __name__ == "__main__":

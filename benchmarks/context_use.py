@@ -79,10 +79,7 @@ def main() -> None:
     runs = [measure(Path(r), args.n, args.seed) for r in args.run]
     command = "python benchmarks/context_use.py " + " ".join(f"--run {r}" for r in args.run)
     record = {"command": command, "machine": machine(before), "runs": runs}
-    if args.out:
-        publish(args.out, record, markdown)
-    else:
-        print(markdown(record))
+    publish(args.out, record, markdown)
 
 
 if __name__ == "__main__":

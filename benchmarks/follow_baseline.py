@@ -180,10 +180,7 @@ def main() -> None:
     # the levers' processes ran --jobs x --threads torch threads in all, not this process's
     record = {"machine": machine(before, threads=args.jobs * args.threads), "base": args.base,
               "stages": args.stages, "threads": args.threads, "jobs": args.jobs, "levers": results}
-    if args.out:
-        publish(args.out, record, markdown)
-    else:
-        print(markdown(record))
+    publish(args.out, record, markdown)
 
 
 if __name__ == "__main__":
