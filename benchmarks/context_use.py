@@ -32,8 +32,7 @@ def measure(run: Path, n: int, seed: int) -> dict:
     sampler = FollowUpSampler.from_run(RunDir(run), variant_dirs(), config)
     cohort = Cohort(run / "cohort")
     train = cohort.pairs("train").dropna(subset=["label"])
-    probe = cu.probe(sampler.encoder, [Cohort.ehr(r) for _, r in train.iterrows()],
-                     train["label"].to_numpy(int), seed)
+    probe = cu.probe(sampler.encoder, train, seed)
     pairs = pairs_to_sample(cohort, "test").iloc[:n]
     cond = sampler.conditioning(pairs["pair_id"].tolist(), cohort.images(pairs["baseline_index"]),
                                 [Cohort.ehr(r) for _, r in pairs.iterrows()])

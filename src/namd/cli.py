@@ -60,12 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     except EXPECTED as exc:
         if args.verbose:
             raise
-        print(f"namd {args.command}: error: {_message(exc)}", file=sys.stderr)
+        print(f"namd {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return 1
 
 
-def _message(exc: BaseException) -> str:
-    """The one-line text of an error (multi-line library messages are joined)."""
+def error_line(exc: BaseException) -> str:
+    """The one-line text of an error (multi-line library messages are joined); `namd serve`
+    shows the same line in its page."""
     return " ".join(str(exc).split()) or type(exc).__name__
 
 

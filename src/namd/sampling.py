@@ -195,7 +195,8 @@ class FollowUpSampler:
                      batch: int = 16) -> Conditioning:
         """Baseline latents and contexts, each computed once per nodule."""
         z1 = encode_hu(self.vae, baselines_hu, self.scale, self.window, batch, self.device)
-        null = self.encoder.null_context(1, device="cpu")[0]
+        with torch.no_grad():  # an empty-prompt null context runs the encoder
+            null = self.encoder.null_context(1, device="cpu")[0]
         if self.null_only:
             ctx = null.expand(len(keys), -1, -1)
         else:

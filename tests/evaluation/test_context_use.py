@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from namd.cohort.ehr import EHR, EHR_FIELDS
 from namd.config import SamplingConfig
 from namd.evaluation import context_use as cu
 from namd.sampling import Conditioning
@@ -31,13 +30,22 @@ def test_cv_auroc_finds_signal_and_not_noise():
     assert cu.cv_auroc(informative[:83], y[:83]) is None  # 3 malignant: fewer than the folds
 
 
-def test_record_matrix_imputes_and_flags_missing_fields():
-    ehrs = [EHR(age=60.0, gender=1), EHR(age=70.0), EHR(gender=2)]
-    x = cu.record_matrix(ehrs)
-    age, gender = EHR_FIELDS.index("age"), EHR_FIELDS.index("gender")
-    assert x[:, age].tolist() == [60.0, 70.0, 65.0] and x[:, gender].tolist() == [1.0, 1.5, 2.0]
-    assert x.shape == (3, len(EHR_FIELDS) + len(EHR_FIELDS))  # every field missing somewhere here
-    assert np.isfinite(x).all()
+def test_cv_auroc_takes_the_ehr_logistic_model_on_the_fields():
+    """The record probe is the `ehr_logistic` row's model, missing values and codes included."""
+    import pandas as pd
+
+    from namd.cohort.ehr import EHR_FIELDS
+    from namd.evaluation.baselines import ehr_model
+
+    rng = np.random.default_rng(1)
+    y = np.array([0] * 60 + [1] * 20)
+    table = pd.DataFrame(np.nan, index=range(80), columns=list(EHR_FIELDS))
+    table["age"] = 60 + 8 * y + rng.normal(0, 2, 80)
+    table["gender"] = rng.choice([1.0, 2.0], 80)
+    table.loc[::7, "age"] = np.nan  # missing values take the model's own imputation
+    assert cu.cv_auroc(table, y, ehr_model(0)) > 0.9
+    table["age"] = rng.normal(60, 2, 80)
+    assert abs(cu.cv_auroc(table, y, ehr_model(0)) - 0.5) < 0.25
 
 
 class ContextUNet(torch.nn.Module):

@@ -2,8 +2,8 @@
 diagnosis, measured rather than guessed), for a finished cond stage:
 
     probe        cross-validated AUROC of a logistic regression predicting malignancy from C
-                 (flattened m x D) of the training pairs, beside the same probe on the 13 EHR
-                 fields as numbers: whether C holds the record's malignancy information at all,
+                 (flattened m x D) of the training pairs, beside the `ehr_logistic` baseline's
+                 model on the 13 fields: whether C holds the record's malignancy information at all,
                  and how much of it the language model (with its soft prompts) keeps
     sensitivity  per timestep band, the RMS change of the U-Net's output when C is swapped
                  between patients (a derangement), relative to its RMS: how much C steers one
@@ -15,12 +15,10 @@ diagnosis, measured rather than guessed), for a finished cond stage:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
+import pandas as pd
 import torch
 
-from namd.cohort.ehr import EHR, EHR_FIELDS
 from namd.config import SamplingConfig, validated_update
 from namd.evaluation.baseline_use import BANDS
 from namd.models.context import ContextCache
@@ -39,42 +37,38 @@ def derangement(n: int, seed: int) -> np.ndarray:
             return perm
 
 
-def cv_auroc(features: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> float | None:
-    """Out-of-fold AUROC of a standardised, class-balanced logistic regression (None when a
-    class has fewer members than folds)."""
+def cv_auroc(features, labels: np.ndarray, model=None, folds: int = 5, seed: int = 0) -> float | None:
+    """Out-of-fold AUROC of `model` (default: a standardised, class-balanced logistic regression
+    on flattened features); None when a class has fewer members than folds."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from namd.evaluation.metrics import auroc
+
     y = np.asarray(labels).astype(int)
     if min(np.bincount(y, minlength=2)) < folds:
         return None
-    model = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000))
+    if model is None:
+        model = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000))
+        features = np.asarray(features, dtype=np.float64).reshape(len(y), -1)
     split = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    scores = cross_val_predict(model, np.asarray(features, dtype=np.float64).reshape(len(y), -1), y,
-                               cv=split, method="predict_proba")[:, 1]
-    return float(roc_auc_score(y, scores))
+    return auroc(y, cross_val_predict(model, features, y, cv=split, method="predict_proba")[:, 1])
 
 
-def record_matrix(ehrs: Sequence[EHR]) -> np.ndarray:
-    """The 13 fields as numbers, a missing value as the field's mean plus a missing indicator."""
-    raw = np.array([[np.nan if getattr(e, f) is None else float(getattr(e, f)) for f in EHR_FIELDS]
-                    for e in ehrs])
-    missing = np.isnan(raw)
-    means = np.where(missing.all(0), 0.0, np.nanmean(np.where(missing.all(0), 0.0, raw), axis=0))
-    filled = np.where(missing, means, raw)
-    return np.concatenate([filled, missing[:, missing.any(0)].astype(float)], axis=1)
+def probe(encoder: torch.nn.Module, pairs: pd.DataFrame, seed: int = 0) -> dict:
+    """Malignancy AUROC (5-fold) from C and from the record's fields (the `ehr_logistic`
+    baseline's model), on the same labelled pairs."""
+    from namd.cohort.store import Cohort
+    from namd.evaluation.baselines import ehr_model, ehr_table, labels
 
-
-def probe(encoder: torch.nn.Module, ehrs: Sequence[EHR], labels: np.ndarray, seed: int = 0) -> dict:
-    """Malignancy AUROC (5-fold) from C and from the record's fields, on the same records."""
+    y = labels(pairs, "probe pairs")
     with torch.no_grad():
-        contexts = ContextCache(encoder)(list(ehrs)).float().cpu().numpy()
-    return {"n": len(labels), "n_malignant": int(np.sum(labels)),
-            "auroc_from_context": cv_auroc(contexts, labels, seed=seed),
-            "auroc_from_record_fields": cv_auroc(record_matrix(ehrs), labels, seed=seed)}
+        contexts = ContextCache(encoder)([Cohort.ehr(row) for _, row in pairs.iterrows()])
+    return {"n": len(y), "n_malignant": int(y.sum()),
+            "auroc_from_context": cv_auroc(contexts.float().cpu().numpy(), y, seed=seed),
+            "auroc_from_record_fields": cv_auroc(ehr_table(pairs), y, ehr_model(seed), seed=seed)}
 
 
 @torch.no_grad()

@@ -235,11 +235,11 @@ def one_line(exc: BaseException) -> str:
     """An error as the page shows it: the CLI's one line for the errors the CLI expects
     (namd.cli.EXPECTED: bad input, a damaged file), a short line for any other, whose
     traceback goes to the server's log instead of the page."""
-    from namd.cli import EXPECTED
+    from namd.cli import EXPECTED, error_line
 
-    text = " ".join(str(exc).split())
     if isinstance(exc, EXPECTED):
-        return text or type(exc).__name__
+        return error_line(exc)
+    text = " ".join(str(exc).split())
     log.error("namd serve: unexpected error", exc_info=exc)
     return f"unexpected {type(exc).__name__}: {text[:300]} (the server's log has the details)"
 

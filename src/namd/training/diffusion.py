@@ -199,14 +199,14 @@ class CondTask:
         return {}
 
     def context(self, ehrs: list, generator: torch.Generator, train: bool, device: torch.device) -> torch.Tensor:
-        """C for a batch of records, with condition dropout when training."""
-        null = self.encoder.null_context(len(ehrs), device=device)
+        """C for a batch of records, with condition dropout when training (the null context,
+        a language-model pass with diffusion.null_context = empty_prompt, only when used)."""
         if self.use_null:
-            return null
+            return self.encoder.null_context(len(ehrs), device=device)
         c = self.encoder(ehrs).to(device)
         if train and self.dropout > 0:
             drop = (torch.rand(len(ehrs), generator=generator) < self.dropout).to(device)
-            c = torch.where(drop[:, None, None], null, c)
+            c = torch.where(drop[:, None, None], self.encoder.null_context(len(ehrs), device=device), c)
         return c
 
     def loss(self, batch: Batch, generator: torch.Generator, train: bool) -> tuple[torch.Tensor, dict[str, float]]:
