@@ -104,3 +104,32 @@ class RegressionData:
 
     def batch(self, indices: np.ndarray) -> dict:
         return {"x": self.x[indices], "y": self.y[indices]}
+
+
+class RegressionTask:
+    """A trainer TrainTask: a linear model on RegressionData, its loss a plain mean over the
+    batch; `noise` adds input noise drawn from the step's generator, `dropout` a dropout layer
+    (torch's global RNG) in front."""
+
+    def __init__(self, noise: float = 0.0, dropout: float = 0.0):
+        import torch
+
+        torch.manual_seed(0)
+        linear = torch.nn.Linear(4, 1)
+        self.net = torch.nn.Sequential(torch.nn.Dropout(dropout), linear) if dropout else linear
+        self.noise = noise
+
+    def trainable(self):
+        return {"net": self.net}
+
+    def frozen(self):
+        return {}
+
+    def loss(self, batch, generator, train):
+        import torch
+
+        x = batch["x"]
+        if train and self.noise:
+            x = x + torch.randn(x.shape, generator=generator) * self.noise
+        mse = (self.net(x) - batch["y"]).pow(2).mean()
+        return mse, {"mse": float(mse.detach())}

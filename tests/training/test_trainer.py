@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from helpers import RegressionData
+from helpers import RegressionData, RegressionTask
 from safetensors.torch import load_file
 
 from namd.checkpoint import aside_of, load_best, load_checkpoint, recover, save_checkpoint
@@ -18,32 +18,12 @@ from namd.config import TrainConfig
 from namd.training.trainer import Trainer, global_rng, learning_rate
 
 
-class Task:
-    """A linear model with dropout-free noise injection drawn from the step generator."""
-
-    def __init__(self):
-        torch.manual_seed(0)
-        self.net = torch.nn.Linear(4, 1)
-
-    def trainable(self):
-        return {"net": self.net}
-
-    def frozen(self):
-        return {}
-
-    def loss(self, batch, generator, train):
-        noise = torch.randn(batch["x"].shape, generator=generator) * 0.01 if train else 0.0
-        err = self.net(batch["x"] + noise) - batch["y"]
-        mse = err.pow(2).mean()
-        return mse, {"mse": float(mse.detach())}
+def Task():  # the regression with input noise from the step generator
+    return RegressionTask(noise=0.01)
 
 
-class DropoutTask(Task):
-    """The same regression through a dropout layer, which draws from torch's global RNG."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(4, 1))
+def DropoutTask():  # the same through a dropout layer (torch's global RNG)
+    return RegressionTask(noise=0.01, dropout=0.5)
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -167,7 +147,7 @@ def test_ema_weights_are_checkpointed_and_loaded(tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
-    class Bad(Task):
+    class Bad(RegressionTask):
         def loss(self, batch, generator, train):
             return torch.tensor(float("nan"), requires_grad=True), {}
 

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import RegressionData
+from helpers import RegressionData, RegressionTask
 from safetensors.torch import load_file
 
 from namd.config import TrainConfig
@@ -17,35 +17,12 @@ from namd.training.schedule import learning_rate, plan_steps
 from namd.training.trainer import Trainer
 
 
-class MeanTask:
-    """A linear regression without any randomness: its loss is a plain mean over the batch."""
-
-    def __init__(self):
-        torch.manual_seed(0)
-        self.net = torch.nn.Linear(4, 1)
-
-    def trainable(self):
-        return {"net": self.net}
-
-    def frozen(self):
-        return {}
-
-    def loss(self, batch, generator, train):
-        mse = (self.net(batch["x"]) - batch["y"]).pow(2).mean()
-        return mse, {"mse": float(mse.detach())}
+def MeanTask():  # a regression without any randomness
+    return RegressionTask()
 
 
-class NoisyDropoutTask(MeanTask):
-    """Dropout (torch's global RNG) and input noise (the micro-batch's generator)."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(4, 1))
-
-    def loss(self, batch, generator, train):
-        noise = torch.randn(batch["x"].shape, generator=generator) * 0.05 if train else 0.0
-        mse = (self.net(batch["x"] + noise) - batch["y"]).pow(2).mean()
-        return mse, {"mse": float(mse.detach())}
+def NoisyDropoutTask():  # dropout (global RNG) and input noise (the step generator)
+    return RegressionTask(noise=0.05, dropout=0.5)
 
 
 def _cfg(**kw) -> TrainConfig:
