@@ -127,3 +127,16 @@ def test_variants_that_did_not_run_keep_their_status():
     assert block["generated"]["namd_no_align"] == {"status": "not run: samples_no_align not found"}
     assert block["generated"]["namd_null_context"]["status"].startswith("not run")
     assert block["paper"] == 0.82
+
+
+def test_the_clinical_rows_closure_is_the_yardstick_of_what_the_record_could_add():
+    """The rows that read the record directly get the same closure under `reference`; a clinical
+    score as good as the real follow-up closes all of it, one that did not run is left out."""
+    y, base, follow, rng = _data()
+    halfway = 1.0 * y + rng.normal(size=N)
+    block = _block(y, base, follow, follow, brock=Row(follow[None]), ehr_logistic=Row(halfway[None]),
+                   baseline_plus_ehr=Row(status="not run: the validation split lacks one class"))
+    assert list(block["reference"]) == ["brock", "ehr_logistic"]
+    assert block["reference"]["brock"]["point"] == 1.0
+    mid = block["reference"]["ehr_logistic"]
+    assert 0.0 < mid["point"] < 1.0 and mid["ci95"][0] < mid["point"] < mid["ci95"][1]

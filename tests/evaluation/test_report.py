@@ -323,6 +323,26 @@ def test_gap_closure_sentence_reads_an_absent_or_undefined_ratio():
     assert "excludes the paper's 0.82 and contains 0" in gap_sentence(low)
 
 
+def test_what_the_record_adds_reads_the_null_context_test_growth_and_the_clinical_yardstick():
+    from namd.evaluation.report_gap import record_sentence
+
+    def metrics(delta, p, gap_difference):
+        return {"rows": [{"name": "namd"}, {"name": "namd_null_context",
+                                            "vs_namd": {"delta_auroc": delta, "p_value": p}}],
+                "growth": {"generated": {"namd": {"difference_mm": 2.0}, "namd_null_context": {
+                    "vs_namd": {"gap_difference_mm": gap_difference, "ci95": [0.2, 1.4]}}}},
+                "gap_closure": {"reference": {"ehr_logistic": {"point": 0.34}}}}
+    steered = record_sentence(metrics(-0.08, 0.01, 0.8))
+    assert "changes by -0.080 (paired DeLong p = 0.01)" in steered
+    assert "by -0.80 mm [-1.40, -0.20]: 40% of it is the record's." in steered
+    assert "Logistic regression (EHR only) 0.34 of the gap" in steered
+    assert steered.endswith("The record steers these follow-ups measurably.")
+    assert "does not yet steer" in record_sentence(metrics(-0.08, 0.2, 0.8))
+    assert "does not yet steer" in record_sentence(metrics(-0.08, 0.01, 0.4))  # 20% removed
+    assert "the model without the record separates growth 25% more" in record_sentence(metrics(0.03, 0.1, -0.5))
+    assert "not measured in this run" in record_sentence({"rows": []})
+
+
 def test_text_from_files_is_escaped(full_run):
     _, text, _ = full_run
     assert "<b>no EHR</b>" not in text and "&lt;b&gt;no EHR&lt;/b&gt;" in text

@@ -177,3 +177,23 @@ def test_pretrained_from_an_original_ldm_single_file(tmp_path):
     assert report is not None and report.share == 1.0
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_pooled_context_starts_silent_then_learns_a_global_shift():
+    """diffusion.pooled_context: the pooled-C embedding adds nothing until trained (the cond
+    stage begins as the prior), and its gradient reaches it from the first step."""
+    plain = _tiny(in_channels=8)
+    pooled = build_unet(TINY, in_channels=8, out_channels=4, cross_attention_dim=6, sample_size=4,
+                        seed=0, pooled_context=True)
+    report = transfer_weights(plain.state_dict(), pooled)
+    assert report.reinitialised and all(n.startswith("add_embedding.") for n in report.reinitialised)
+    x, t = torch.randn(2, 8, 4, 4), torch.tensor([10, 500])
+    c = torch.randn(2, 3, 6)
+    with torch.no_grad():
+        assert torch.allclose(plain(x, t, c).sample, pooled(x, t, c).sample, atol=1e-6)
+    pooled(x, t, c).sample.square().mean().backward()
+    assert pooled.add_embedding.norm2.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        pooled.add_embedding.norm2.weight.fill_(1.0)
+        moved = pooled(x, t, c).sample - plain(x, t, c).sample
+    assert moved.abs().mean() > 1e-3  # now C also shifts every block through the time embedding

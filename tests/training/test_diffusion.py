@@ -102,6 +102,20 @@ def test_cond_context_dropout_and_null_ablation():
     assert set(null_task.trainable()) == {"unet"}
 
 
+def test_condition_dropout_replaces_c_at_the_configured_rate():
+    """Each record's C is the null context with probability diffusion.condition_dropout
+    (seeded); over 4,000 records the share lies in the binomial 99.9% interval."""
+    n, rate = 4000, 0.15
+    ehrs = [EHR(SCT_LONG_DIA=5.0 + i % 7) for i in range(n)]
+    task = CondTask(_unet(), training_scheduler(DiffusionConfig()), FakeEncoder(), False, False, dropout=rate)
+    c = task.context(ehrs, torch.Generator().manual_seed(3), True, torch.device("cpu"))
+    dropped = (c.flatten(1).abs().sum(1) == 0).float().mean().item()
+    half_width = 3.29 * (rate * (1 - rate) / n) ** 0.5
+    assert abs(dropped - rate) < half_width, dropped
+    again = task.context(ehrs, torch.Generator().manual_seed(3), True, torch.device("cpu"))
+    assert torch.equal(c, again)
+
+
 def test_cond_trains_soft_prompts_and_checkpoints_only_them(tmp_path):
     enc = FakeEncoder()
     g = torch.Generator().manual_seed(1)
@@ -123,6 +137,17 @@ def test_prior_loss_is_reproducible_from_the_step_generator():
     assert float(a) == float(b) != float(c)
 
 
+def _fit_small(z1, z2, ehrs, folder):
+    """A small cond U-Net trained 300 steps on in-memory pairs (the overfitting checks)."""
+    enc = FakeEncoder()
+    unet = build_unet(TINY_UNET.model_copy(update={"block_out_channels": (16, 32)}), in_channels=8,
+                      out_channels=4, cross_attention_dim=6, sample_size=4, seed=0)
+    task = CondTask(unet, training_scheduler(DiffusionConfig()), enc, False, False)
+    cfg = TrainConfig(lr=5e-3, batch_size=32, max_steps=300, checkpoint_every=10**6, val_every=10**6)
+    Trainer(cfg, folder).fit(task, Pairs(z1, z2, ehrs))
+    return unet, task, enc
+
+
 def test_overfits_a_handful_of_pairs(tmp_path):
     """A small model trained on four pairs with unrelated random follow-ups (only learnable by
     using the conditioning) generates follow-ups close to their own targets, far from others."""
@@ -130,12 +155,7 @@ def test_overfits_a_handful_of_pairs(tmp_path):
     n = 4
     z1, z2 = torch.randn(n, 4, 4, 4, generator=g), torch.randn(n, 4, 4, 4, generator=g)
     ehrs = [EHR(SCT_LONG_DIA=4.0 + 3 * i) for i in range(n)]
-    enc = FakeEncoder()
-    unet = build_unet(TINY_UNET.model_copy(update={"block_out_channels": (16, 32)}), in_channels=8,
-                      out_channels=4, cross_attention_dim=6, sample_size=4, seed=0)
-    task = CondTask(unet, training_scheduler(DiffusionConfig()), enc, False, False)
-    cfg = TrainConfig(lr=5e-3, batch_size=32, max_steps=300, checkpoint_every=10**6, val_every=10**6)
-    Trainer(cfg, tmp_path).fit(task, Pairs(z1, z2, ehrs))
+    unet, task, enc = _fit_small(z1, z2, ehrs, tmp_path)
     with torch.no_grad():
         cond = Conditioning([f"p{i}" for i in range(n)], z1, enc(ehrs), enc.null_context(1, "cpu")[0])
     out = sample_latents(unet.eval(), dict(task.scheduler.config), cond, SamplingConfig(k=2, steps=10),
@@ -145,6 +165,31 @@ def test_overfits_a_handful_of_pairs(tmp_path):
     others = dist.masked_fill(torch.eye(n, dtype=torch.bool)[:, None, :], float("inf")).amin(-1)
     # targets are N(0, 1): two unrelated latents lie ~2 apart (mean squared difference)
     assert own.mean() < 0.4 and (own * 3 < others).all(), (own, others)
+
+
+def test_swapping_c_moves_a_trained_models_samples_to_the_other_patients_follow_up(tmp_path):
+    """Four patients share one baseline and differ in their record and follow-up: a small model
+    trained on them can only tell them apart through C, so sampling a patient with another's C
+    must land on the other's follow-up (issue 18: swapping C changes the samples)."""
+    g = torch.Generator().manual_seed(0)
+    n = 4
+    z1 = torch.randn(1, 4, 4, 4, generator=g).expand(n, -1, -1, -1).contiguous()
+    z2 = torch.randn(n, 4, 4, 4, generator=g)
+    ehrs = [EHR(SCT_LONG_DIA=4.0 + 3 * i) for i in range(n)]
+    unet, task, enc = _fit_small(z1, z2, ehrs, tmp_path)
+    swap = torch.tensor([1, 2, 3, 0])
+    with torch.no_grad():
+        c = enc(ehrs)
+        null = enc.null_context(1, "cpu")[0]
+        draws = [sample_latents(unet.eval(), dict(task.scheduler.config),
+                                Conditioning([f"p{i}" for i in range(n)], z1, ctx, null),
+                                SamplingConfig(k=2, steps=10), (4, 4, 4), show_progress=False)
+                 for ctx in (c, c[swap])]
+    own, swapped = (((d.mean(1) - z2[idx]) ** 2).flatten(1).mean(1) for d, idx in
+                    zip(draws, (torch.arange(n), swap), strict=True))
+    moved = ((draws[0] - draws[1]) ** 2).flatten(2).mean(-1)
+    # targets are N(0, 1): unrelated latents lie ~2 apart (mean squared difference)
+    assert (own < 0.5).all() and (swapped < 0.5).all() and (moved > 0.5).all(), (own, swapped, moved)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -274,6 +319,24 @@ def test_prior_cond_sample_end_to_end(tiny_run):
     assert index["pair_id"].tolist() == ["pair6", "pair7"] and set(index["split"]) == {"test"}
     assert len(list((out / "grids").glob("*.png"))) == 1 and run.is_done("samples")
     assert main(["sample", "--run", str(run.path)]) == 1  # exists: one-line error, no overwrite
+
+
+def test_a_trained_model_sampled_with_the_null_context(tiny_run, monkeypatch):
+    """sampling.drop_context: the cond model itself with C = its null context (a guided model's
+    own null-context counterpart), i.e. what it draws when every record encodes to the null C."""
+    run, config = tiny_run
+    run_stage(config, run, stage="prior")
+    run_stage(config, run, stage="cond")
+    def draw(*extra):
+        assert main(["sample", "--run", str(run.path), "--overwrite", *extra]) == 0
+        return np.load(run.stage("samples") / "samples.npy")
+    record = draw()
+    null = draw("--set", "sampling.drop_context=true")
+    assert np.abs(record - null).max() > 0
+    info = json.loads((run.stage("samples") / "run_info.json").read_text())
+    assert info["config"]["sampling"]["drop_context"] is True
+    monkeypatch.setattr(FakeEncoder, "forward", lambda self, ehrs: torch.zeros(len(ehrs), self.n_tokens, self.dim))
+    assert np.array_equal(draw(), null)
 
 
 def test_null_context_ablation_and_resume(tiny_run):

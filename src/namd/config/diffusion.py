@@ -75,6 +75,11 @@ class DiffusionConfig(Section):
         None, description="local SD1.5 folder (with text_encoder/ and tokenizer/) or a CLIP text model "
                           "folder; needed by null_context = 'empty_prompt'; None = the parent folder "
                           "of diffusion.unet.pretrained")
+    pooled_context: bool = Field(
+        False, description="stage 2 only: also add an attention-pooled C to the timestep embedding "
+        "(diffusers' addition_embed_type 'text'), so the record can shift every block globally, as "
+        "a class embedding does; False = the paper (C enters through cross-attention only). The "
+        "new layers start at zero output, so stage 2 begins as the prior")
     encode_batch: int = Field(64, ge=1, description="crops per VAE call when building the latent cache")
 
 
@@ -100,6 +105,10 @@ class SamplingConfig(Section):
         "leading", description="DDIM only (DPM-Solver++ uses diffusers' 'linspace')")
     steps_offset: int = Field(1, ge=0, description="DDIM only")
     guidance_scale: float = Field(1.0, ge=0, description="1 = no guidance (paper)")
+    drop_context: bool = Field(
+        False, description="sample the trained model with C = its null context: a model trained "
+        "with condition dropout is then its own null-context counterpart (beside the separately "
+        "trained cond_null); False = the record's C (paper)")
     max_batch: int = Field(256, ge=1, description="latents per U-Net call (memory budget)")
     aux_batch: int = Field(16, ge=1, description="crops per VAE encode/decode call and records per "
                                                  "context-encoder call (small is fastest on a CPU; "

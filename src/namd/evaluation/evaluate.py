@@ -142,9 +142,11 @@ def paired_test(y: np.ndarray, score: np.ndarray, reference: np.ndarray, cfg: Na
 
 
 def row_entry(name: str, scored: Scored, y: np.ndarray, reference: np.ndarray,
-              cfg: NamdConfig, copy_reference: np.ndarray | None = None) -> dict:
-    """One row of metrics.json (metrics, interval and paired tests against the real baseline
-    and, for generated rows, against the VAE copy of the baseline)."""
+              cfg: NamdConfig, copy_reference: np.ndarray | None = None,
+              namd_mean: np.ndarray | None = None) -> dict:
+    """One row of metrics.json (metrics, interval and paired tests against the real baseline,
+    for generated rows against the VAE copy of the baseline, and for the ablations against
+    NAMD: what the record and L_align add, tested on the same nodules)."""
     entry: dict = {"name": name, "description": ROWS[name], "status": scored.status}
     if scored.runs is None:
         return {**entry, "k": None, "auroc": None, "auprc": None, **scored.info}
@@ -154,6 +156,8 @@ def row_entry(name: str, scored: Scored, y: np.ndarray, reference: np.ndarray,
         entry["vs_real_baseline"] = paired_test(y, scored.runs.mean(axis=0), reference, cfg)
     if name in GENERATED and copy_reference is not None:
         entry[f"vs_{COPY_REFERENCE}"] = paired_test(y, scored.runs.mean(axis=0), copy_reference, cfg)
+    if name in GENERATED and name != "namd" and namd_mean is not None:
+        entry["vs_namd"] = paired_test(y, scored.runs.mean(axis=0), namd_mean, cfg)
     return {**entry, **scored.info}
 
 
@@ -318,8 +322,9 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
     scored.update(clinical_rows(cohort, pairs, split, reference, model, window, inp.batch,
                                 config.eval.seed, calibration))
     copy_ref = scored[COPY_REFERENCE].runs
+    namd_mean = None if scored["namd"].runs is None else scored["namd"].runs.mean(axis=0)
     rows = [row_entry(name, scored[name], inp.y, reference, config,
-                      None if copy_ref is None else copy_ref[0])
+                      None if copy_ref is None else copy_ref[0], namd_mean)
             for name in progress(ROWS, desc="metrics", unit="row")]
     image_quality, per_crop = image_quality_blocks(inp, scored, feats, crops_of)
     var_rows = {n: variance.variance_summary(scored[n].runs.T, inp.y)

@@ -14,6 +14,10 @@ follow-up does not beat the resampled baseline) have no ratio: they are dropped 
 Secondary figure, point only: the same ratio with the variant's AUROC averaged over its K runs
 (the paper's "mean over K" table number).
 
+The clinical rows that read the record directly (brock, ehr_logistic, baseline_plus_ehr) get
+the same figure under `reference`: how much of the gap the record's information closes without
+any generated image, the yardstick for how much a record-conditioned generator could add.
+
 Written as the `gap_closure` block of RUN/eval/metrics.json (docs/metrics-schema.md).
 """
 
@@ -28,6 +32,7 @@ from namd.config import EvalConfig
 from namd.evaluation import metrics
 
 VARIANTS = ("namd", "namd_no_align", "namd_null_context")
+REFERENCE_ROWS = ("brock", "ehr_logistic", "baseline_plus_ehr")  # no generated image
 PAPER_CLOSURE = 0.82  # the paper's gap closure of NAMD, the report's reference point
 DEFINITION = ("(AUROC(variant) - AUROC(real_baseline)) / (AUROC(real_followup) - "
               "AUROC(real_baseline)); AUROC of the variant's mean probability over its K runs")
@@ -109,4 +114,9 @@ def gap_closure_block(y: np.ndarray, scored: Mapping[str, Scores], ev: EvalConfi
                                         else row.status}
             continue
         block["generated"][name] = variant_entry(y, row.runs, base.runs[0], follow.runs[0], ev)
+    # what models that see the record (and the baseline) directly, with no generated image, close:
+    # how much of the gap the record's information could close here (issue 18)
+    block["reference"] = {name: variant_entry(y, scored[name].runs, base.runs[0], follow.runs[0], ev)
+                          for name in REFERENCE_ROWS
+                          if scored.get(name) is not None and scored[name].runs is not None}
     return block

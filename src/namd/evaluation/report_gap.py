@@ -55,7 +55,47 @@ def gap_table(block: dict[str, Any]) -> str:
                  "–" if dropped is None else f"{dropped} of {e.get('n_boot')}")
         body.append(f"<tr{cls}><td>{label}</td>"
                     + "".join(f"<td class=num>{esc(c)}</td>" for c in cells) + "</tr>")
+    for name, e in (block.get("reference") or {}).items():
+        label = (f"{esc(display_name(name))}<br><span class=muted>{esc(name)}: reads the record, "
+                 "no generated image</span>")
+        cells = (_closure(e) if e.get("status") == "ok" else e.get("status"),
+                 _num(e.get("real_baseline_auroc")), _num(e.get("variant_auroc")),
+                 _num(e.get("real_followup_auroc")), "–", "–")
+        body.append(f"<tr><td>{label}</td>" + "".join(f"<td class=num>{esc(c)}</td>" for c in cells)
+                    + "</tr>")
     return f"<table>{head}{''.join(body)}</table>"
+
+
+def record_sentence(metrics: dict[str, Any]) -> str:
+    """What the record adds, measured: NAMD against its null-context model (paired DeLong test on
+    the mean probability; the share of the generated growth gap that nulling C removes) and the
+    closure of the rows that read the record directly, read against issue 18's goals."""
+    rows = {r.get("name"): r for r in metrics.get("rows") or []}
+    test = (rows.get("namd_null_context") or {}).get("vs_namd")
+    growth = (metrics.get("growth") or {}).get("generated") or {}
+    null_gap = (growth.get("namd_null_context") or {}).get("vs_namd")
+    namd_gap = (growth.get("namd") or {}).get("difference_mm")
+    if not test or not null_gap or not namd_gap:
+        return ("What the record adds is not measured in this run: it needs the null-context model "
+                "(namd train cond --null-context, namd sample --null-context).")
+    share = null_gap["gap_difference_mm"] / namd_gap
+    lo, hi = null_gap["ci95"]
+    text = (f"Without the record (the null-context model) the mean-probability AUROC changes by "
+            f"{test['delta_auroc']:+.3f} (paired DeLong p = {test['p_value']:.2f}) and the generated "
+            f"malignant - benign growth gap ({namd_gap:.2f} mm with the record) by "
+            f"{-null_gap['gap_difference_mm']:+.2f} mm [{-hi:.2f}, {-lo:.2f}]: "
+            + (f"{share:.0%} of it is the record's." if share >= 0 else
+               f"the model without the record separates growth {-share:.0%} more."))
+    refs = ((metrics.get("gap_closure") or {}).get("reference") or {})
+    closed = [f"{display_name(n)} {e['point']:.2f}" for n, e in refs.items() if e.get("point") is not None]
+    if closed:
+        text += (" Read without any generated image, the record closes " + ", ".join(closed)
+                 + " of the gap: the yardstick for what the record's information is worth here.")
+    met = test["delta_auroc"] < 0 and test["p_value"] < 0.05 and share >= 0.3
+    return text + (" The record steers these follow-ups measurably." if met else
+                   " The record does not yet steer these follow-ups measurably (a steering record "
+                   "would make the null-context model worse, p < 0.05, and remove at least 30% of "
+                   "the growth gap).")
 
 
 def gap_sentence(block: dict[str, Any]) -> str:
@@ -100,4 +140,5 @@ def section_gap(ctx: Context) -> str:
            "follow-up does not beat the baseline are dropped and counted. The secondary column "
            "uses the AUROC averaged over the K runs instead (point only).")
     return (f"<p>{esc(how)}</p>" + gap_table(block)
-            + f"<p><strong>Reading:</strong> {esc(gap_sentence(block))}</p>")
+            + f"<p><strong>Reading:</strong> {esc(gap_sentence(block))}</p>"
+            + f"<p><strong>What the record adds:</strong> {esc(record_sentence(ctx.metrics()))}</p>")

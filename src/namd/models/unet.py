@@ -39,9 +39,13 @@ def block_types(levels: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def build_unet(cfg: UNetConfig, *, in_channels: int, out_channels: int, cross_attention_dim: int,
-               sample_size: int, seed: int | None = None) -> UNet2DConditionModel:
+               sample_size: int, seed: int | None = None,
+               pooled_context: bool = False) -> UNet2DConditionModel:
     """A U-Net of the configured size; `seed` makes the initialisation reproducible without
-    touching the global random state. Works under `torch.device("meta")` for size checks."""
+    touching the global random state. Works under `torch.device("meta")` for size checks.
+
+    `pooled_context` adds diffusers' attention-pooled context embedding to the timestep
+    embedding (addition_embed_type 'text'), its output layer zero so that it starts silent."""
     if len(cfg.block_out_channels) < 2:
         raise ValueError("diffusion.unet.block_out_channels needs at least two levels")
     bad = [c for c in cfg.block_out_channels if c % cfg.norm_num_groups]
@@ -56,8 +60,23 @@ def build_unet(cfg: UNetConfig, *, in_channels: int, out_channels: int, cross_at
         attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups,
         cross_attention_dim=cross_attention_dim, dropout=cfg.dropout,
     )
+    if pooled_context:  # heads of the pooling: SD1.5's eight where D allows, else one
+        heads = cfg.attention_head_dim if cross_attention_dim % cfg.attention_head_dim == 0 else 1
+        kwargs.update(addition_embed_type="text", addition_embed_type_num_heads=heads)
     with _seeded(seed):
-        return UNet2DConditionModel(**kwargs)
+        unet = UNet2DConditionModel(**kwargs)
+    if pooled_context:
+        silence_pooled_context(unet)
+    return unet
+
+
+def silence_pooled_context(unet: UNet2DConditionModel) -> None:
+    """Zero the pooled-context embedding's last layer (LayerNorm scale and shift): the U-Net then
+    computes what it did without it, and learns how much of the record to add."""
+    if getattr(unet, "add_embedding", None) is not None:
+        with torch.no_grad():
+            unet.add_embedding.norm2.weight.zero_()
+            unet.add_embedding.norm2.bias.zero_()
 
 
 @contextlib.contextmanager

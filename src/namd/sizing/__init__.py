@@ -249,7 +249,8 @@ def _cond_parts(config: NamdConfig, batch: int, lm: LanguageModelSpec | None, lm
     c, h, w = latent_shape(config.vae, config.data.crop_size)
     with torch.device("meta"):
         unet = build_unet(config.diffusion.unet, in_channels=2 * c, out_channels=c,
-                          cross_attention_dim=encoder.dim, sample_size=h).train()
+                          cross_attention_dim=encoder.dim, sample_size=h,
+                          pooled_context=config.diffusion.pooled_context).train()
     draws, records = max(1, int(getattr(config.diffusion, "cond_draws", 1))), probe_records(batch)
     loss = _unet_loss(unet, batch * draws, (c, h, w),
                       lambda: encoder(records).to("meta").repeat_interleave(draws, 0), True)

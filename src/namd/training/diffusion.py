@@ -310,7 +310,8 @@ def _cond(config: NamdConfig, run: RunDir, prior_name: str, cohort: Cohort, stor
                          f"{config.diffusion.prediction_type}: retrain the prior (--overwrite)")
     c, h, _ = store.shape
     unet = build_unet(config.diffusion.unet, in_channels=2 * c, out_channels=c,
-                      cross_attention_dim=encoder.dim, sample_size=h, seed=seed)
+                      cross_attention_dim=encoder.dim, sample_size=h, seed=seed,
+                      pooled_context=config.diffusion.pooled_context)
     report = transfer_weights(load_unet(prior_dir).state_dict(), unet,
                               min_share=config.diffusion.unet.min_transferred,
                               what=f"{prior_name} -> cond")
