@@ -8,8 +8,9 @@ A variant is a lever folder under --root whose cond stage `benchmarks/follow_bas
 (the config's difference from --base is its command). Its counterparts, sampled and scored on the
 same split with the same seeds:
 - the separately trained image-only model: ROOT/null/cond_null, trained once with the code as it
-  is now on the base's VAE and prior (`namd train cond --null-context`), linked into every
-  variant folder and sampled there as samples_null, so the variant's own metrics.json holds both;
+  is now on the base's VAE and prior (`namd train cond --null-context`) and sampled once per split
+  there; its samples_null is linked into every variant folder, so the variant's own metrics.json
+  holds both;
 - for a variant trained with condition dropout, the same model sampled with C = its null context
   (`sampling.drop_context`), in the sibling folder ROOT/VARIANT_dropC.
 Per variant: the mean-probability AUROC with its CI, the paired DeLong test against each
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,18 +85,29 @@ def null_model(base: Path, root: Path, threads: int) -> Path:
     return folder / "cond_null"
 
 
+def sampled(folder: Path, stage: str, split: str, threads: int) -> None:
+    """FOLDER/STAGE sampled on `split`, unless it already is."""
+    info = _json(folder / stage / "run_info.json")
+    if info.get("config", {}).get("sampling", {}).get("split") != split or not info.get("complete"):
+        flag = ["--null-context"] if stage == "samples_null" else []
+        namd(["sample", "--run", str(folder), "--split", split, "--overwrite", *flag],
+             folder / "study.log", threads)
+
+
 def scored(folder: Path, split: str, threads: int, *, null: bool) -> None:
-    """Sample (and, with `null`, sample the linked cond_null) on `split`, then evaluate, each only
-    when what is there was made for another split."""
+    """Sample on `split` (with `null`, link the shared cond_null's samples, drawn once per split
+    in ROOT/null), then evaluate, each only when what is there was made for another split."""
+    wanted = ["samples"] + (["samples_null"] if null else [])
+    sampled(folder, "samples", split, threads)
+    if null:
+        sampled(folder.parent / "null", "samples_null", split, threads)
+        if not (folder / "samples_null").is_symlink():
+            shutil.rmtree(folder / "samples_null", ignore_errors=True)
+        link(folder.parent / "null" / "samples_null", folder / "samples_null")
     log = folder / "study.log"
-    wanted = [("samples", [])] + ([("samples_null", ["--null-context"])] if null else [])
-    for stage, flag in wanted:
-        info = _json(folder / stage / "run_info.json")
-        if info.get("config", {}).get("sampling", {}).get("split") != split or not info.get("complete"):
-            namd(["sample", "--run", str(folder), "--split", split, "--overwrite", *flag], log, threads)
     if _json(folder / "eval" / "metrics.json").get("split") != split or any(
             (folder / s / "run_info.json").stat().st_mtime > (folder / "eval" / "metrics.json").stat().st_mtime
-            for s, _ in wanted):
+            for s in wanted):
         namd(["evaluate", "--run", str(folder), "--split", split], log, threads)
 
 
