@@ -174,6 +174,17 @@ def ceiling(folder: Path, split: str) -> dict:
             "record_ci95": pred["difference_ci95"], "n_train": len(train)}
 
 
+def pooled_scale(cond: Path) -> float | None:
+    """Mean |scale| of the pooled-context embedding's last LayerNorm (diffusion.pooled_context):
+    it starts at 0, so how far training moved it says whether the loss rewarded a record-wide
+    shift of the time embedding. None without that path."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(cond / "unet" / "diffusion_pytorch_model.safetensors"))
+    weight = state.get("add_embedding.norm2.weight")
+    return None if weight is None else float(weight.abs().mean())
+
+
 def variant(name: str, args: argparse.Namespace) -> dict:
     """Score one variant and its counterparts on the split."""
     root, base = Path(args.root), Path(args.base)
@@ -198,6 +209,7 @@ def variant(name: str, args: argparse.Namespace) -> dict:
            "nearest_own": fidelity.get("nearest_own_followup_share"),
            "cond_seconds": args.seconds.get(name, {}).get("cond"),
            "vs_cond_null": versus(folder, "namd", folder, "namd_null_context")}
+    out["pooled_scale"] = pooled_scale(folder / "cond")
     if float(cond_info.get("condition_dropout") or 0) > 0:
         sibling = dropped(folder)
         scored(sibling, args.split, args.threads, null=False)
@@ -241,6 +253,11 @@ def markdown(record: dict) -> str:
             f"{f(v['growth_gap_mm'], 2)}{ci(v['growth_gap_ci95'])} | {removed} | "
             f"{f(v['mae_to_vae_copy'], 2)} | {f(v['nearest_own'], 2)} | {f(v['cond_seconds'], 0)} |")
     lines += notes
+    scales = [f"{v['name']} {v['pooled_scale']:.4f}" for v in record["variants"] if v.get("pooled_scale") is not None]
+    if scales:
+        lines += ["", "Pooled-context path (`diffusion.pooled_context`), mean |scale| of its last LayerNorm "
+                  "after training, from 0 at the start (Adam moves a weight with a consistent gradient "
+                  "about one learning rate, 1e-3, per step): " + ", ".join(scales) + "."]
     c = record.get("ceiling")
     if c:
         lines += ["", f"What the record says about growth: the real one-year growth regressed on the 13 "
