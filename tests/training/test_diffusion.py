@@ -134,7 +134,7 @@ def test_prior_loss_is_reproducible_from_the_step_generator():
     a, _ = task.loss(batch, torch.Generator().manual_seed(5), True)
     b, _ = task.loss(batch, torch.Generator().manual_seed(5), True)
     c, _ = task.loss(batch, torch.Generator().manual_seed(6), True)
-    assert float(a) == float(b) != float(c)
+    assert a.item() == b.item() != c.item()
 
 
 def _fit_small(z1, z2, ehrs, folder):

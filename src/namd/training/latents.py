@@ -81,12 +81,12 @@ class LatentStore:
 
     def all_rotations(self, crop_indices: np.ndarray | list[int]) -> torch.Tensor:
         """Scaled latents of the given crops under every rotation: (n, R, C, h, w)."""
-        idx = torch.as_tensor(np.asarray(crop_indices, dtype=np.int64))
+        idx = torch.tensor(np.asarray(crop_indices, dtype=np.int64))  # a copy: the index may be read-only
         return (self.latents[:, idx] * self.scale_factor).transpose(0, 1).contiguous()
 
     def upright(self, crop_indices: np.ndarray | list[int]) -> torch.Tensor:
         """Scaled latents of the unrotated crops: (n, C, h, w)."""
-        idx = torch.as_tensor(np.asarray(crop_indices, dtype=np.int64))
+        idx = torch.tensor(np.asarray(crop_indices, dtype=np.int64))  # a copy: the index may be read-only
         return self.latents[self.rotations.index(0), idx] * self.scale_factor
 
 
