@@ -128,14 +128,14 @@ def versus(folder: Path, row: str, other: Path, other_row: str) -> dict:
     from namd.evaluation.metrics import delong_test
 
     a = pd.read_csv(folder / "eval" / "per_nodule.csv")
-    b = pd.read_csv(other / "eval" / "per_nodule.csv")
-    m = a.merge(b[["pair_id", f"{other_row}_mean_prob"]], on="pair_id", suffixes=("", "_other"))
-    m = m[m["label"].notna()]
-    col_b = f"{other_row}_mean_prob" + ("_other" if f"{other_row}_mean_prob" in a.columns else "")
-    test = delong_test(m["label"].to_numpy(int), m[f"{row}_mean_prob"].to_numpy(), m[col_b].to_numpy())
-    gap = _json(folder / "eval" / "metrics.json")["growth"]["generated"][row].get("difference_mm")
-    gap_null = _json(other / "eval" / "metrics.json")["growth"]["generated"][other_row].get("difference_mm")
-    auc = next(r for r in _json(other / "eval" / "metrics.json")["rows"] if r["name"] == other_row)
+    b = pd.read_csv(other / "eval" / "per_nodule.csv").set_index("pair_id")[f"{other_row}_mean_prob"]
+    a = a[a["label"].notna()]
+    test = delong_test(a["label"].to_numpy(int), a[f"{row}_mean_prob"].to_numpy(),
+                       a["pair_id"].map(b).to_numpy())
+    mine, theirs = _json(folder / "eval" / "metrics.json"), _json(other / "eval" / "metrics.json")
+    gap = mine["growth"]["generated"][row].get("difference_mm")
+    gap_null = theirs["growth"]["generated"][other_row].get("difference_mm")
+    auc = next(r for r in theirs["rows"] if r["name"] == other_row)
     return {"auroc": auc.get("mean_prob_auroc"), "delta_auroc": test["delta_auroc"],
             "p_value": test["p_value"], "growth_gap_mm": gap_null,
             "share_removed": None if not gap or gap_null is None else 1 - gap_null / gap}

@@ -41,6 +41,24 @@ def test_lpips_on_needs_weights_or_an_explicit_opt_out(tmp_path):
                                                     f"vae.lpips_weights={tmp_path / 'absent.safetensors'}"]), "vae")
 
 
+def test_empty_prompt_needs_a_language_model_in_stage_two():
+    cfg = load_config("paper", overrides=["require_pretrained=false", "text.encoder=structured"])
+    with pytest.raises(ConfigError, match="text.encoder is 'structured'"):
+        check_stage(cfg, "cond")
+    check_stage(load_config("tiny", overrides=["text.encoder=structured"]), "cond")  # zeros: fine
+
+
+def test_clip_folder_is_the_sd15_folder_above_the_unet_weights(tmp_path):
+    from namd.config.preflight import clip_folder
+
+    weights = tmp_path / "sd15" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")
+    for given in (weights, weights.parent, tmp_path / "sd15"):
+        cfg = load_config("paper", overrides=[f"diffusion.unet.pretrained={given}"])
+        assert clip_folder(cfg) == tmp_path / "sd15"
+
+
 def test_empty_prompt_needs_a_local_clip(tmp_path):
     cfg = load_config("paper", overrides=["require_pretrained=false"])
     with pytest.raises(ConfigError, match="diffusion.clip_text"):

@@ -31,9 +31,9 @@ def paper():
 def test_paper_prior_is_sd15_and_cond_widens_it(paper):
     prior = sizing.estimate_stage(paper, "prior", batch=2)
     tokens, width = sizing.prior_context_shape(paper, (paper.text.n_prompt_sets, 2560))
-    if paper.diffusion.null_context == "empty_prompt":
-        assert (tokens, width) == (77, 768)
-        assert prior.params == prior.trainable == 859_520_964  # diffusers' SD1.5 U-Net
+    assert paper.diffusion.null_context == "empty_prompt"
+    assert (tokens, width) == (77, 768)
+    assert prior.params == prior.trainable == 859_520_964  # diffusers' SD1.5 U-Net
     cond = sizing.estimate_stage(paper, "cond", batch=1)
     with torch.device("meta"):
         unet = build_unet(paper.diffusion.unet, in_channels=8, out_channels=4, cross_attention_dim=2560,

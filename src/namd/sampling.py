@@ -180,7 +180,8 @@ class FollowUpSampler:
             raise ValueError(f"{vae_dir} changed after {cond_dir} was trained on it; retrain "
                              "prior and cond (namd train prior/cond --overwrite)")
         encoder, null = load_context_encoder(cond_dir, device)
-        sampler = cls(unet, vae, scale, encoder, null, schedule, tuple(config.data.window_hu), device)
+        sampler = cls(unet, vae, scale, encoder, null or config.sampling.drop_context, schedule,
+                      tuple(config.data.window_hu), device)
         sampler.condition_dropout = float(info.get("condition_dropout") or 0.0)
         return sampler
 

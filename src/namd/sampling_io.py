@@ -113,7 +113,6 @@ def run_sample_stage(config: NamdConfig, run: RunDir, *, no_align: bool = False,
     cohort = Cohort(run.require("cohort", "sample"))
     pairs = pairs_to_sample(cohort, cfg.split)
     sampler = FollowUpSampler.from_run(run, dirs, config, device)
-    sampler.null_only = sampler.null_only or cfg.drop_context
     start = time.perf_counter()
     cond = sampler.conditioning(pairs["pair_id"].tolist(), cohort.images(pairs["baseline_index"]),
                                 [Cohort.ehr(row) for _, row in pairs.iterrows()], cfg.aux_batch)

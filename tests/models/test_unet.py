@@ -50,8 +50,8 @@ def test_paper_stage_widths_on_meta_device_follow_null_context():
     with torch.device("meta"):
         prior = build_unet(cfg, in_channels=4, out_channels=4, cross_attention_dim=width, sample_size=8)
         cond = build_unet(cfg, in_channels=8, out_channels=4, cross_attention_dim=2560, sample_size=8)
-    if config.diffusion.null_context == "empty_prompt":
-        assert width == 768 and count_parameters(prior) == 859_520_964
+    assert config.diffusion.null_context == "empty_prompt"  # stage 1 keeps SD1.5's CLIP width
+    assert width == 768 and count_parameters(prior) == 859_520_964
     attn2 = [m for name, m in cond.named_modules() if name.endswith("attn2")]
     inner = sum(m.to_k.out_features for m in attn2)
     assert len(attn2) == 16 and inner == 5 * 320 + 5 * 640 + 6 * 1280

@@ -92,7 +92,7 @@ def test_epochs_resolve_to_optimizer_steps_over_the_loaded_split(tmp_path):
     rows = [r for r in csv.DictReader((tmp_path / "log.csv").open()) if r["phase"] == "train"]
     assert float(rows[-1]["lr"]) == pytest.approx(learning_rate(cfg, 9, 10))
     assert learning_rate(cfg, 10, 10) == pytest.approx(1e-3)  # the cosine ends at the resolved steps
-    assert json.dumps(plan)  # recorded in run_info.json by the stages
+    assert json.loads(json.dumps(plan)) == plan  # recorded in run_info.json by the stages
     assert plan_steps(cfg, 30, processes=2).steps == 5  # ceil(2.5 x 30 / 16)
     assert plan_steps(_cfg(max_steps=7), 30, processes=1).source == "max_steps"
 

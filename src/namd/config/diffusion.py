@@ -73,8 +73,8 @@ class DiffusionConfig(Section):
         "and stage 2's null context is the language model's output for the empty prompt")
     clip_text: str | None = Field(
         None, description="local SD1.5 folder (with text_encoder/ and tokenizer/) or a CLIP text model "
-                          "folder; needed by null_context = 'empty_prompt'; None = the parent folder "
-                          "of diffusion.unet.pretrained")
+                          "folder; needed by null_context = 'empty_prompt'; None = the SD1.5 folder "
+                          "holding diffusion.unet.pretrained (its unet/ folder or weights file)")
     pooled_context: bool = Field(
         False, description="stage 2 only: also add an attention-pooled C to the timestep embedding "
         "(diffusers' addition_embed_type 'text'), so the record can shift every block globally, as "

@@ -25,7 +25,8 @@ def clip_folder(config: NamdConfig) -> Path | None:
         return Path(cfg.clip_text).expanduser()
     if cfg.unet.pretrained:
         unet = Path(cfg.unet.pretrained).expanduser()
-        return unet.parent if unet.name == "unet" or unet.is_file() else unet
+        folder = unet.parent if unet.is_file() else unet  # a weights file -> its folder
+        return folder.parent if folder.name == "unet" else folder
     return None
 
 
@@ -41,6 +42,10 @@ def check_stage(config: NamdConfig, stage: str) -> None:
     """Raise ConfigError (one line naming the field) when `stage` ('vae', 'prior', 'cond',
     'evaluator') cannot start with this config's external files."""
     vae = config.vae
+    if stage == "cond" and config.diffusion.null_context == "empty_prompt" and config.text.encoder != "llm":
+        raise ConfigError(f"diffusion.null_context = 'empty_prompt' is the language model's output for the "
+                          f"empty sentence, but text.encoder is {config.text.encoder!r}: use "
+                          "diffusion.null_context=zeros or text.encoder=llm")
     if stage == "vae":
         if config.require_pretrained:
             _check_pretrained("vae.pretrained", vae.pretrained)

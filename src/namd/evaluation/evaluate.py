@@ -152,12 +152,13 @@ def row_entry(name: str, scored: Scored, y: np.ndarray, reference: np.ndarray,
         return {**entry, "k": None, "auroc": None, "auprc": None, **scored.info}
     ev = cfg.eval
     entry.update(metrics.score_block(y, scored.runs, ev.bootstrap, ev.ci, ev.seed))
+    mean = scored.runs.mean(axis=0)
     if name != "real_baseline":
-        entry["vs_real_baseline"] = paired_test(y, scored.runs.mean(axis=0), reference, cfg)
+        entry["vs_real_baseline"] = paired_test(y, mean, reference, cfg)
     if name in GENERATED and copy_reference is not None:
-        entry[f"vs_{COPY_REFERENCE}"] = paired_test(y, scored.runs.mean(axis=0), copy_reference, cfg)
+        entry[f"vs_{COPY_REFERENCE}"] = paired_test(y, mean, copy_reference, cfg)
     if name in GENERATED and name != "namd" and namd_mean is not None:
-        entry["vs_namd"] = paired_test(y, scored.runs.mean(axis=0), namd_mean, cfg)
+        entry["vs_namd"] = paired_test(y, mean, namd_mean, cfg)
     return {**entry, **scored.info}
 
 

@@ -30,6 +30,17 @@ def _closure(entry: dict[str, Any]) -> str:
     return f"{point:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else " [no interval]")
 
 
+def _cells(e: dict[str, Any]) -> str:
+    """The six number cells of one gap-closure entry."""
+    dropped = e.get("n_boot_denominator_nonpositive")
+    cells = (_closure(e) if e.get("status") == "ok" else e.get("status"),
+             _num(e.get("real_baseline_auroc")), _num(e.get("variant_auroc")),
+             _num(e.get("real_followup_auroc")),
+             "–" if e.get("mean_run_point") is None else f"{e['mean_run_point']:.2f}",
+             "–" if dropped is None else f"{dropped} of {e.get('n_boot')}")
+    return "".join(f"<td class=num>{esc(c)}</td>" for c in cells)
+
+
 def gap_table(block: dict[str, Any]) -> str:
     """One row per generated variant: closure [CI], the three AUROCs, the secondary figure and
     the dropped bootstrap draws (variants not run say why)."""
@@ -47,22 +58,11 @@ def gap_table(block: dict[str, Any]) -> str:
             body.append(f"<tr{cls}><td>{label}</td><td colspan=6 class=muted>"
                         f"{esc(e.get('status'))}</td></tr>")
             continue
-        dropped = e.get("n_boot_denominator_nonpositive")
-        cells = (_closure(e) if e.get("status") == "ok" else e.get("status"),
-                 _num(e.get("real_baseline_auroc")), _num(e.get("variant_auroc")),
-                 _num(e.get("real_followup_auroc")),
-                 "–" if e.get("mean_run_point") is None else f"{e['mean_run_point']:.2f}",
-                 "–" if dropped is None else f"{dropped} of {e.get('n_boot')}")
-        body.append(f"<tr{cls}><td>{label}</td>"
-                    + "".join(f"<td class=num>{esc(c)}</td>" for c in cells) + "</tr>")
+        body.append(f"<tr{cls}><td>{label}</td>{_cells(e)}</tr>")
     for name, e in (block.get("reference") or {}).items():
         label = (f"{esc(display_name(name))}<br><span class=muted>{esc(name)}: reads the record, "
                  "no generated image</span>")
-        cells = (_closure(e) if e.get("status") == "ok" else e.get("status"),
-                 _num(e.get("real_baseline_auroc")), _num(e.get("variant_auroc")),
-                 _num(e.get("real_followup_auroc")), "–", "–")
-        body.append(f"<tr><td>{label}</td>" + "".join(f"<td class=num>{esc(c)}</td>" for c in cells)
-                    + "</tr>")
+        body.append(f"<tr><td>{label}</td>{_cells(e)}</tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 

@@ -246,7 +246,7 @@ class LLMContextEncoder(ContextEncoder):
     def encode_text(self, sentences: Sequence[str]) -> Tensor:
         """C (B, m, D) float32 for already-built sentences (use `forward` for EHR records)."""
         if len(sentences) == 0:
-            return self.null_context(0)
+            return torch.zeros(0, self.n_tokens, self.dim)
         emb_layer = self.lm.get_input_embeddings()
         device = emb_layer.weight.device
         tokens, mask, slot = (t.to(device) for t in self._layout(self.token_ids(sentences)))

@@ -73,10 +73,9 @@ def build_unet(cfg: UNetConfig, *, in_channels: int, out_channels: int, cross_at
 def silence_pooled_context(unet: UNet2DConditionModel) -> None:
     """Zero the pooled-context embedding's last layer (LayerNorm scale and shift): the U-Net then
     computes what it did without it, and learns how much of the record to add."""
-    if getattr(unet, "add_embedding", None) is not None:
-        with torch.no_grad():
-            unet.add_embedding.norm2.weight.zero_()
-            unet.add_embedding.norm2.bias.zero_()
+    with torch.no_grad():
+        unet.add_embedding.norm2.weight.zero_()
+        unet.add_embedding.norm2.bias.zero_()
 
 
 @contextlib.contextmanager

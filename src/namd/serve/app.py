@@ -18,6 +18,7 @@ from typing import Any
 from namd.cohort.ehr import EHR, EHR_FIELDS, FAMILY, report_sentence
 from namd.serve.form import MISSING, field_specs
 from namd.serve.readout import NOTICE
+from namd.serve.server import is_loopback
 from namd.serve.session import Session
 from namd.serve.views import GALLERY_COLUMNS
 
@@ -71,7 +72,7 @@ def theme() -> Any:
 def header(session: Session, host: str) -> str:
     """The page's opening lines: what it is, the notice, the model, where it is served."""
     pipe = session.pipe
-    where = ("served on 127.0.0.1 only: nothing leaves this machine" if host == "127.0.0.1"
+    where = (f"served on {host} only: nothing leaves this machine" if is_loopback(host)
              else f"served on {host}; no analytics, no share link, no fonts or scripts from the internet")
     return (f"# namd: one patient's possible futures\n"
             f"Virtual one-year follow-up CT crops of a lung nodule and the malignancy estimate "

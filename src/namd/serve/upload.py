@@ -15,6 +15,7 @@ upload by its own file name, never by a temporary path.
 
 from __future__ import annotations
 
+import lzma
 import secrets
 import shutil
 import stat
@@ -128,8 +129,7 @@ def extract_zip(path: Path, dest: Path, name: str, limits: Limits) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(info) as src, open(target, "wb") as dst:
                     budget = _copy_capped(src, dst, budget, name, limits)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError,
-            zlib.error) as exc:
+    except (zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error, lzma.LZMAError) as exc:
         raise UploadError(f"{name}: not a readable zip ({' '.join(str(exc).split())})") from None
 
 

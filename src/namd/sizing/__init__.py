@@ -33,7 +33,6 @@ import contextlib
 import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,10 +134,14 @@ def saved_tensor_bytes(loss_fn: Callable[[], torch.Tensor], modules: Iterable[nn
 def prior_context_shape(config: NamdConfig, encoder_shape: tuple[int, int]) -> tuple[int, int]:
     """(tokens, width) of stage 1's null context: CLIP's empty prompt (77 x 768, or the local
     CLIP config's) when diffusion.null_context is 'empty_prompt', else the encoder's (m, D)."""
-    if getattr(config.diffusion, "null_context", "zeros") != "empty_prompt":
+    from namd.config.preflight import clip_folder
+    from namd.models.null_context import _sub
+
+    if config.diffusion.null_context != "empty_prompt":
         return encoder_shape
-    folder = Path(getattr(config.diffusion, "clip_text", None) or "/nonexistent").expanduser() / "text_encoder"
-    if (folder / "config.json").is_file():
+    root = clip_folder(config)
+    folder = None if root is None else _sub(root, "text_encoder")
+    if folder is not None and (folder / "config.json").is_file():
         from transformers import AutoConfig
 
         clip = AutoConfig.from_pretrained(folder, local_files_only=True)
@@ -218,7 +221,7 @@ def _prior_parts(config: NamdConfig, batch: int, lm: LanguageModelSpec | None):
                           cross_attention_dim=width, sample_size=h).train()
     null = _randn(1, tokens, width)
     loss = _unet_loss(unet, batch, (c, h, w), lambda: null.expand(batch, -1, -1), False)
-    return [unet], [], loss, f"context {tokens} x {width} ({getattr(config.diffusion, 'null_context', 'zeros')})"
+    return [unet], [], loss, f"context {tokens} x {width} ({config.diffusion.null_context})"
 
 
 def _cond_parts(config: NamdConfig, batch: int, lm: LanguageModelSpec | None, lm_device: str = "meta"):
@@ -251,7 +254,7 @@ def _cond_parts(config: NamdConfig, batch: int, lm: LanguageModelSpec | None, lm
         unet = build_unet(config.diffusion.unet, in_channels=2 * c, out_channels=c,
                           cross_attention_dim=encoder.dim, sample_size=h,
                           pooled_context=config.diffusion.pooled_context).train()
-    draws, records = max(1, int(getattr(config.diffusion, "cond_draws", 1))), probe_records(batch)
+    draws, records = config.diffusion.cond_draws, probe_records(batch)
     loss = _unet_loss(unet, batch * draws, (c, h, w),
                       lambda: encoder(records).to("meta").repeat_interleave(draws, 0), True)
     prompts = nn.ParameterList(encoder.trainable_parameters())
@@ -316,7 +319,8 @@ def estimate_stage(config: NamdConfig, stage: str, batch: int | None = None, dev
     train = {id(p): p for m in trainable for p in m.parameters() if p.requires_grad}
     n_train = sum(p.numel() for p in train.values())
     n_frozen = sum(p.numel() for m in frozen for p in m.parameters())
-    frozen_bytes = sum(frozen_lm_bytes(m, config.text.dtype) if stage == "cond" else 4 * n_frozen for m in frozen)
+    frozen_bytes = sum(frozen_lm_bytes(m, config.text.dtype) if stage == "cond"
+                       else 4 * sum(p.numel() for p in m.parameters()) for m in frozen)
     largest = max((p.numel() for p in train.values()), default=0)
     return StageEstimate(
         stage=stage, batch=batch, params=n_train + n_frozen, trainable=n_train,

@@ -189,6 +189,7 @@ class CondTask:
         self.use_null, self.rotate, self.dropout = null_context, rotate, dropout
         self.draws, self.snr_gamma = draws, snr_gamma
         self.prompts = PromptParameters(encoder)
+        self._null: torch.Tensor | None = None  # the image-only model's constant C, once computed
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         if self.use_null or not self.prompts.names:
@@ -201,12 +202,16 @@ class CondTask:
     def context(self, ehrs: list, generator: torch.Generator, train: bool, device: torch.device) -> torch.Tensor:
         """C for a batch of records, with condition dropout when training (the null context,
         a language-model pass with diffusion.null_context = empty_prompt, only when used)."""
-        if self.use_null:
-            return self.encoder.null_context(len(ehrs), device=device)
+        if self.use_null:  # the image-only model trains no prompts: its null C is a constant
+            if self._null is None:
+                with torch.no_grad():
+                    self._null = self.encoder.null_context(1, device=device)
+            return self._null.to(device).expand(len(ehrs), -1, -1)
         c = self.encoder(ehrs).to(device)
         if train and self.dropout > 0:
             drop = (torch.rand(len(ehrs), generator=generator) < self.dropout).to(device)
-            c = torch.where(drop[:, None, None], self.encoder.null_context(len(ehrs), device=device), c)
+            if drop.any():  # an empty-prompt null C is a language-model pass: only when used
+                c = torch.where(drop[:, None, None], self.encoder.null_context(1, device=device), c)
         return c
 
     def loss(self, batch: Batch, generator: torch.Generator, train: bool) -> tuple[torch.Tensor, dict[str, float]]:
