@@ -116,6 +116,26 @@ def test_condition_dropout_replaces_c_at_the_configured_rate():
     assert torch.equal(c, again)
 
 
+def test_null_context_passes_only_when_needed():
+    """An empty-prompt null C is a language-model pass: the image-only model makes it once, and
+    condition dropout only in a batch where a record is dropped."""
+    enc = _fake("empty_prompt")
+    calls = []
+    real = enc.empty_prompt_context
+    enc.empty_prompt_context = lambda: calls.append(1) or real()
+    ehrs = [EHR(SCT_LONG_DIA=5.0 + i) for i in range(3)]
+    sched, gen, cpu = training_scheduler(DiffusionConfig()), torch.Generator().manual_seed(0), torch.device("cpu")
+    null_task = CondTask(_unet(), sched, enc, True, False)
+    first = null_task.context(ehrs, gen, True, cpu)
+    assert torch.equal(null_task.context(ehrs, gen, True, cpu), first) and len(calls) == 1
+    assert first.shape == (3, enc.n_tokens, enc.dim) and torch.allclose(first[0], real()[0])
+    calls.clear()
+    CondTask(_unet(), sched, enc, False, False, dropout=1e-9).context(ehrs, gen, True, cpu)
+    assert not calls  # nothing dropped: no pass
+    CondTask(_unet(), sched, enc, False, False, dropout=0.999).context(ehrs, gen, True, cpu)
+    assert len(calls) == 1
+
+
 def test_cond_trains_soft_prompts_and_checkpoints_only_them(tmp_path):
     enc = FakeEncoder()
     g = torch.Generator().manual_seed(1)
