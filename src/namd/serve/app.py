@@ -17,8 +17,7 @@ from typing import Any
 
 from namd.cohort.ehr import EHR, EHR_FIELDS, FAMILY, report_sentence
 from namd.serve.form import MISSING, field_specs
-from namd.serve.readout import NOTICE
-from namd.serve.server import is_loopback
+from namd.serve.readout import NOTICE, is_loopback
 from namd.serve.session import Session
 from namd.serve.views import GALLERY_COLUMNS
 

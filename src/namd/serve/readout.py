@@ -6,6 +6,7 @@ reader sees them and a test can check them against `NAMDPipeline.predict`.
 from __future__ import annotations
 
 import html
+import ipaddress
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -84,3 +85,13 @@ def error_html(message: str) -> str:
 def status_html(message: str) -> str:
     """A one-line status (no error) as the page shows it."""
     return f'<div class="namd-status" data-namd="status">{html.escape(message)}</div>'
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -4,26 +4,15 @@ gradio's cache)."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from namd.serve.readout import NOTICE
+from namd.serve.readout import NOTICE, is_loopback
 from namd.serve.session import CohortNodules, Session
 from namd.serve.upload import Limits
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_session(run: str | None, model: str | None, variant: str, device: str | None,
