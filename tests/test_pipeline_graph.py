@@ -80,8 +80,9 @@ def test_independent_stages_run_at_the_same_time(tmp_path):
 
 
 def test_threads_follow_jobs_not_timing(tmp_path):
-    """A stage alone (a, d, e here) gets cores // jobs threads too, so its numbers do not depend
-    on what else happened to be running."""
+    """A stage that happens to run alone (a, d, e here: e could run beside any of them) gets
+    cores // jobs threads too, so its numbers do not depend on what else happened to be
+    running."""
     fake = Fake(tmp_path)
     run_graph(GRAPH, fake.is_done, fake.launch, jobs=2, cores=4, poll_s=0.01)
     assert dict(fake.launched) == {s.folder: 2 for s in GRAPH}
@@ -133,15 +134,6 @@ def test_the_demo_plan_is_a_graph_of_what_each_stage_reads(tmp_path):
         run_graph(unknown, lambda _: False, Fake(tmp_path).launch, jobs=2, cores=2)
 
 
-def test_a_stage_process_runs_namd_with_its_threads_and_logs_to_the_run(tmp_path):
-    from namd.pipeline import _launch, last_line
-
-    item = _launch(RunDir(tmp_path), Step("version", ("--version",)), threads=1)
-    assert item.process.wait(timeout=120) == 0
-    assert item.log_path == tmp_path / "logs" / "version.log"
-    assert last_line(item.log_path).startswith("namd ")
-
-
 def test_one_job_keeps_a_failed_stage_error_as_its_cause(tmp_path, capsys):
     """--jobs 1 calls the stage functions, not the CLI: the first stage's damaged config
     surfaces as StageFailed naming the stage and the error, chained to the ConfigError."""
@@ -156,3 +148,17 @@ def test_one_job_keeps_a_failed_stage_error_as_its_cause(tmp_path, capsys):
     assert isinstance(info.value.__cause__, ConfigError)
     assert "not valid YAML" in str(info.value) and "\n" not in str(info.value)
     assert not (run.path / "cohort").exists() or not run.is_done("cohort")
+
+
+def test_a_stage_nothing_can_run_beside_gets_every_core(tmp_path):
+    """In a -> (b, c) -> d, a and d come before or after every other stage: all the cores, by
+    the plan's shape, whatever the timing; b and c share them."""
+    from namd.pipeline import solo_stages
+
+    chain = GRAPH[:4]
+    assert solo_stages(chain) == {"a", "d"} and solo_stages(GRAPH) == set()
+    fake = Fake(tmp_path)
+    run_graph(chain, fake.is_done, fake.launch, jobs=2, cores=4, poll_s=0.01)
+    assert dict(fake.launched) == {"a": 4, "b": 2, "c": 2, "d": 4}
+    demo = plan(RunDir(tmp_path), ablations=True)
+    assert solo_stages(demo) == {"cohort", "eval", "report"}

@@ -3,9 +3,10 @@
 `namd demo` is only this: each stage reads what the stages it needs wrote, a finished stage
 (its run_info.json says complete) is skipped, so an interrupted run resumes where it stopped.
 The stages form a graph (the no-align branch, the null-context branch and the evaluator do not
-depend on each other): with `jobs` > 1, ready stages run at the same time as separate `namd`
-processes, each with cores / jobs threads and its output in RUN/logs/<stage>.log;
-`jobs` = 1 runs them one after the other in this process, in plan order.
+depend on each other): with `jobs` > 1, ready stages run at the same time in `jobs` worker
+processes (namd.stage_pool), each stage with cores / jobs threads (all the cores for a stage
+that nothing can run beside) and its output in RUN/logs/<stage>.log; `jobs` = 1 runs them one
+after the other in this process, in plan order.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from namd.cli import build_parser
 from namd.errors import StageFailed
@@ -85,9 +85,12 @@ def run_pipeline(run: RunDir, ablations: bool, jobs: int = 1) -> dict[str, float
     steps = plan(run, ablations)
     if jobs <= 1:
         return _run_in_process(run, steps)
+    from namd.stage_pool import StagePool
+
     cores = os.cpu_count() or 1
-    return run_graph(steps, run.is_done, lambda step, threads: _launch(run, step, threads), jobs,
-                     cores)
+    with StagePool(jobs) as pool:
+        return run_graph(steps, run.is_done, lambda step, threads: pool.launch(run, step, threads),
+                         jobs, cores)
 
 
 def _run_in_process(run: RunDir, steps: list[Step]) -> dict[str, float]:
@@ -131,24 +134,28 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+class Handle(Protocol):
+    """What the graph walk needs of a running stage: subprocess.Popen's poll and terminate."""
+
+    def poll(self) -> int | None: ...
+
+    def terminate(self) -> None: ...
+
+
 @dataclass
 class Launched:
-    """A running stage: its process and the log its output goes to."""
+    """A running stage: its handle (a worker's task, or a process in tests) and its log."""
 
-    process: subprocess.Popen
+    process: Handle
     log_path: Path
     started: float
 
 
-def _launch(run: RunDir, step: Step, threads: int) -> Launched:
-    """`namd <argv>` as a child process with `threads` torch threads, output to its log."""
+def log_path(run: RunDir, step: Step) -> Path:
+    """RUN/logs/<stage>.log, where a stage run by the graph writes its output."""
     path = run.path / LOG_DIR / f"{step.folder}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with path.open("w") as fh:
-        process = subprocess.Popen([sys.executable, "-m", "namd.cli", *step.argv], stdout=fh,
-                                   stderr=subprocess.STDOUT, env=env)
-    return Launched(process, path, time.perf_counter())
+    return path
 
 
 def last_line(path: Path) -> str:
@@ -164,29 +171,53 @@ def last_line(path: Path) -> str:
     return frames[-1] if frames else ""
 
 
+def _closure(steps: list[Step], start: str, forward: bool) -> set[str]:
+    """The stages `start` needs, directly or through others (forward=False), or those that
+    need it (forward=True)."""
+    edges: dict[str, set[str]] = {s.folder: set() for s in steps}
+    for s in steps:
+        for n in s.needs:
+            if forward:
+                edges.setdefault(n, set()).add(s.folder)
+            else:
+                edges[s.folder].add(n)
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def solo_stages(steps: list[Step]) -> set[str]:
+    """Stages that no other stage can run beside: every other stage comes before or after them
+    (the demo's cohort, eval and report). Decided by the plan alone, so giving them all the
+    cores keeps a run's numbers independent of timing."""
+    names = {s.folder for s in steps}
+    return {s.folder for s in steps
+            if _closure(steps, s.folder, False) | _closure(steps, s.folder, True) | {s.folder} == names}
+
+
 def _blocked(steps: list[Step], failed: set[str]) -> set[str]:
     """Every stage that needs, directly or through others, a failed stage."""
-    out: set[str] = set()
-    grew = True
-    while grew:
-        grew = False
-        for s in steps:
-            if s.folder not in out and any(n in failed or n in out for n in s.needs):
-                out.add(s.folder)
-                grew = True
-    return out
+    return set().union(*(_closure(steps, name, True) for name in failed))
 
 
 def run_graph(steps: list[Step], is_done: Callable[[str], bool],
               launch: Callable[[Step, int], Launched], jobs: int, cores: int,
               poll_s: float = 0.2, status_every_s: float = 30.0) -> dict[str, float]:
     """Walk the stage graph: start every stage whose needs are done, at most `jobs` at a time,
-    each with max(1, cores // jobs) threads; a failed stage stops its dependants and the others
+    each with max(1, cores // jobs) threads, or all `cores` for a stage that no other stage of
+    the plan can run beside (`solo_stages`); a failed stage stops its dependants and the others
     finish. Raises StageFailed naming every failed stage and its last log line.
 
-    The thread count is fixed by `jobs`, not by how many stages happen to be running when a
-    stage starts: a stage's floating-point results depend on its thread count, so a run gives
-    the same numbers whatever the timing of its stages (the same `jobs`, the same results)."""
+    The thread count is fixed by `jobs` and the plan's shape, not by how many stages happen to
+    be running when a stage starts: a stage's floating-point results depend on its thread
+    count, so a run gives the same numbers whatever the timing of its stages (the same `jobs`,
+    the same results)."""
+    solo = solo_stages(steps)
     timings = {s.folder: 0.0 for s in steps if is_done(s.folder)}
     pending = [s for s in steps if s.folder not in timings]
     running: dict[str, Launched] = {}
@@ -214,9 +245,9 @@ def run_graph(steps: list[Step], is_done: Callable[[str], bool],
                 raise RuntimeError("stages " + ", ".join(s.folder for s in pending) +
                                    " need stages that are not in the plan")
             ready = ready[:max(0, jobs - len(running))]
-            threads = max(1, cores // jobs)
             for s in ready:
                 pending.remove(s)
+                threads = cores if s.folder in solo else max(1, cores // jobs)
                 running[s.folder] = launch(s, threads)
                 print(f"start: namd {' '.join(s.argv)} ({threads} thread(s))", flush=True)
             if running and time.perf_counter() - last_status > status_every_s:

@@ -202,10 +202,10 @@ def minilm() -> LLMContextEncoder:
 
 
 def test_minilm_default_loads_offline(minilm, ehrs):
-    assert (minilm.dim, minilm.n_tokens, minilm.decoder, minilm.pooling) == (384, 2, False, "mean")
+    assert (minilm.dim, minilm.n_tokens, minilm.decoder, minilm.pooling) == (384, 1, False, "mean")
     assert minilm.prefix == [minilm.tokenizer.cls_token_id]
     out = minilm(ehrs[:3])
-    assert out.shape == (3, 2, 384) and torch.isfinite(out).all()
+    assert out.shape == (3, 1, 384) and torch.isfinite(out).all()
     torch.testing.assert_close(torch.cat([minilm([e]) for e in ehrs[:3]]), out, atol=1e-5, rtol=1e-4)
 
 

@@ -80,7 +80,10 @@ class DiffusionConfig(Section):
         "(diffusers' addition_embed_type 'text'), so the record can shift every block globally, as "
         "a class embedding does; False = the paper (C enters through cross-attention only). The "
         "new layers start at zero output, so stage 2 begins as the prior")
-    encode_batch: int = Field(64, ge=1, description="crops per VAE call when building the latent cache")
+    encode_batch: int = Field(
+        16, ge=1, description="crops per VAE call when building the latent cache: on one CPU thread "
+        "the tiny VAE encodes 2.7 ms per crop at 8-16 crops and 4.9 ms at 64, whose activations "
+        "leave the cache (benchmarks/results/encode_batch.md); raise it on a GPU")
 
 
 class SamplingConfig(Section):

@@ -1,0 +1,130 @@
+"""Worker processes that run `namd demo`'s stages: each imports the stages once, then runs stage
+after stage, so a stage costs its own work and not a fresh interpreter's imports (torch,
+diffusers and transformers: about 7 s of one core per stage on the 2-core box, 14 stages in a
+demo with its ablations; `benchmarks/results/demo.md`).
+
+The pool is the standard library's ProcessPoolExecutor (spawned workers: forking a process whose
+torch threads already run is unsafe). A task sets the stage's torch threads, sends the worker's
+stdout and stderr (progress bars, logging) to the stage's log file, and calls the stage's own
+command function through `namd.pipeline.run_step`, as `--jobs 1` does in the main process; its
+one-line error (StageFailed) travels back with the task and ends the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from multiprocessing import get_context
+from pathlib import Path
+
+from namd.pipeline import Launched, Step, log_path
+from namd.rundir import RunDir
+
+# the modules of every stage command, imported once per worker (their run functions import them)
+WARM_MODULES = ("torch", "diffusers", "transformers", "namd.cohort.synthetic", "namd.training.vae",
+                "namd.training.diffusion", "namd.training.evaluator", "namd.sampling_io",
+                "namd.evaluation.evaluate", "namd.evaluation.report")
+
+
+def _warm() -> None:
+    """Worker initializer: the logging format of `namd.cli.main`, then the stages' imports."""
+    import importlib
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for name in WARM_MODULES:  # all importable: tests/test_stage_pool.py
+        importlib.import_module(name)
+
+
+@contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Within the block, this process's stdout and stderr (file descriptors 1 and 2, so
+    progress bars and logging too) write to `path`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("w") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def run_logged(step: Step, threads: int, log: str) -> None:
+    """One stage in this worker with `threads` torch threads, its output in `log`; a failure is
+    re-raised as StageFailed after its one line ends the log."""
+    import torch
+
+    from namd.cli import build_parser
+    from namd.errors import StageFailed
+    from namd.pipeline import run_step
+
+    torch.set_num_threads(threads)
+    with _output_to(Path(log)):
+        print(f"namd {' '.join(step.argv)}: worker {os.getpid()}, {torch.get_num_threads()} "
+              f"thread(s)", flush=True)
+        try:
+            run_step(build_parser(), step)
+        except StageFailed as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise
+        except BaseException as exc:  # SystemExit from argparse, a library's own error type
+            print(f"error: stage {step.folder}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            raise StageFailed(f"stage {step.folder}: {type(exc).__name__}: {exc}") from None
+
+
+class Task:
+    """A submitted stage as the graph walk sees a process: poll() is None while it runs, then 0
+    or 1; terminate() stops the whole pool (stages resume on the next run)."""
+
+    def __init__(self, future: Future, pool: StagePool):
+        self.future, self.pool = future, pool
+
+    def poll(self) -> int | None:
+        if not self.future.done():
+            return None
+        return 0 if self.future.exception() is None else 1
+
+    def terminate(self) -> None:
+        self.pool.kill()
+
+
+class StagePool:
+    """`jobs` warm worker processes for the stages of one run (a context manager)."""
+
+    def __init__(self, jobs: int):
+        self.executor = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
+                                            initializer=_warm)
+
+    def launch(self, run: RunDir, step: Step, threads: int) -> Launched:
+        """Start `step` on a free worker (or queue it until one is free)."""
+        path = log_path(run, step)
+        future = self.executor.submit(run_logged, step, threads, str(path))
+        return Launched(Task(future, self), path, time.perf_counter())
+
+    def kill(self) -> None:
+        """Stop every worker now (an interrupted or failed walk); what finished stays done."""
+        processes = list(getattr(self.executor, "_processes", {}).values())  # no public API in 3.11
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+
+    def __enter__(self) -> StagePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.executor.shutdown(wait=True)
