@@ -52,3 +52,36 @@ def test_a_failing_stage_reports_its_one_line_error(tmp_path):
         assert wait(again.process) == 0  # the worker survives a failed stage
     line = last_line(item.log_path)
     assert line.startswith("error: stage vae failed (namd train vae") and "cohort" in line
+
+
+def test_a_stage_in_a_used_worker_equals_a_fresh_process(tmp_path):
+    """A worker that already ran a stage trains the next one to the same weights, bit for bit,
+    as a fresh `namd` process with the same threads: nothing leaks from stage to stage."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from namd.config import load_config, save_config
+
+    config = load_config("tiny", overrides=["synth.pairs=24", "synth.unpaired=8", "vae.train.max_steps=3",
+                                            "vae.train.val_every=2", "vae.report_tsne_max=20"])
+    runs = [tmp_path / "pool", tmp_path / "fresh"]
+    for run in runs:
+        run.mkdir()
+        save_config(config, run / "config.yaml")
+    with StagePool(1) as pool:
+        cohort = pool.launch(RunDir(runs[0]), Step("cohort", ("synth", "--out", str(runs[0] / "cohort"),
+                                                              "--config", str(runs[0] / "config.yaml"))), 1)
+        assert wait(cohort.process) == 0
+        shutil.copytree(runs[0] / "cohort", runs[1] / "cohort")
+        vae = pool.launch(RunDir(runs[0]), Step("vae", ("train", "vae", "--run", str(runs[0]))), 1)
+        assert wait(vae.process) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "namd.cli", "train", "vae", "--run", str(runs[1])], env=env,
+                   check=True, capture_output=True)
+    weights = [load_file(run / "vae" / "autoencoder" / "diffusion_pytorch_model.safetensors") for run in runs]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])

@@ -40,10 +40,8 @@ from namd.contract import (
     CONFIG_FILE,
     DIFFUSERS_WEIGHTS,
     RunFileError,
-    check_safetensors,
     read_json,
     read_yaml,
-    reading,
 )
 from namd.diffusion import SCHEDULER_DIR, load_scheduler_config
 from namd.models.calibration import CALIBRATION_FILE, load_calibration
@@ -54,7 +52,7 @@ from namd.models.minilm import sha256_file
 from namd.models.unet import MODEL_DIR as UNET_DIR
 from namd.models.unet import load_unet
 from namd.models.vae import MODEL_DIR as VAE_DIR
-from namd.models.vae import SCALE_FILE, read_output, read_scale_factor, set_output
+from namd.models.vae import SCALE_FILE, load_autoencoder
 from namd.prediction import Prediction, baseline_hu, crop_digest
 from namd.rundir import RunDir, variant_dirs
 from namd.runinfo import RUN_INFO, atomic_dir, atomic_write_json
@@ -171,15 +169,7 @@ def check_language_model(path: Path) -> None:
 
 def load_vae_folder(folder: Path, device: torch.device) -> tuple[torch.nn.Module, float]:
     """The frozen VAE of a model folder's vae/ (diffusers layout) and its latent scale factor."""
-    from diffusers import AutoencoderKL
-
-    scale = read_scale_factor(folder)
-    read_json(folder / "config.json")
-    check_safetensors(folder / DIFFUSERS_WEIGHTS)
-    with reading(folder):
-        vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-    set_output(vae, read_output(folder))
-    return vae.to(device).eval().requires_grad_(False), scale
+    return load_autoencoder(folder, folder, device)
 
 
 def verify_folder(folder: Path) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def run_pipeline(run: RunDir, ablations: bool, jobs: int = 1) -> dict[str, float
     from namd.stage_pool import StagePool
 
     cores = os.cpu_count() or 1
-    with StagePool(jobs) as pool:
+    with StagePool(jobs, threads=max(1, cores // jobs)) as pool:
         return run_graph(steps, run.is_done, lambda step, threads: pool.launch(run, step, threads),
                          jobs, cores)
 

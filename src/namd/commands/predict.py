@@ -66,16 +66,12 @@ def _baseline_crop(args: argparse.Namespace, config) -> tuple:
         raise ValueError("--image needs --center X Y Z")
     if args.units != "HU":
         raise ValueError("--units applies to --crop; an --image is read in HU")
-    from namd.cohort.ingest.crop import CropGeometry, Position, extract_crop, locate
-    from namd.cohort.ingest.volume import open_volume
+    from namd.crops import crop_nodule_flagged
 
-    volume = open_volume(args.image)
     x, y, z = args.center
     space = "voxel" if args.voxel else "world"
-    k, centre = locate(volume, Position(x, y, z, space=space))
-    crop, flags = extract_crop(volume, k, centre, CropGeometry(config.data.crop_size,
-                                                              config.data.pixel_spacing_mm))
-    return crop, {"input": "image", "center": [x, y, z], "space": space, "flags": list(flags)}
+    crop, flags = crop_nodule_flagged(args.image, (x, y, z), space, config=config)
+    return crop, {"input": "image", "center": [x, y, z], "space": space, "flags": flags}
 
 
 def _config(args: argparse.Namespace):

@@ -120,12 +120,20 @@ def load_trained_vae(stage_dir: Path, device: str | torch.device = "cpu") -> tup
     file is checked before the network is built (RunFileError naming it when damaged).
     """
     stage_dir = Path(stage_dir)
-    scale, model_path = read_scale_factor(stage_dir), stage_dir / MODEL_DIR
-    read_json(model_path / "config.json", "vae")
-    check_safetensors(model_path / DIFFUSERS_WEIGHTS, "vae")
-    with reading(model_path, "vae"):
+    return load_autoencoder(stage_dir / MODEL_DIR, stage_dir, device, writer="vae")
+
+
+def load_autoencoder(model_path: Path, meta_dir: Path, device: str | torch.device = "cpu",
+                     writer: str | None = None) -> tuple[AutoencoderKL, float]:
+    """The frozen AutoencoderKL saved in `model_path` (diffusers layout) with the scale factor
+    and decoder output saved in `meta_dir`: a VAE stage's autoencoder/ (`load_trained_vae`) or
+    an exported model folder's vae/. `writer` names what writes them again in errors."""
+    scale = read_scale_factor(meta_dir)
+    read_json(model_path / "config.json", writer)
+    check_safetensors(model_path / DIFFUSERS_WEIGHTS, writer)
+    with reading(model_path, writer):
         vae = AutoencoderKL.from_pretrained(model_path, local_files_only=True, use_safetensors=True)
-    set_output(vae, read_output(stage_dir))
+    set_output(vae, read_output(meta_dir))
     vae.to(device).eval().requires_grad_(False)
     return vae, scale
 

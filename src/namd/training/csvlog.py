@@ -16,16 +16,23 @@ class CsvLog:
     def __init__(self, path: Path, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled
+        self._fields: list[str] | None = None  # the file's header, read once
+
+    def _header(self) -> list[str]:
+        """The log's columns (read from the file the first time; empty for a new log)."""
+        if self._fields is None:
+            self._fields = []
+            if self.path.exists():
+                with self.path.open(newline="") as fh:
+                    self._fields = next(csv.reader(fh), [])
+        return self._fields
 
     def append(self, row: dict[str, float | int | str]) -> None:
         """Append one row (header from the first row, widened when a later row brings a new
         column, e.g. a validation-only metric from `val_metrics`)."""
         if not self.enabled:
             return
-        fields: list[str] = []
-        if self.path.exists():
-            with self.path.open(newline="") as fh:
-                fields = next(csv.reader(fh), [])
+        fields = list(self._header())
         new = not fields
         extra = [k for k in row if k not in fields]
         if extra and not new:  # rewrite the log once with the wider header (atomically)
@@ -33,6 +40,7 @@ class CsvLog:
                 rows = list(csv.DictReader(fh))
             self._rewrite(fields + extra, rows)
         fields += extra
+        self._fields = fields
         with self.path.open("a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
             if new:
@@ -54,8 +62,11 @@ class CsvLog:
         """Remove the log of an earlier run (a fresh start)."""
         if self.enabled and self.path.exists():
             self.path.unlink()
+        self._fields = None
 
     def _rewrite(self, fields: list[str], rows: list[dict[str, str]]) -> None:
+        """The whole log with `fields` as its header, atomically."""
+        self._fields = list(fields)
         buffer = io.StringIO(newline="")
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
