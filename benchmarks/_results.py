@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from namd.cpuload import other_cpus_during, snapshot
+from namd.cpuload import matmul_gflops, other_cpus_during, snapshot
 from namd.runinfo import atomic_write_json, atomic_write_text
 
 
@@ -35,6 +35,7 @@ def machine(before: dict, threads: int | None = None) -> dict:
             "loadavg_before": before["loadavg"], "busy_cpus_before": before["busy_cpus"],
             "other_cpus_during": during, "loadavg_after": os.getloadavg(),
             "threads": torch.get_num_threads() if threads is None else threads,
+            "matmul_gflops_before": before.get("matmul_gflops"), "matmul_gflops_after": matmul_gflops(),
             "loaded": bool((during if during is not None else before["busy_cpus"]) > cpus / 4)}
 
 
@@ -46,6 +47,9 @@ def load_line(m: dict) -> str:
     now += "" if during is None else f"{during:.2f} CPUs of other work on average during the run, "
     line = (f"Load: {m['threads']} torch thread(s) on {m['cpus']} CPUs; {now}load average "
             f"{m['loadavg_before'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after.")
+    if m.get("matmul_gflops_before") is not None:
+        line += (f" Machine speed (one-thread 1024^2 fp32 matmul): {m['matmul_gflops_before']:.0f} "
+                 f"GFLOP/s before, {m['matmul_gflops_after']:.0f} after.")
     if m["loaded"]:
         line += (" **Taken on a loaded machine (other work on more than a quarter of the cores): "
                  "not to be quoted.**")

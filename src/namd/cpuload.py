@@ -41,10 +41,32 @@ def busy_cpus(seconds: float = 1.0) -> float:
     return (second[0] - first[0]) / max(1e-9, second[1] - first[1]) * (os.cpu_count() or 1)
 
 
+def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """The machine's speed now: GFLOP/s of an n x n fp32 matmul on one torch thread (best of
+    `repeats`, about half a second). The host of a virtual machine changes speed without any
+    load showing here (the 2-core box gave 66-76 at one hour of 2026-12-01 and about 95 at
+    another), so two runs' times compare only beside their speeds."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = torch.randn(n, n)
+        a @ a
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ a
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return 2 * n ** 3 / best / 1e9
+
+
 def snapshot() -> dict:
-    """The start of a timed run: load average, CPUs busy now, and the CPU counters."""
+    """The start of a timed run: load average, CPUs busy now, the CPU counters and the speed."""
     return {"loadavg": os.getloadavg(), "busy_cpus": busy_cpus(), "_machine_cpu": _machine_cpu_seconds(),
-            "_own_cpu": own_cpu_seconds(), "_wall": time.perf_counter()}
+            "_own_cpu": own_cpu_seconds(), "_wall": time.perf_counter(), "matmul_gflops": matmul_gflops()}
 
 
 def other_cpus_during(start: dict) -> float | None:
@@ -61,4 +83,5 @@ def load_record(start: dict) -> dict:
     """What a results file states about the load of a run begun at `snapshot()`."""
     return {"loadavg_before": start["loadavg"], "busy_cpus_before": start["busy_cpus"],
             "other_cpus_during": other_cpus_during(start), "loadavg_after": os.getloadavg(),
-            "cpus": os.cpu_count()}
+            "cpus": os.cpu_count(), "matmul_gflops_before": start.get("matmul_gflops"),
+            "matmul_gflops_after": matmul_gflops()}
