@@ -239,3 +239,17 @@ def test_single_class_validation_is_a_clear_error(tmp_path):
     assert (stage.labelled_crops(cohort, "val")["label"] == 0).all()
     with pytest.raises(ValueError, match="val split: needs both benign and malignant"):
         stage.run_stage(fast_config(), run, **_args())
+
+
+def test_initial_weights_follow_the_seed_not_the_process(tmp_path):
+    """Two trainings in one process, after different draws from the global generator (as in a
+    worker of `namd demo` that ran other stages first), give the same weights."""
+    runs = [RunDir(tmp_path / name) for name in ("a", "b")]
+    weights = []
+    for i, run in enumerate(runs):
+        make_cohort(run.stage("cohort"))
+        torch.manual_seed(100 + i)
+        torch.rand(7)
+        out = stage.run_stage(fast_config(steps=2), run, **_args())
+        weights.append(load_file(str(out / "checkpoints" / "last" / "vit.safetensors")))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

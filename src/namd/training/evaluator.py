@@ -159,6 +159,9 @@ def run_stage(config: NamdConfig, run: RunDir, *, resume: bool = False,
                  f"evaluator.select_min_malignant={cfg.select_min_malignant}")
     if not select:
         log.warning("evaluator: %s", selection)
+    # the initial weights from the stage's seed, not from whatever the process drew before (a
+    # worker of `namd demo` that already ran other stages, or `--jobs 1`)
+    torch.manual_seed(cfg.train.seed)
     model = build_evaluator(cfg, cohort.crop_size)
     task = EvaluatorTask(model, n_neg / n_pos, cfg.train.rotation_augment, window,
                          cfg.train.batch_size, select)
