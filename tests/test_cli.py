@@ -11,7 +11,7 @@ import namd.commands.cohort
 from namd.cli import build_parser, main
 from namd.cohort.store import Cohort
 from namd.contract import RunFileError
-from namd.pipeline import StageFailed
+from namd.errors import StageFailed
 
 
 @pytest.fixture(scope="module")

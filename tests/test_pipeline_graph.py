@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from namd.pipeline import Launched, StageFailed, Step, plan, run_graph
+from namd.pipeline import StageFailed, plan, run_graph
 from namd.rundir import RunDir
+from namd.stages import Launched, Step
 
 # A fake stage: checks that the markers of its needs exist, optionally waits (with a timeout)
 # for another stage's marker, then writes its own marker; exit 3 = failure.

@@ -6,9 +6,10 @@ from __future__ import annotations
 import importlib
 import time
 
-from namd.pipeline import Step, last_line
+from namd.pipeline import last_line
 from namd.rundir import RunDir
 from namd.stage_pool import WARM_MODULES, StagePool
+from namd.stages import Step
 
 
 def wait(task, timeout_s: float = 300.0) -> int:

@@ -6,7 +6,7 @@ demo with its ablations; `benchmarks/results/demo.md`).
 The pool is the standard library's ProcessPoolExecutor (spawned workers: forking a process whose
 torch threads already run is unsafe). A task sets the stage's torch threads, sends the worker's
 stdout and stderr (progress bars, logging) to the stage's log file, and calls the stage's own
-command function through `namd.pipeline.run_step`, as `--jobs 1` does in the main process; its
+command function through `namd.stages.run_step`, as `--jobs 1` does in the main process; its
 one-line error (StageFailed) travels back with the task and ends the log.
 """
 
@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 
-from namd.pipeline import Launched, Step, log_path
 from namd.rundir import RunDir
+from namd.stages import Launched, Step, log_path
 
 # the modules of every stage command, imported once per worker (their run functions import them)
 WARM_MODULES = ("torch", "diffusers", "transformers", "namd.cohort.synthetic", "namd.training.vae",
@@ -77,7 +77,7 @@ def run_logged(step: Step, threads: int, log: str) -> None:
 
     from namd.cli import build_parser
     from namd.errors import StageFailed
-    from namd.pipeline import run_step
+    from namd.stages import run_step
 
     torch.set_num_threads(threads)
     with _output_to(Path(log)):

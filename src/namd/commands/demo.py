@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from namd.contract import read_json
-    from namd.pipeline import StageFailed, run_pipeline
+    from namd.errors import StageFailed
+    from namd.pipeline import run_pipeline
     from namd.rundir import RunDir, resolve_config
 
     run_dir = RunDir(args.out)
