@@ -86,3 +86,13 @@ def test_a_stage_in_a_used_worker_equals_a_fresh_process(tmp_path):
     weights = [load_file(run / "vae" / "autoencoder" / "diffusion_pytorch_model.safetensors") for run in runs]
     assert weights[0].keys() == weights[1].keys()
     assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])
+
+
+def test_a_worker_that_cannot_start_fails_its_stage_with_a_line(tmp_path):
+    """A pool whose workers die at start (here: a module to preload that does not exist) fails
+    the stage with a readable line in its log, not a silent exit code."""
+    run = RunDir(tmp_path)
+    with StagePool(1, modules=("namd.no_such_module",)) as pool:
+        item = pool.launch(run, Step("c", ("synth", "--out", str(tmp_path / "c"))), threads=1)
+        assert wait(item.process) == 1
+    assert last_line(item.log_path).startswith("error: stage did not run: ")

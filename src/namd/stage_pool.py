@@ -32,7 +32,7 @@ WARM_MODULES = ("torch", "diffusers", "transformers", "namd.cohort.synthetic", "
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _warm(threads: int) -> None:
+def _warm(threads: int, modules: tuple[str, ...]) -> None:
     """Worker initializer: OpenMP's and MKL's thread counts before torch loads, the logging
     format of `namd.cli.main`, then the stages' imports.
 
@@ -45,7 +45,7 @@ def _warm(threads: int) -> None:
     for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for name in WARM_MODULES:  # all importable: tests/test_stage_pool.py
+    for name in modules:
         importlib.import_module(name)
 
 
@@ -97,13 +97,20 @@ class Task:
     """A submitted stage as the graph walk sees a process: poll() is None while it runs, then 0
     or 1; terminate() stops the whole pool (stages resume on the next run)."""
 
-    def __init__(self, future: Future, pool: StagePool):
-        self.future, self.pool = future, pool
+    def __init__(self, future: Future, pool: StagePool, log: Path):
+        self.future, self.pool, self.log = future, pool, log
 
     def poll(self) -> int | None:
+        """None while running; 0 when done; 1 when failed, the error ending the stage's log even
+        when the stage never started (a worker that could not start or died writes nothing)."""
         if not self.future.done():
             return None
-        return 0 if self.future.exception() is None else 1
+        exc = self.future.exception()
+        if exc is None:
+            return 0
+        if not self.log.is_file() or not self.log.read_text(errors="replace").strip():
+            self.log.write_text(f"error: stage did not run: {type(exc).__name__}: {exc}\n")
+        return 1
 
     def terminate(self) -> None:
         self.pool.kill()
@@ -111,17 +118,17 @@ class Task:
 
 class StagePool:
     """`jobs` warm worker processes for the stages of one run (a context manager), started
-    with `threads` OpenMP threads each (what most of their stages use)."""
+    with `threads` OpenMP threads each (what most of their stages use) and `modules` imported."""
 
-    def __init__(self, jobs: int, threads: int = 1):
+    def __init__(self, jobs: int, threads: int = 1, modules: tuple[str, ...] = WARM_MODULES):
         self.executor = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
-                                            initializer=_warm, initargs=(threads,))
+                                            initializer=_warm, initargs=(threads, modules))
 
     def launch(self, run: RunDir, step: Step, threads: int) -> Launched:
         """Start `step` on a free worker (or queue it until one is free)."""
         path = log_path(run, step)
         future = self.executor.submit(run_logged, step, threads, str(path))
-        return Launched(Task(future, self), path, time.perf_counter())
+        return Launched(Task(future, self, path), path, time.perf_counter())
 
     def kill(self) -> None:
         """Stop every worker now (an interrupted or failed walk); what finished stays done."""

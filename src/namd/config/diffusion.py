@@ -82,7 +82,7 @@ class DiffusionConfig(Section):
         "new layers start at zero output, so stage 2 begins as the prior")
     encode_batch: int = Field(
         16, ge=1, description="crops per VAE call when building the latent cache: on one CPU thread "
-        "the tiny VAE encodes 2.7 ms per crop at 8-16 crops and 4.9 ms at 64, whose activations "
+        "the tiny VAE encodes 2.7-2.8 ms per crop at 8-16 crops and 4.7 ms at 64, whose activations "
         "leave the cache (benchmarks/results/encode_batch.md); raise it on a GPU")
 
 
