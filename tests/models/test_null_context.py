@@ -9,7 +9,7 @@ from helpers import save_tiny_clip
 
 from namd.config import load_config
 from namd.config.text import StructuredConfig, TextConfig
-from namd.models.context_factory import build_context_encoder
+from namd.models.context_factory import build_context_encoder, context_shape
 from namd.models.null_context import clip_empty_prompt, load_null, save_null, stage_one_context
 
 
@@ -37,16 +37,19 @@ def test_clip_folder_errors_name_the_field(tmp_path, clip_dir):
 
 
 def test_stage_one_context_follows_the_config(clip_dir):
-    encoder = build_context_encoder(TextConfig(encoder="structured", structured=StructuredConfig(hidden=8, dim=12)))
-    zeros = stage_one_context(load_config("tiny"), encoder)
-    assert zeros.shape == (1, encoder.n_tokens, 12) and not zeros.any()
+    cfg = TextConfig(encoder="structured", n_prompt_sets=3, structured=StructuredConfig(hidden=8, dim=12))
+    encoder = build_context_encoder(cfg)
+    assert context_shape(cfg) == (encoder.n_tokens, encoder.dim) == (3, 12)
+    assert context_shape(TextConfig()) == (1, 384)  # MiniLM's hidden size, from its config alone
+    zeros = stage_one_context(load_config("tiny"), context_shape(cfg))
+    assert zeros.shape == (1, 3, 12) and not zeros.any()
     paper_like = load_config("tiny", overrides=["diffusion.null_context=empty_prompt",
                                                 f"diffusion.clip_text={clip_dir}"])
-    assert stage_one_context(paper_like, encoder).shape == (1, 77, 16)
+    assert stage_one_context(paper_like, (3, 12)).shape == (1, 77, 16)
     # without diffusion.clip_text, the SD1.5 folder above diffusion.unet.pretrained is used
     beside = load_config("tiny", overrides=["diffusion.null_context=empty_prompt",
                                             f"diffusion.unet.pretrained={clip_dir / 'unet'}"])
-    assert stage_one_context(beside, encoder).shape == (1, 77, 16)
+    assert stage_one_context(beside, (3, 12)).shape == (1, 77, 16)
 
 
 def test_saved_null_round_trips(tmp_path):

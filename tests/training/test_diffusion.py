@@ -295,6 +295,8 @@ def _write_cohort(path, size=16):
 @pytest.fixture
 def tiny_run(tmp_path, monkeypatch):
     monkeypatch.setattr(context_factory, "build_context_encoder", lambda cfg, null_mode="zeros": _fake(null_mode))
+    fake = _fake()
+    monkeypatch.setattr(context_factory, "context_shape", lambda cfg: (fake.n_tokens, fake.dim))
     run = RunDir(tmp_path / "run")
     _write_cohort(run.stage("cohort"))
     config = load_config("tiny", overrides=[
@@ -311,9 +313,11 @@ def tiny_run(tmp_path, monkeypatch):
     return run, config
 
 
-def test_prior_cond_sample_end_to_end(tiny_run):
+def test_prior_cond_sample_end_to_end(tiny_run, monkeypatch):
     run, config = tiny_run
-    prior = run_stage(config, run, stage="prior")
+    with monkeypatch.context() as patch:  # the prior needs the encoder's shape, not the encoder
+        patch.setattr(context_factory, "build_context_encoder", None)
+        prior = run_stage(config, run, stage="prior")
     assert run.is_done("prior") and (prior / "unet/diffusion_pytorch_model.safetensors").is_file()
     assert (run.path / "cache/latents_vae.safetensors").is_file()
     with pytest.raises(FileExistsError, match="overwrite"):

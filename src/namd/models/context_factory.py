@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from namd.config.text import TextConfig
 from namd.models.context import ContextEncoder, StandardizedContext
-from namd.models.structured import StructuredEncoder
-from namd.models.text import LLMContextEncoder
+from namd.models.structured import StructuredEncoder, context_dim
+from namd.models.text import LLMContextEncoder, model_hidden_size
 
 PROMPTS_FILE = "context_encoder.safetensors"  # the trained soft prompts (or structured MLP)
 ENCODER_FILE = "context_encoder.json"  # the text config, D, m and whether the context is null
@@ -32,3 +32,11 @@ def build_context_encoder(cfg: TextConfig, null_mode: str = "zeros") -> ContextE
         encoder = StandardizedContext(encoder)
     encoder.null_mode = null_mode
     return encoder
+
+
+def context_shape(cfg: TextConfig) -> tuple[int, int]:
+    """(m, D) of the encoder `cfg` names, from configs alone: no weights are read (the prior
+    stage needs only this shape, not the language model)."""
+    if cfg.encoder == "structured":
+        return cfg.n_prompt_sets, context_dim(cfg)
+    return cfg.n_prompt_sets, model_hidden_size(cfg.model)

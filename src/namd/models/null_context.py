@@ -20,7 +20,6 @@ from torch import Tensor
 
 from namd.config import NamdConfig
 from namd.config.preflight import clip_folder
-from namd.models.context import ContextEncoder
 
 NULL_FILE = "null_context.safetensors"
 
@@ -51,15 +50,16 @@ def clip_empty_prompt(folder: str | Path) -> Tensor:
         return model.eval()(input_ids=ids).last_hidden_state.float().contiguous()
 
 
-def stage_one_context(config: NamdConfig, encoder: ContextEncoder) -> Tensor:
-    """The null context (1, m, D) stage 1 trains with, as diffusion.null_context says."""
+def stage_one_context(config: NamdConfig, shape: tuple[int, int]) -> Tensor:
+    """The null context stage 1 trains with, as diffusion.null_context says: CLIP's empty
+    prompt, or zeros of the context encoder's (m, D) `shape`."""
     if config.diffusion.null_context == "empty_prompt":
         folder = clip_folder(config)
         if folder is None:
             raise ValueError("diffusion.null_context = 'empty_prompt' needs diffusion.clip_text or "
                              "diffusion.unet.pretrained (an SD1.5 folder)")
         return clip_empty_prompt(folder)
-    return torch.zeros(1, encoder.n_tokens, encoder.dim)
+    return torch.zeros(1, *shape)
 
 
 def save_null(context: Tensor, stage_dir: Path) -> None:

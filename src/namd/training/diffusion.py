@@ -370,15 +370,14 @@ def run_stage(config: NamdConfig, run: RunDir, *, stage: str, no_align: bool = F
     acc = Accelerator(mixed_precision=tcfg.mixed_precision)
     store = _latent_store(config, run, dirs["vae"], acc)
     cohort = Cohort(run.require("cohort", f"train {stage}"))
-    encoder = context_factory.build_context_encoder(config.text, config.diffusion.null_context).eval()
-    # the prior needs only D, m and its null context; the ablation runs the encoder only for the
-    # empty sentence
-    if stage == "cond" and (not null_context or config.diffusion.null_context == "empty_prompt"):
-        _place(encoder, acc.device)
-    if stage == "prior":
-        null = stage_one_context(config, encoder)
+    if stage == "prior":  # its null context needs only (m, D): the language model stays unloaded
+        null = stage_one_context(config, context_factory.context_shape(config.text))
         task, train, val, extra = _prior(config, cohort, store, null.shape[-1], null, tcfg.seed)
     else:
+        encoder = context_factory.build_context_encoder(config.text, config.diffusion.null_context).eval()
+        # the image-only ablation runs the encoder only for the empty sentence
+        if not null_context or config.diffusion.null_context == "empty_prompt":
+            _place(encoder, acc.device)
         task, train, val, extra = _cond(config, run, dirs["prior"], cohort, store, encoder,
                                         null_context, tcfg.seed)
     if acc.is_main_process:
