@@ -2,7 +2,8 @@
 
 Synthetic cohort -> VAE -> prior -> conditional model -> evaluator -> samples -> evaluation ->
 report, each stage in its own folder of RUN, resumable (finished stages are skipped). With
-`--jobs N` stages that do not depend on each other run at the same time (logs in RUN/logs).
+`--jobs N` stages that do not depend on each other run at the same time in N worker processes
+(logs in RUN/logs).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="also train and sample the no-align and null-context variants, the "
                              "ablation rows of Table 1 (default: on; --no-ablations for NAMD only)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="stages run at the same time, as separate processes with cores / "
-                             "jobs threads each, logs in RUN/logs (default: the cores; 1 = one "
-                             "after the other in this process, with all the cores). A stage's "
-                             "floating-point results depend on its thread count, so the same "
-                             "--jobs gives the same numbers")
+                        help="stages run at the same time in this many worker processes, with "
+                             "cores / jobs threads each (all the cores for a stage nothing can run "
+                             "beside), logs in RUN/logs (default: the cores; 1 = one after the "
+                             "other in this process, with all the cores). A stage's floating-point "
+                             "results depend on its thread count, so the same --jobs gives the "
+                             "same numbers")
     add_config_args(parser)
     parser.set_defaults(func=run)
 
