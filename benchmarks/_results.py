@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from namd.cpuload import matmul_gflops, other_cpus_during, snapshot
+from namd.cpuload import load_record, snapshot
 from namd.runinfo import atomic_write_json, atomic_write_text
 
 
@@ -29,13 +29,10 @@ def machine(before: dict, threads: int | None = None) -> dict:
     other work already changes a two-thread timing by a quarter). `threads` defaults to
     torch.get_num_threads() now; a script whose work runs in other processes passes the threads
     they used in all (their CPU time counts as ours once they have finished, as children)."""
-    cpus = os.cpu_count() or 1
-    during = other_cpus_during(before)
-    return {"platform": platform.platform(), "cpus": cpus, "torch": torch.__version__,
-            "loadavg_before": before["loadavg"], "busy_cpus_before": before["busy_cpus"],
-            "other_cpus_during": during, "loadavg_after": os.getloadavg(),
+    record = load_record(before)  # the load and the machine's speed, as RUN/pipeline.json has them
+    cpus, during = os.cpu_count() or 1, record["other_cpus_during"]
+    return {"platform": platform.platform(), "torch": torch.__version__, **record, "cpus": cpus,
             "threads": torch.get_num_threads() if threads is None else threads,
-            "matmul_gflops_before": before.get("matmul_gflops"), "matmul_gflops_after": matmul_gflops(),
             "loaded": bool((during if during is not None else before["busy_cpus"]) > cpus / 4)}
 
 
@@ -47,13 +44,20 @@ def load_line(m: dict) -> str:
     now += "" if during is None else f"{during:.2f} CPUs of other work on average during the run, "
     line = (f"Load: {m['threads']} torch thread(s) on {m['cpus']} CPUs; {now}load average "
             f"{m['loadavg_before'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after.")
-    if m.get("matmul_gflops_before") is not None:
-        line += (f" Machine speed (one-thread 1024^2 fp32 matmul): {m['matmul_gflops_before']:.0f} "
-                 f"GFLOP/s before, {m['matmul_gflops_after']:.0f} after.")
+    line += speed_line(m)
     if m["loaded"]:
         line += (" **Taken on a loaded machine (other work on more than a quarter of the cores): "
                  "not to be quoted.**")
     return line
+
+
+def speed_line(m: dict) -> str:
+    """' Machine speed ...' of a record with matmul_gflops_before/after (a `machine()` record
+    or RUN/pipeline.json), or '' for a record taken before the speed was recorded."""
+    if m.get("matmul_gflops_before") is None:
+        return ""
+    return (f" Machine speed (one-thread 1024^2 fp32 matmul): {m['matmul_gflops_before']:.0f} "
+            f"GFLOP/s before, {m['matmul_gflops_after']:.0f} after.")
 
 
 def publish(out: str | Path | None, record: dict, markdown: Callable[[dict], str]) -> None:

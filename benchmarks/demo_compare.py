@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from _results import speed_line
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -101,13 +103,10 @@ def timing(run: dict) -> str:
     others = p.get("other_cpus_during")
     load = (f"{p['busy_cpus_before']:.2f} CPUs busy at the start, {others:.2f} CPUs of other work on "
             "average during the run, " if others is not None else "")
-    speed = p.get("matmul_gflops_before")
-    speed = ("" if speed is None else f" Machine speed (one-thread 1024^2 fp32 matmul): {speed:.0f} "
-             f"GFLOP/s before, {p['matmul_gflops_after']:.0f} after.")
     return (f"{run['run']}: {head}; `--jobs {p['jobs']}` on {p['cpus']} CPUs, ablations "
             f"{'on' if p['ablations'] else 'off'}: **{p['wall_seconds'] / 60:.1f} min** wall, "
             f"{p['cpu_seconds'] / 60:.1f} min CPU; {load}load average {p['loadavg_before'][0]:.2f} "
-            f"before, {p['loadavg_after'][0]:.2f} after.{speed} Stage seconds: {stages}.")
+            f"before, {p['loadavg_after'][0]:.2f} after.{speed_line(p)} Stage seconds: {stages}.")
 
 
 def main() -> None:

@@ -96,3 +96,39 @@ def test_a_worker_that_cannot_start_fails_its_stage_with_a_line(tmp_path):
         item = pool.launch(run, Step("c", ("synth", "--out", str(tmp_path / "c"))), threads=1)
         assert wait(item.process) == 1
     assert last_line(item.log_path).startswith("error: stage did not run: ")
+
+
+def test_stopping_two_running_stages_stops_every_worker(tmp_path):
+    """An interrupted walk terminates each running stage's handle: the first call stops the
+    pool's workers, the second finds nothing left, and the pool closes without hanging."""
+    run = RunDir(tmp_path)
+    long = [Step(f"c{i}", ("synth", "--out", str(tmp_path / f"c{i}"), "--pairs", "100000")) for i in range(2)]
+    with StagePool(2) as pool:
+        items = [pool.launch(run, step, threads=1) for step in long]
+        deadline = time.monotonic() + 120
+        while not all(i.log_path.is_file() and "worker" in i.log_path.read_text() for i in items):
+            assert time.monotonic() < deadline, "stages did not start"
+            time.sleep(0.1)
+        pids = list(pool.executor._processes)
+        for item in items:
+            item.process.terminate()
+    # the pool's own thread may reap a worker first (then Process.is_alive misreports it), so
+    # ask the kernel whether the pids still exist
+    assert not any(_exists(pid) for pid in pids)
+    assert not any((tmp_path / f"c{i}" / "manifest.csv").is_file() for i in range(2))
+
+
+def _exists(pid: int, wait_s: float = 10.0) -> bool:
+    """Whether process `pid` is still there after up to `wait_s` (a zombie counts as gone)."""
+    import os
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().split(")")[-1].split()[0] == "Z":
+                    return False
+        except FileNotFoundError:
+            return False
+        time.sleep(0.1)
+    return os.path.exists(f"/proc/{pid}")

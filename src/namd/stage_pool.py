@@ -1,7 +1,7 @@
 """Worker processes that run `namd demo`'s stages: each imports the stages once, then runs stage
 after stage, so a stage costs its own work and not a fresh interpreter's imports (torch,
-diffusers and transformers: about 7 s of one core per stage on the 2-core box, 14 stages in a
-demo with its ablations; `benchmarks/results/demo.md`).
+diffusers and transformers: `time python -c "import namd.training.diffusion, namd.training.vae,
+namd.models.text"` took 6.9 s on the 2-core box; 14 stages in a demo with its ablations).
 
 The pool is the standard library's ProcessPoolExecutor (spawned workers: forking a process whose
 torch threads already run is unsafe). A task sets the stage's torch threads, sends the worker's
@@ -33,13 +33,11 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _warm(threads: int, modules: tuple[str, ...]) -> None:
-    """Worker initializer: OpenMP's and MKL's thread counts before torch loads, the logging
-    format of `namd.cli.main`, then the stages' imports.
-
-    Without OMP_NUM_THREADS a process that calls torch.set_num_threads(1) trains the tiny VAE
-    about 9% slower than one started with OMP_NUM_THREADS=1 (measured on the 2-core box: 0.55
-    vs 0.51 s a step); raising the count later (a stage with every core) is as fast as starting
-    with it."""
+    """Worker initializer: OpenMP's and MKL's thread counts before torch loads (as the
+    launcher of one process per stage set them), the logging format of `namd.cli.main`, then
+    the stages' imports. A stage that gets every core raises the count with
+    torch.set_num_threads; on the 2-core box that ran a VAE step as fast as a process started
+    with two threads (0.28 against 0.30 s)."""
     import importlib
 
     for name in THREAD_VARIABLES:
@@ -77,7 +75,7 @@ def run_logged(step: Step, threads: int, log: str) -> None:
 
     from namd.cli import build_parser
     from namd.errors import StageFailed
-    from namd.stages import run_step
+    from namd.stages import one_line, run_step
 
     torch.set_num_threads(threads)
     with _output_to(Path(log)):
@@ -89,8 +87,9 @@ def run_logged(step: Step, threads: int, log: str) -> None:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             raise
         except BaseException as exc:  # SystemExit from argparse, a library's own error type
-            print(f"error: stage {step.folder}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            raise StageFailed(f"stage {step.folder}: {type(exc).__name__}: {exc}") from None
+            line = f"stage {step.folder}: {type(exc).__name__}: {one_line(exc)}"
+            print(f"error: {line}", file=sys.stderr, flush=True)
+            raise StageFailed(line) from None
 
 
 class Task:
@@ -131,8 +130,10 @@ class StagePool:
         return Launched(Task(future, self, path), path, time.perf_counter())
 
     def kill(self) -> None:
-        """Stop every worker now (an interrupted or failed walk); what finished stays done."""
-        processes = list(getattr(self.executor, "_processes", {}).values())  # no public API in 3.11
+        """Stop every worker now (an interrupted or failed walk); what finished stays done.
+        Called once per running stage by the walk: the second call finds nothing left to stop."""
+        # no public API in 3.11; shutdown sets _processes to None
+        processes = list((getattr(self.executor, "_processes", None) or {}).values())
         self.executor.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             if process.is_alive():
