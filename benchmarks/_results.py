@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from namd.cpuload import load_record, snapshot
-from namd.runinfo import atomic_write_json, atomic_write_text
+from namd.run.machine import load_record, snapshot
+from namd.run.provenance import atomic_write_json, atomic_write_text
 
 
 def start_load() -> dict:
-    """What to pass to `machine()` at the start of a run (`namd.cpuload.snapshot`)."""
+    """What to pass to `machine()` at the start of a run (`namd.run.machine.snapshot`)."""
     return snapshot()
 
 

@@ -21,7 +21,7 @@ from namd.cohort.ehr import CATEGORICAL, CONTINUOUS, EHR, EHR_FIELDS
 from namd.config.text import TextConfig
 from namd.models.context import ContextCache, ContextEncoder
 from namd.models.context_factory import build_context_encoder
-from namd.runinfo import atomic_write_text, package_versions
+from namd.run.provenance import atomic_write_text, package_versions
 
 
 def random_ehrs(n: int, seed: int = 0) -> list[EHR]:

@@ -38,10 +38,10 @@ def _pairs_frame(n: int) -> pd.DataFrame:
 
 def stage_tasks(preset: str, n: int):
     """(name, task, source, train config) for prior and cond with random latents."""
+    from namd.cohort.imaging import ROTATIONS
     from namd.config import load_config
-    from namd.diffusion import training_scheduler
-    from namd.imaging import ROTATIONS
     from namd.models.context_factory import build_context_encoder
+    from namd.models.schedules import training_scheduler
     from namd.models.unet import build_unet
     from namd.models.vae import latent_shape
     from namd.training.diffusion import CondTask, LatentCrops, LatentPairs, PriorTask

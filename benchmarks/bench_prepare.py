@@ -1,11 +1,14 @@
 """Crop extraction speed of `namd prepare` on a real CT series: crops per second.
 
-    .venv/bin/python benchmarks/bench_prepare.py [--exams 8] [--per-exam 30] \
-        [--workers 0 1 2] [--write benchmarks/results/prepare.md]
+    .venv/bin/python benchmarks/bench_prepare.py --series DICOM_FOLDER [--exams 8] \
+        [--per-exam 30] [--workers 0 1 2] [--write benchmarks/results/prepare.md]
 
-The series is ../shared/data/lung-pet-ct-dx-A0002 (30 real 512 x 512 slices, 8 mm; CC BY 4.0,
-see its LICENSE.md). Each of `--exams` exam folders links to it (so the DICOM headers are
-read and the series checked once per exam, as for separate patients), and each exam gets
+The series measured (benchmarks/results/prepare.md) is patient Lung_Dx-A0002 of TCIA's
+Lung-PET-CT-Dx (30 real 512 x 512 slices, 8 mm; CC BY 4.0; source and citation in
+docs/reference-facts.md, section 7), downloaded from TCIA: `--series` is its DICOM folder
+(tests/fixtures holds three of its slices, enough to run this script). Each of `--exams` exam
+folders links to it (so the DICOM headers are read and the series checked once per exam, as for
+separate patients), and each exam gets
 `--per-exam` nodule positions spread over its slices. Timed: `prepare("manifest", ...)`
 end to end (headers, checks, series choice, slice reads with HU rescale, resampling to the
 config's crop geometry, writing the cohort); the best of `--repeats` runs per worker count.
@@ -26,21 +29,21 @@ import pandas as pd
 
 from namd.cohort.ingest import prepare
 from namd.config import load_config
-from namd.runinfo import atomic_write_text, package_versions
-
-SERIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lung-pet-ct-dx-A0002" / "dicom"
+from namd.run.provenance import atomic_write_text, package_versions
 
 
-def make_manifest(root: Path, exams: int, per_exam: int, seed: int = 0) -> Path:
-    """Exam folders linking to the real series, and `per_exam` positions in each."""
+def make_manifest(root: Path, series: Path, exams: int, per_exam: int, seed: int = 0) -> Path:
+    """Exam folders linking to the real series, and `per_exam` positions in each (spread over
+    its slices)."""
     rng = np.random.default_rng(seed)
+    slices = len([p for p in series.iterdir() if p.is_file()])
     rows = []
     for e in range(exams):
-        (root / f"exam{e}").symlink_to(SERIES, target_is_directory=True)
+        (root / f"exam{e}").symlink_to(series.resolve(), target_is_directory=True)
         for n in range(per_exam):
             rows.append({"patient_id": f"p{e}", "nodule_id": f"n{n}", "timepoint": 0,
                          "image": f"exam{e}", "space": "voxel", "x": rng.uniform(100, 412),
-                         "y": rng.uniform(150, 400), "z": n % 30})
+                         "y": rng.uniform(150, 400), "z": n % slices})
     path = root / "manifest.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -91,6 +94,9 @@ def _version(name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=Path, required=True,
+                        help="a DICOM series folder (the measured one: TCIA Lung-PET-CT-Dx, "
+                             "Lung_Dx-A0002, 30 slices)")
     parser.add_argument("--exams", type=int, default=8)
     parser.add_argument("--per-exam", type=int, default=30)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
@@ -98,8 +104,8 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--write", type=Path, default=None, help="markdown file for the results")
     args = parser.parse_args()
-    if not SERIES.is_dir():
-        raise SystemExit(f"real series not found at {SERIES}")
+    if not args.series.is_dir():
+        raise SystemExit(f"--series {args.series}: not a folder of DICOM files")
     os.environ.setdefault("NAMD_NO_PROGRESS", "1")
     # Here, not at the top: spawned workers re-import this module, and _results imports torch,
     # whose start-up would be counted in the workers' wall time.
@@ -111,7 +117,7 @@ def main() -> None:
     n = args.exams * args.per_exam
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = make_manifest(Path(tmp), args.exams, args.per_exam)
+        manifest = make_manifest(Path(tmp), args.series, args.exams, args.per_exam)
         for w in args.workers:
             load = os.getloadavg()[0]
             seconds, cpu = time_prepare(manifest, Path(tmp), w, args.repeats, args.preset)
@@ -142,7 +148,7 @@ CPUs, they add their start-up cost and share the same cores.
 
 Machine: {describe_machine()}.
 {load_line(mach)}
-Command: `.venv/bin/python benchmarks/bench_prepare.py --exams {args.exams} --per-exam {args.per_exam} --workers {' '.join(map(str, args.workers))} --repeats {args.repeats} --preset {args.preset} --write {args.write}`
+Command: `.venv/bin/python benchmarks/bench_prepare.py --series {args.series} --exams {args.exams} --per-exam {args.per_exam} --workers {' '.join(map(str, args.workers))} --repeats {args.repeats} --preset {args.preset} --write {args.write}`
 """
     print(text)
     if args.write:

@@ -78,9 +78,9 @@ class Phases:
 
 def run_ours(cfg, vae, unet, encoder, crops, ehrs, shape, phase: Phases) -> None:
     """namd: latents and contexts once per nodule, K x N samples in large batches."""
-    from namd.diffusion import training_scheduler
+    from namd.inference.sampler import Conditioning, decode_to_hu, encode_hu, sample_latents
     from namd.models.context import ContextCache
-    from namd.sampling import Conditioning, decode_to_hu, encode_hu, sample_latents
+    from namd.models.schedules import training_scheduler
 
     window, scfg = tuple(cfg.data.window_hu), cfg.sampling
     keys = [f"pair{i}" for i in range(len(crops))]
@@ -99,8 +99,8 @@ def run_ours(cfg, vae, unet, encoder, crops, ehrs, shape, phase: Phases) -> None
 
 def run_naive(cfg, vae, unet, encoder, crops, ehrs, shape, batch: int, phase: Phases) -> None:
     """The authors' loop: per seed, per test batch: VAE encode, context, DDIM, decode."""
-    from namd.diffusion import model_output, sampling_scheduler, training_scheduler
-    from namd.sampling import decode_to_hu, encode_hu
+    from namd.inference.sampler import decode_to_hu, encode_hu
+    from namd.models.schedules import model_output, sampling_scheduler, training_scheduler
 
     window, scfg = tuple(cfg.data.window_hu), cfg.sampling
     schedule = dict(training_scheduler(cfg.diffusion).config)

@@ -87,7 +87,7 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     if args.write:
-        from namd.runinfo import atomic_write_text
+        from namd.run.provenance import atomic_write_text
 
         atomic_write_text(Path(args.write), report)
 

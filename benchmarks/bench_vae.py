@@ -1,4 +1,4 @@
-"""Benchmark of the nodule-aligned VAE stage: training throughput, and aligned vs --no-align.
+"""Benchmark of the nodule-aligned VAE stage: training throughput, and aligned vs --method no_align.
 
     python benchmarks/bench_vae.py --steps 300 --write benchmarks/results/vae.md
 
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from _results import load_line, machine, start_load
 
-from namd.runinfo import atomic_write_text
+from namd.run.provenance import atomic_write_text
 
 KEYS = ("recon_mae", "recon_psnr", "recon_ssim", "distance_spearman", "distance_spearman_flat",
         "knn_r2_diameter", "knn_r2_diameter_flat", "probe_auroc", "linear_probe_auroc")
@@ -152,7 +152,7 @@ def make_cohort(path: Path, overrides: list[str]) -> float:
 def _run(root: Path, cohort: Path, overrides: list[str]):
     """A run folder whose cohort is the shared one, and its config."""
     from namd.config import load_config
-    from namd.rundir import RunDir
+    from namd.run.layout import RunDir
 
     run = RunDir(root / "run")
     run.path.mkdir(parents=True)
@@ -180,7 +180,7 @@ def markdown(command: str, through: list[dict], comp: dict | None, args: argpars
     if comp:
         a, n = comp["aligned"], comp.get("no_align")
         side = args.crop // 2 ** (len(json.loads(args.channels)) - 1)
-        lines += ["## Aligned vs --no-align (same synthetic cohort, seed, steps, learning rate)", "",
+        lines += ["## Aligned vs --method no_align (same synthetic cohort, seed, steps, learning rate)", "",
                   f"- cohort: {args.pairs} pairs + {args.unpaired} unpaired crops, {args.crop} x {args.crop} at "
                   f"{args.spacing} mm, split 60/20/20 by patient; report on the val split ({a['n_crops']} crops, "
                   f"{a['n_complete_features']} with all five nodule features, {a['n_labelled']} labelled)",

@@ -7,9 +7,9 @@
 A variant is a lever folder under --root whose cond stage `benchmarks/follow_baseline.py` trained
 (the config's difference from --base is its command). Its counterparts, sampled and scored on the
 same split with the same seeds:
-- the separately trained image-only model: ROOT/null/cond_null, trained once with the code as it
-  is now on the base's VAE and prior (`namd train cond --null-context`) and sampled once per split
-  there; its samples_null is linked into every variant folder, so the variant's own metrics.json
+- the separately trained image-only model: ROOT/null/cond_null_context, trained once with the code as it
+  is now on the base's VAE and prior (`namd train cond --method null_context`) and sampled once per split
+  there; its samples_null_context is linked into every variant folder, so the variant's own metrics.json
   holds both;
 - for a variant trained with condition dropout, the same model sampled with C = its null context
   (`sampling.drop_context`), in the sibling folder ROOT/VARIANT_dropC.
@@ -73,37 +73,37 @@ def overrides(base: Path, folder: Path) -> list[str]:
 
 
 def null_model(base: Path, root: Path, threads: int) -> Path:
-    """ROOT/null/cond_null: the image-only model retrained on the base's VAE and prior."""
+    """ROOT/null/cond_null_context: the image-only model retrained on the base's VAE and prior."""
     folder = root / "null"
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "config.yaml").exists():
         (folder / "config.yaml").write_text((base / "config.yaml").read_text())
     for name in SHARED:
         link(base / name, folder / name)
-    if not _json(folder / "cond_null" / "run_info.json").get("complete"):
-        namd(["train", "cond", "--run", str(folder), "--null-context", "--resume"], folder / "study.log", threads)
-    return folder / "cond_null"
+    if not _json(folder / "cond_null_context" / "run_info.json").get("complete"):
+        namd(["train", "cond", "--run", str(folder), "--method", "null_context", "--resume"], folder / "study.log", threads)
+    return folder / "cond_null_context"
 
 
 def sampled(folder: Path, stage: str, split: str, threads: int) -> None:
     """FOLDER/STAGE sampled on `split`, unless it already is."""
     info = _json(folder / stage / "run_info.json")
     if info.get("config", {}).get("sampling", {}).get("split") != split or not info.get("complete"):
-        flag = ["--null-context"] if stage == "samples_null" else []
+        flag = ["--method", "null_context"] if stage == "samples_null_context" else []
         namd(["sample", "--run", str(folder), "--split", split, "--overwrite", *flag],
              folder / "study.log", threads)
 
 
 def scored(folder: Path, split: str, threads: int, *, null: bool) -> None:
-    """Sample on `split` (with `null`, link the shared cond_null's samples, drawn once per split
+    """Sample on `split` (with `null`, link the shared cond_null_context's samples, drawn once per split
     in ROOT/null), then evaluate, each only when what is there was made for another split."""
-    wanted = ["samples"] + (["samples_null"] if null else [])
+    wanted = ["samples"] + (["samples_null_context"] if null else [])
     sampled(folder, "samples", split, threads)
     if null:
-        sampled(folder.parent / "null", "samples_null", split, threads)
-        if not (folder / "samples_null").is_symlink():
-            shutil.rmtree(folder / "samples_null", ignore_errors=True)
-        link(folder.parent / "null" / "samples_null", folder / "samples_null")
+        sampled(folder.parent / "null", "samples_null_context", split, threads)
+        if not (folder / "samples_null_context").is_symlink():
+            shutil.rmtree(folder / "samples_null_context", ignore_errors=True)
+        link(folder.parent / "null" / "samples_null_context", folder / "samples_null_context")
     log = folder / "study.log"
     if _json(folder / "eval" / "metrics.json").get("split") != split or any(
             (folder / s / "run_info.json").stat().st_mtime > (folder / "eval" / "metrics.json").stat().st_mtime
@@ -189,7 +189,7 @@ def variant(name: str, args: argparse.Namespace) -> dict:
     """Score one variant and its counterparts on the split."""
     root, base = Path(args.root), Path(args.base)
     folder = root / name
-    link(null_model(base, root, args.threads), folder / "cond_null")
+    link(null_model(base, root, args.threads), folder / "cond_null_context")
     scored(folder, args.split, args.threads, null=True)
     metrics = _json(folder / "eval" / "metrics.json")
     row = next(r for r in metrics["rows"] if r["name"] == "namd")
@@ -208,7 +208,7 @@ def variant(name: str, args: argparse.Namespace) -> dict:
            "mae_to_vae_copy": fidelity.get("mean_of_k_mae_to_vae_copy"),
            "nearest_own": fidelity.get("nearest_own_followup_share"),
            "cond_seconds": args.seconds.get(name, {}).get("cond"),
-           "vs_cond_null": versus(folder, "namd", folder, "namd_null_context")}
+           "vs_cond_null": versus(folder, "namd", folder, "null_context")}
     out["pooled_scale"] = pooled_scale(folder / "cond")
     if float(cond_info.get("condition_dropout") or 0) > 0:
         sibling = dropped(folder)
@@ -243,7 +243,7 @@ def markdown(record: dict) -> str:
         if "error" in v:
             lines.append(f"| {v['name']} | {v['error']} |")
             continue
-        counterparts = [("cond_null", v["vs_cond_null"])] + ([("C = null", v["vs_drop_c"])] if "vs_drop_c" in v else [])
+        counterparts = [("cond_null_context", v["vs_cond_null"])] + ([("C = null", v["vs_drop_c"])] if "vs_drop_c" in v else [])
         null_text = "; ".join(f"{k}: {f(c['auroc'])}, {c['delta_auroc']:+.3f}, p = {c['p_value']:.2f}"
                               for k, c in counterparts)
         removed = "; ".join(f"{k}: {f(c['share_removed'], 2)}" for k, c in counterparts)

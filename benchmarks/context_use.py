@@ -22,14 +22,14 @@ def measure(run: Path, n: int, seed: int) -> dict:
     import yaml
 
     from namd.cohort.store import Cohort
-    from namd.config import load_config
+    from namd.config import load_config, methods
     from namd.evaluation import context_use as cu
-    from namd.rundir import RunDir, variant_dirs
-    from namd.sampling import FollowUpSampler, pairs_to_sample
+    from namd.inference.sampler import FollowUpSampler, pairs_to_sample
+    from namd.run.layout import RunDir
 
     start = time.perf_counter()
     config = load_config(base=yaml.safe_load((run / "config.yaml").read_text()))
-    sampler = FollowUpSampler.from_run(RunDir(run), variant_dirs(), config)
+    sampler = FollowUpSampler.from_run(RunDir(run), methods.get(methods.REFERENCE).uses, config)
     cohort = Cohort(run / "cohort")
     train = cohort.pairs("train").dropna(subset=["label"])
     probe = cu.probe(sampler.encoder, train, seed)

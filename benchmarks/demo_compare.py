@@ -103,8 +103,8 @@ def timing(run: dict) -> str:
     others = p.get("other_cpus_during")
     load = (f"{p['busy_cpus_before']:.2f} CPUs busy at the start, {others:.2f} CPUs of other work on "
             "average during the run, " if others is not None else "")
-    return (f"{run['run']}: {head}; `--jobs {p['jobs']}` on {p['cpus']} CPUs, ablations "
-            f"{'on' if p['ablations'] else 'off'}: **{p['wall_seconds'] / 60:.1f} min** wall, "
+    return (f"{run['run']}: {head}; `--jobs {p['jobs']}` on {p['cpus']} CPUs, methods "
+            f"{','.join(p.get('methods') or ['namd', 'no_align', 'null_context'] if p.get('ablations', True) else ['namd'])}: **{p['wall_seconds'] / 60:.1f} min** wall, "
             f"{p['cpu_seconds'] / 60:.1f} min CPU; {load}load average {p['loadavg_before'][0]:.2f} "
             f"before, {p['loadavg_after'][0]:.2f} after.{speed_line(p)} Stage seconds: {stages}.")
 
@@ -124,7 +124,7 @@ def main() -> None:
         f"{after['metrics']['n_malignant']} malignant)", "", *table1(before, after), "",
         "## Image quality, baseline use, fidelity", "", *quality(before, after), "",
         "## Growth: before", "", *growth(before), "", "## Growth: after", "", *growth(after), ""])
-    from namd.runinfo import atomic_write_json, atomic_write_text
+    from namd.run.provenance import atomic_write_json, atomic_write_text
 
     out = Path(args.out)
     atomic_write_text(out.with_suffix(".md"), text)

@@ -4,7 +4,7 @@ malignant nodules should grow more than those of benign nodules, and the image-o
 
 Runs the pipeline's own commands in one run directory (finished stages are skipped, so an
 interrupted run continues): synth -> train vae -> train prior -> train cond -> train cond
---null-context -> sample -> sample --null-context. Then measures, on the test pairs, a simple
+--method null_context -> sample -> sample --method null_context. Then measures, on the test pairs, a simple
 nodule size of every crop (equivalent diameter of the tissue above a threshold near the crop
 centre) and reports per label the growth of the real follow-ups and of the generated ones
 (mean over the K samples), and how much of the malignant-benign gap remains without context.
@@ -29,9 +29,9 @@ HERE = Path(__file__).resolve().parent
 
 def run_stages(run: Path, preset: str, overrides: list[str]) -> dict[str, float]:
     """The stages through the CLI; returns seconds per stage (0 = already done)."""
-    from namd.cli import main
+    from namd.cli.main import main
     from namd.config import load_config, save_config
-    from namd.rundir import RunDir
+    from namd.run.layout import RunDir
 
     rd = RunDir(run)
     if not (run / "config.yaml").is_file():
@@ -41,9 +41,9 @@ def run_stages(run: Path, preset: str, overrides: list[str]) -> dict[str, float]
              ("vae", ["train", "vae", "--run", r, "--resume"]),
              ("prior", ["train", "prior", "--run", r, "--resume"]),
              ("cond", ["train", "cond", "--run", r, "--resume"]),
-             ("cond_null", ["train", "cond", "--run", r, "--resume", "--null-context"]),
+             ("cond_null_context", ["train", "cond", "--run", r, "--resume", "--method", "null_context"]),
              ("samples", ["sample", "--run", r]),
-             ("samples_null", ["sample", "--run", r, "--null-context"])]
+             ("samples_null_context", ["sample", "--run", r, "--method", "null_context"])]
     times = {}
     for folder, argv in steps:
         if rd.is_done(folder):
@@ -66,8 +66,8 @@ def growth_table(run: Path, threshold_hu: float, radius_mm: float) -> dict:
 
     from namd.cohort.store import Cohort
     from namd.config import load_config
+    from namd.inference.sampler import decode_to_hu, encode_hu
     from namd.models.vae import load_trained_vae
-    from namd.sampling import decode_to_hu, encode_hu
 
     cohort = Cohort(run / "cohort")
     window = tuple(load_config(base=yaml.safe_load((run / "config.yaml").read_text())).data.window_hu)
@@ -87,13 +87,13 @@ def growth_table(run: Path, threshold_hu: float, radius_mm: float) -> dict:
     out = {"real follow-up": label_difference(real, label),
            "baseline size": label_difference(base, label)}
     gen = {}
-    for name in ("samples", "samples_null"):
+    for name in ("samples", "samples_null_context"):
         other = pd.read_csv(run / name / "index.csv", dtype={"pair_id": str})
         if not other["pair_id"].equals(index["pair_id"]):
             raise ValueError(f"{run / name}: nodules differ from {run / 'samples'}")
         gen[name] = size(np.load(run / name / "samples.npy", mmap_mode="r")).mean(1) - base_rec
         out[name] = label_difference(gen[name], label)
-    out["context_minus_null_ci95"] = paired_gap_ci(gen["samples"], gen["samples_null"], label)
+    out["context_minus_null_ci95"] = paired_gap_ci(gen["samples"], gen["samples_null_context"], label)
     return out
 
 
@@ -105,14 +105,14 @@ def context_sensitivity(run: Path, n: int = 64, seed: int = 0) -> dict:
     import yaml
 
     from namd.cohort.store import Cohort
-    from namd.config import load_config
-    from namd.diffusion import model_output
-    from namd.rundir import RunDir, variant_dirs
-    from namd.sampling import FollowUpSampler, pairs_to_sample
+    from namd.config import load_config, methods
+    from namd.inference.sampler import FollowUpSampler, pairs_to_sample
+    from namd.models.schedules import model_output
+    from namd.run.layout import RunDir
 
     rd = RunDir(run)
     config = load_config(base=yaml.safe_load((run / "config.yaml").read_text()))
-    sampler = FollowUpSampler.from_run(rd, variant_dirs(), config)
+    sampler = FollowUpSampler.from_run(rd, methods.get(methods.REFERENCE).uses, config)
     cohort = Cohort(run / "cohort")
     pairs = pairs_to_sample(cohort, "test").iloc[:n]
     cond = sampler.conditioning(pairs["pair_id"].tolist(), cohort.images(pairs["baseline_index"]),
@@ -149,14 +149,14 @@ def markdown(record: dict) -> str:
              "|---|---|---|---|"]
     for key, title in (("baseline size", "baseline size"), ("real follow-up", "growth, real follow-up"),
                        ("samples", "growth, NAMD (context C)"),
-                       ("samples_null", "growth, null context (image only)")):
+                       ("samples_null_context", "growth, null context (image only)")):
         r = g[key]
         lo, hi = r["difference_ci95"]
         lines.append(f"| {title} | {r['malignant_mean_mm']:.2f} (n={r['n_malignant']}) | "
                      f"{r['benign_mean_mm']:.2f} (n={r['n_benign']}) | {r['difference_mm']:.2f} "
                      f"[{lo:.2f}, {hi:.2f}] |")
     lo, hi = g["context_minus_null_ci95"]
-    gap = g["samples"]["difference_mm"] - g["samples_null"]["difference_mm"]
+    gap = g["samples"]["difference_mm"] - g["samples_null_context"]["difference_mm"]
     lines += ["", f"Label gap with context minus gap without: {gap:.2f} mm [{lo:.2f}, {hi:.2f}] "
               "(paired bootstrap over nodules).", ""]
     sens = record.get("context_sensitivity")

@@ -61,7 +61,7 @@ else
   echo "[gpu_paper] no wheels in $wheels (run benchmarks/gpu_wheels.sh where PyPI is reachable)" >&2
 fi
 export PYTHONPATH="$root/src:$site${PYTHONPATH:+:$PYTHONPATH}"
-"$py" -c "import namd.sizing, namd.training.diffusion, namd.training.vae, namd.sampling, diffusers, pydantic, transformers, torch; print('[gpu_paper] python', __import__('sys').version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__, 'pydantic', pydantic.__version__, 'cuda', torch.cuda.is_available())"
+"$py" -c "import namd.sizing, namd.training.diffusion, namd.training.vae, namd.inference.sampler, diffusers, pydantic, transformers, torch; print('[gpu_paper] python', __import__('sys').version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__, 'pydantic', pydantic.__version__, 'cuda', torch.cuda.is_available())"
 
 cd "$root"
 if [ "$device" = cuda ]; then

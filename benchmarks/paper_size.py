@@ -13,9 +13,9 @@ Stages, each in its own subprocess so that every peak is its own:
           Gemma-3-shaped language model (MedGemma 1.5 4B's text config with 2 layers, random
           weights, a word-level vocabulary of the report sentences), saved to a local folder and
           loaded by the package's own LLMContextEncoder.from_config: CondTask (Equation 10), batch 8
-  ddim    one DDIM step of the cond U-Net at batch 8 (namd.sampling.denoise)
-  sample  K x steps DDIM for N nodules (namd.sampling.sample_latents, sampling.max_batch per call)
-          and the VAE decode of the K x N latents (namd.sampling.decode_to_hu)
+  ddim    one DDIM step of the cond U-Net at batch 8 (namd.inference.sampler.denoise)
+  sample  K x steps DDIM for N nodules (namd.inference.sampler.sample_latents, sampling.max_batch per call)
+          and the VAE decode of the K x N latents (namd.inference.sampler.decode_to_hu)
 
 A training step is the shared trainer's inner loop (namd.training.trainer) without its files:
 the task's loss under autocast (bf16 runs), zero_grad(set_to_none), backward, clip_grad_norm_,
@@ -112,8 +112,8 @@ def reset_peak() -> bool:
 def _task(stage: str, config, batch: int, device: torch.device):
     """(task, batch dict, train config) of a training stage, networks on `device`."""
     from namd.cohort.ehr import NODULE_FIELDS
-    from namd.diffusion import training_scheduler
-    from namd.imaging import ROTATIONS
+    from namd.cohort.imaging import ROTATIONS
+    from namd.models.schedules import training_scheduler
     from namd.models.unet import build_unet
     from namd.models.vae import latent_shape
     from namd.sizing import prior_context_shape, probe_records
@@ -238,8 +238,8 @@ def _cond_unet(config, device: torch.device, dtype: torch.dtype):
 def ddim_child(config, batch: int, device: torch.device, precision: str, steps: int) -> dict:
     """Seconds of one DDIM step at `batch` (mean over `steps` after a one-step warm-up)."""
     from namd.config import validated_update
-    from namd.diffusion import training_scheduler
-    from namd.sampling import denoise
+    from namd.inference.sampler import denoise
+    from namd.models.schedules import training_scheduler
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     unet, shape = _cond_unet(config, device, dtype)
@@ -260,9 +260,9 @@ def ddim_child(config, batch: int, device: torch.device, precision: str, steps: 
 def sample_child(config, device: torch.device, precision: str, nodules: int, k: int, steps: int) -> dict:
     """Seconds to draw K samples of `steps` DDIM steps for `nodules` nodules, then decode them."""
     from namd.config import validated_update
-    from namd.diffusion import training_scheduler
+    from namd.inference.sampler import Conditioning, decode_to_hu, sample_latents
+    from namd.models.schedules import training_scheduler
     from namd.models.vae import build_vae
-    from namd.sampling import Conditioning, decode_to_hu, sample_latents
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     unet, shape = _cond_unet(config, device, dtype)
@@ -291,8 +291,8 @@ def warm_up(config, device: torch.device) -> None:
     """Import every module a child uses and run one tiny training step of a small U-Net, so
     that imports, thread pools and kernel caches are in the resident size before the baseline
     is read, not in the measured peak."""
+    import namd.inference.sampler  # noqa: F401
     import namd.models.context_factory  # noqa: F401
-    import namd.sampling  # noqa: F401
     import namd.training.diffusion  # noqa: F401
     import namd.training.vae  # noqa: F401
     from namd.config import UNetConfig
@@ -444,7 +444,7 @@ def markdown(record: dict) -> str:
               "- cond: the U-Net with 8 inputs at D = 2560 and the soft prompts (2 x 8 x 2560), the report "
               f"sentences through the frozen language model: {record['lm']}. The paper's model is the same "
               "width with 34 layers in NF4: `namd check --preset paper` sizes it.",
-              "- ddim / sample: `namd.sampling.denoise` and `sample_latents` with the cond U-Net, random "
+              "- ddim / sample: `namd.inference.sampler.denoise` and `sample_latents` with the cond U-Net, random "
               "baseline latents and contexts (C is computed once per nodule in `namd sample`; not timed here).",
               "", "A step is the shared trainer's inner loop (loss under autocast for bf16, zero_grad, "
               "backward, clip_grad_norm_, AdamW.step): the 1st also creates AdamW's states, the 2nd is the "

@@ -37,11 +37,16 @@ def main() -> None:
     before = start_load()
 
     from namd.cohort.store import Cohort
-    from namd.config import load_config
-    from namd.diffusion import load_scheduler_config
+    from namd.config import load_config, methods
+    from namd.inference.sampler import (
+        Conditioning,
+        FollowUpSampler,
+        pairs_to_sample,
+        sample_latents,
+    )
+    from namd.models.schedules import load_scheduler_config
     from namd.models.unet import load_unet
-    from namd.rundir import RunDir, variant_dirs
-    from namd.sampling import Conditioning, FollowUpSampler, pairs_to_sample, sample_latents
+    from namd.run.layout import RunDir
     from namd.training.latents import cache_path, load_or_build
 
     run = RunDir(args.run)
@@ -53,7 +58,7 @@ def main() -> None:
     z1 = store.upright(pairs["baseline_index"].to_numpy())
     z2 = store.upright(pairs["followup_index"].to_numpy())
     sampling = cfg.sampling.model_copy(update={"k": 1})
-    sampler = FollowUpSampler.from_run(run, variant_dirs(), cfg)
+    sampler = FollowUpSampler.from_run(run, methods.get(methods.REFERENCE).uses, cfg)
     null = sampler.encoder.null_context(1, device="cpu")[0]
     prior = load_unet(run.stage("prior"))
     keys = [f"prior-{i}" for i in range(len(pairs))]

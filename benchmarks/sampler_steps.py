@@ -32,16 +32,16 @@ MIN_CORR, MAX_DAUROC, MAX_MAE_REL = 0.98, 0.01, 0.05
 def load(run_path: str):
     """The run's sampler, evaluator, test pairs with their conditioning, real follow-ups, labels."""
     from namd.cohort.store import Cohort
-    from namd.config import load_config
+    from namd.config import load_config, methods
+    from namd.inference.sampler import FollowUpSampler, pairs_to_sample
     from namd.models.evaluator import load_evaluator
-    from namd.rundir import RunDir, variant_dirs
-    from namd.sampling import FollowUpSampler, pairs_to_sample
+    from namd.run.layout import RunDir
 
     run = RunDir(Path(run_path))
     config = load_config(base=run.saved_config())
     cohort = Cohort(run.require("cohort", "benchmark"))
     pairs = pairs_to_sample(cohort, "test")
-    sampler = FollowUpSampler.from_run(run, variant_dirs(False, False), config)
+    sampler = FollowUpSampler.from_run(run, methods.get(methods.REFERENCE).uses, config)
     cond = sampler.conditioning(pairs["pair_id"].tolist(), cohort.images(pairs["baseline_index"]),
                                 [Cohort.ehr(row) for _, row in pairs.iterrows()], config.sampling.aux_batch)
     model, window, _ = load_evaluator(run.require("evaluator", "benchmark"))

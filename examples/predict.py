@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from namd.cohort.ehr import EHR
-from namd.predict import predict_patient
+from namd.inference.patient import predict_patient
 
 if len(sys.argv) != 2:
     sys.exit(f"usage: python {sys.argv[0]} RUN  (a run folder with trained cond, vae, evaluator)")

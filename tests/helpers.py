@@ -28,12 +28,12 @@ def build_tiny_run(path):
     """A finished run (cohort, untrained VAE, prior, cond, evaluator) with 16 x 16 crops at 1 mm."""
     import torch
 
-    from namd.cli import main
+    from namd.cli.main import main
     from namd.cohort.ehr import EHR
     from namd.cohort.store import CohortWriter
     from namd.config import load_config, save_config
     from namd.models.vae import build_vae, save_trained_vae
-    from namd.rundir import RunDir
+    from namd.run.layout import RunDir
 
     run = RunDir(path)
     rng = np.random.default_rng(0)

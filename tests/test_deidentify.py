@@ -13,7 +13,7 @@ from types import ModuleType
 import pydicom
 import pytest
 
-from namd.cli import main
+from namd.cli.main import main
 from namd.cohort.store import Cohort
 
 TESTS = Path(__file__).resolve().parent

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from namd.cohort.ehr import EHR, EHR_FIELDS, report_sentence
-from namd.crops import crop_nodule
-from namd.imaging import check_crop
-from namd.predict import predict_patient
+from namd.cohort.imaging import check_crop
+from namd.inference.patient import predict_patient
+from namd.inference.scan import crop_nodule
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 REAL = EXAMPLES.parent / "tests" / "fixtures" / "lung-pet-ct-dx-A0002" / "dicom"

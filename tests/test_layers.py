@@ -1,12 +1,13 @@
-"""The package's layering: no import cycles, and sampling stays off training.
+"""The package's layering: no import cycle of any kind, and every arrow points down.
 
-The import graph is built from the source with ``ast`` (no module is run),
-counting both module-level and function-level imports of ``namd.*``: an
-import hidden inside a function is still a dependency, and hiding one is how
-a cycle usually survives.  Imports under ``if TYPE_CHECKING:`` are left out: they never run.
-Sampling and the ``NAMDPipeline`` object must not
-reach into ``namd.training``: using a trained model must not need the code
-that trains it.
+The import graph is built from the source with ``ast`` (no module is run), counting every
+import of ``namd.*``: module-level and function-level ones (an import hidden inside a function
+is still a dependency, and hiding one is how a cycle usually survives), those under
+``if TYPE_CHECKING:`` (a type-only circle still ties two modules' meanings together: the shared
+type belongs below both), and ``importlib.import_module`` calls whose name is a literal (an
+f-string counts as its literal head, e.g. the package it imports from).
+Then: nothing below the CLI imports it, and neither inference nor evaluation reaches into
+``namd.training``: using or judging a trained model must not need the code that trains it.
 """
 
 from __future__ import annotations
@@ -40,27 +41,21 @@ def _resolve(target: str, known: set[str]) -> str | None:
     return None
 
 
-def _is_type_checking(node: ast.AST) -> bool:
-    """Whether `node` is an ``if TYPE_CHECKING:`` block (imports for annotations only)."""
-    if not isinstance(node, ast.If):
-        return False
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
-def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node of a module, functions included, except the bodies of ``if TYPE_CHECKING:``
-    (never executed, so not a dependency at run time)."""
-    out, todo = [], [tree]
-    while todo:
-        node = todo.pop()
-        out.append(node)
-        if _is_type_checking(node):
-            todo.extend(node.orelse)
-            continue
-        todo.extend(ast.iter_child_nodes(node))
-    return out
+def _import_module_name(node: ast.AST) -> str | None:
+    """The module an ``importlib.import_module(...)`` call names, when its argument is a literal
+    (for an f-string, the literal text before its first field, up to the last dot)."""
+    if not (isinstance(node, ast.Call) and node.args):
+        return None
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    if name != "import_module":
+        return None
+    arg = node.args[0]
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return arg.value
+    if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+        return str(arg.values[0].value).rpartition(".")[0] or None
+    return None
 
 
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
@@ -68,9 +63,11 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     is_package = path.name == "__init__.py"
     package = name if is_package else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in _runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         targets: list[str] = []
-        if isinstance(node, ast.Import):
+        if (dynamic := _import_module_name(node)) is not None:
+            targets = [dynamic]
+        elif isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
@@ -127,20 +124,24 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_graph_sees_function_level_imports() -> None:
-    """The graph builder counts an import inside a function (the usual hiding place)."""
+def test_graph_sees_function_level_type_only_and_importlib_imports(tmp_path) -> None:
+    """The graph builder counts an import inside a function (the usual hiding place), one under
+    ``if TYPE_CHECKING:`` and an ``importlib.import_module`` call with a literal name."""
     graph = {"a": {"b"}, "b": {"a"}}
     assert find_cycle(graph) == ["a", "b", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     assert find_cycle({"namd.x.y": {"namd.x"}, "namd.x": {"namd.x.y"}}) is None
-    known = {"namd.a", "namd.b", "namd.c"}
-    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import namd.c\n"
-                     "def f():\n    from namd.b import thing\n")
-    names = [n for n in _runtime_nodes(tree) if isinstance(n, ast.ImportFrom)]
-    assert sorted(n.module for n in names) == ["namd.b", "typing"]
+    known = {"namd.a", "namd.b", "namd.c", "namd.d", "namd.e", "namd.e.f"}
+    source = tmp_path / "m.py"
+    source.write_text("import importlib\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                      "    import namd.c\ndef f():\n    from namd.b import thing\n"
+                      "    importlib.import_module('namd.d')\n"
+                      "    importlib.import_module(f'namd.e.{thing}')\n")
+    assert _imports("namd.m", source, known) == {"namd.b", "namd.c", "namd.d", "namd.e"}
     assert _resolve("namd.b.thing", known) == "namd.b"
     built = import_graph()
-    assert built["namd.sampling"], "the graph found no imports at all"
+    assert built["namd.inference.sampler"], "the graph found no imports at all"
+    assert "namd.cli.commands" in built["namd.cli.main"], "importlib calls are not followed"
 
 
 def test_no_import_cycles() -> None:
@@ -166,16 +167,23 @@ def _training(modules: set[str]) -> list[str]:
     return sorted(m for m in modules if m == "namd.training" or m.startswith("namd.training."))
 
 
-def test_sampling_does_not_import_training() -> None:
-    """Sampling reaches no namd.training module, not even through the modules it imports."""
+def test_inference_and_evaluation_do_not_import_training() -> None:
+    """No module of namd.inference or namd.evaluation reaches a namd.training module, not even
+    through the modules it imports: using or judging a model needs none of the training code."""
     graph = import_graph()
-    offenders = {m: _training(_reachable(m, graph)) for m in ("namd.sampling", "namd.sampling_io")}
-    assert offenders == {"namd.sampling": [], "namd.sampling_io": []}, offenders
+    offenders = {m: _training(_reachable(m, graph)) for m in graph
+                 if m.startswith(("namd.inference", "namd.evaluation"))}
+    assert {m: t for m, t in offenders.items() if t} == {}
 
 
-def test_pipeline_object_does_not_import_training() -> None:
-    """namd.model (NAMDPipeline) and namd.predict reach no namd.training module, not even
-    through the modules they import: inference needs no training code."""
+def test_nothing_below_the_cli_imports_it() -> None:
+    """namd.cli is the top layer: no other module of namd imports any part of it."""
     graph = import_graph()
-    offenders = {m: _training(_reachable(m, graph)) for m in ("namd.model", "namd.predict")}
-    assert offenders == {"namd.model": [], "namd.predict": []}, offenders
+    up = {m: sorted(d for d in deps if d == "namd.cli" or d.startswith("namd.cli."))
+          for m, deps in graph.items() if not (m == "namd.cli" or m.startswith("namd.cli."))}
+    assert {m: d for m, d in up.items() if d} == {}
+
+
+def test_the_package_root_holds_only_the_public_api() -> None:
+    """Every module lives in a folder named after its role; the root keeps __init__.py."""
+    assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py"]

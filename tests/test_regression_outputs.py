@@ -31,11 +31,11 @@ import torch
 from safetensors.torch import load_file
 
 from namd.config import EvaluatorConfig
-from namd.diffusion import load_scheduler_config
+from namd.inference.sampler import decode_to_hu, denoise, encode_hu
 from namd.models.evaluator import build_evaluator, predict
+from namd.models.schedules import load_scheduler_config
 from namd.models.unet import load_unet
 from namd.models.vae import load_trained_vae
-from namd.sampling import decode_to_hu, denoise, encode_hu
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "regression"
 sys.path.insert(0, str(FIXTURES))

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 # The public API, imported on first use (PEP 562) so that `import namd` and `namd --help` stay
 # light: torch loads only when a model does.
-_LAZY = {"NAMDPipeline": "namd.model", "EHR": "namd.cohort.ehr", "crop_nodule": "namd.crops"}
+_LAZY = {"NAMDPipeline": "namd.inference.pipeline", "EHR": "namd.cohort.ehr", "crop_nodule": "namd.inference.scan"}
 __all__ = ["NAMDPipeline", "EHR", "crop_nodule", "__version__"]
 
 

@@ -63,7 +63,7 @@ def test_patient_is_the_same_whatever_the_cohort_size(tmp_path):
 
 def test_build_synthetic_cohort_is_a_finished_run_stage(tmp_path):
     from namd.config import load_config
-    from namd.rundir import RunDir
+    from namd.run.layout import RunDir
 
     run = RunDir(tmp_path / "run")
     config = load_config("tiny", overrides=["synth.pairs=3", "synth.unpaired=1"])

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from namd.config import DiffusionConfig
-from namd.diffusion import training_scheduler
 from namd.evaluation.baseline_use import BANDS, derangement, measure, summary_line, timestep_grid
+from namd.models.schedules import training_scheduler
 
 ABAR = training_scheduler(DiffusionConfig()).alphas_cumprod
 

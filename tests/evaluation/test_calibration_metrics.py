@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from namd.evaluation.calibration_metrics import (
-    IMAGE_ROWS,
     brier,
     calibration_block,
     ece,
     reliability,
     row_calibration,
 )
+from namd.evaluation.rows import image_rows
 from namd.models.calibration import Calibration, not_fitted
 
 Y = np.array([0, 0, 1, 1, 1])
@@ -48,12 +48,12 @@ def test_row_and_block_measure_the_mean_over_k():
     assert entry["k"] == 2 and entry["raw"]["brier"] == pytest.approx((0.01 + 0.04) / 2)
     assert entry["calibrated"]["brier"] == pytest.approx((0.0025 + 0.36) / 2)
     cal = Calibration("platt", 0.5, -0.1, 40, 6, note="a note")
-    statuses = {n: "ok" for n in IMAGE_ROWS} | {"namd_null_context": "not run: absent"}
-    raw = {n: runs for n in IMAGE_ROWS if n != "namd_null_context"}
+    statuses = {n: "ok" for n in image_rows()} | {"null_context": "not run: absent"}
+    raw = {n: runs for n in image_rows() if n != "null_context"}
     block = calibration_block(cal, "ok", y, raw, {n: r / 2 for n, r in raw.items()}, statuses)
     assert block["method"] == "platt" and block["slope"] == 0.5 and block["n_pos"] == 6
-    assert list(block["rows"]) == list(IMAGE_ROWS)
-    assert block["rows"]["namd_null_context"] == {"status": "not run: absent"}
+    assert list(block["rows"]) == list(image_rows())
+    assert block["rows"]["null_context"] == {"status": "not run: absent"}
     assert block["rows"]["namd"]["calibrated"]["brier"] == pytest.approx(entry["calibrated"]["brier"])
     none = calibration_block(not_fitted("platt", "no malignant crop"), "not fitted: no malignant crop",
                              y, raw, raw, statuses)

@@ -10,7 +10,7 @@ import torch
 
 from namd.config import SamplingConfig
 from namd.evaluation import context_use as cu
-from namd.sampling import Conditioning
+from namd.inference.sampler import Conditioning
 
 
 def test_derangement_moves_every_patient():

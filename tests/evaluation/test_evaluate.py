@@ -10,19 +10,19 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from namd.cli import main
+from namd.cli.main import main
 from namd.cohort.ehr import EHR
 from namd.cohort.store import Cohort, CohortWriter
 from namd.config import TrainConfig, load_config
 from namd.evaluation import evaluate
 from namd.models.vae import build_vae, save_trained_vae
-from namd.rundir import RunDir
-from namd.runinfo import atomic_write_json
+from namd.run.layout import RunDir
+from namd.run.provenance import atomic_write_json
 from namd.training import evaluator as evaluator_stage
 
 SIZE, K = 32, 3
 SPLITS = ("train",) * 6 + ("val",) * 2 + ("test",) * 2
-ROW_NAMES = ["real_baseline", "real_followup", "namd", "namd_no_align", "namd_null_context",
+ROW_NAMES = ["real_baseline", "real_followup", "namd", "no_align", "null_context",
              "copy_baseline", "vae_copy_baseline", "brock", "ehr_logistic", "baseline_plus_ehr"]
 
 
@@ -98,7 +98,7 @@ def test_schema_rows_and_counts(evaluated):
     assert [r["name"] for r in m["rows"]] == ROW_NAMES
     rows = {r["name"]: r for r in m["rows"]}
     for name, row in rows.items():
-        if name == "namd_null_context":
+        if name == "null_context":
             assert row["status"].startswith("not run:") and row["auroc"] is None
             continue
         assert row["status"] == "ok", name
@@ -107,8 +107,8 @@ def test_schema_rows_and_counts(evaluated):
             assert set(block) == {"mean", "std", "ci95"} and 0 <= block["mean"] <= 1
             lo, hi = block["ci95"]
             assert lo <= hi
-        assert row["k"] == (K if name in ("namd", "namd_no_align") else 1)
-        if name in ("namd", "namd_no_align"):
+        assert row["k"] == (K if name in ("namd", "no_align") else 1)
+        if name in ("namd", "no_align"):
             assert 0 <= row["vs_vae_copy_baseline"]["p_value"] <= 1
         if row["k"] == 1:
             assert row["auroc"]["std"] == 0.0
@@ -153,11 +153,11 @@ def test_gap_closure_block_is_made_from_the_rows_scores(evaluated):
     _, _, m, _ = evaluated
     rows = {r["name"]: r for r in m["rows"]}
     block = m["gap_closure"]
-    assert list(block["generated"]) == ["namd", "namd_no_align", "namd_null_context"]
-    assert block["generated"]["namd_null_context"] == {"status": rows["namd_null_context"]["status"]}
+    assert list(block["generated"]) == ["namd", "no_align", "null_context"]
+    assert block["generated"]["null_context"] == {"status": rows["null_context"]["status"]}
     assert block["bootstrap"]["n"] == 200 and block["bootstrap"]["seed"] == m["bootstrap"]["seed"]
     base, follow = rows["real_baseline"]["auroc"]["mean"], rows["real_followup"]["auroc"]["mean"]
-    for name in ("namd", "namd_no_align"):
+    for name in ("namd", "no_align"):
         entry = block["generated"][name]
         assert entry["k"] == K and entry["n_boot"] == 200
         assert entry["variant_auroc"] == pytest.approx(rows[name]["mean_prob_auroc"])
@@ -175,7 +175,8 @@ def test_gap_closure_block_is_made_from_the_rows_scores(evaluated):
 
 
 def test_probabilities_are_calibrated_per_sample_and_the_block_says_how_well(evaluated):
-    from namd.evaluation.calibration_metrics import IMAGE_ROWS, brier, ece
+    from namd.evaluation.calibration_metrics import brier, ece
+    from namd.evaluation.rows import image_rows
     from namd.models.calibration import load_calibration
     from namd.models.evaluator import load_evaluator, predict
 
@@ -192,8 +193,8 @@ def test_probabilities_are_calibrated_per_sample_and_the_block_says_how_well(eva
     block = m["calibration"]
     assert block["method"] == "platt" and block["status"] == "ok" and block["bins"] == 10
     assert block["slope"] == pytest.approx(cal.slope) and block["n_pos"] == cal.n_pos
-    assert list(block["rows"]) == list(IMAGE_ROWS)
-    assert block["rows"]["namd_null_context"]["status"].startswith("not run")
+    assert list(block["rows"]) == list(image_rows())
+    assert block["rows"]["null_context"]["status"].startswith("not run")
     base = block["rows"]["real_baseline"]
     assert base["raw"]["brier"] == pytest.approx(brier(y, raw), rel=1e-6)
     assert base["calibrated"]["brier"] == pytest.approx(brier(y, table["p_real_baseline"]), rel=1e-6)
@@ -208,32 +209,31 @@ def test_probabilities_are_calibrated_per_sample_and_the_block_says_how_well(eva
 def test_image_quality_and_variance_blocks(evaluated):
     _, _, m, table = evaluated
     iq = m["image_quality"]
-    assert iq["namd_null_context"]["status"].startswith("not run:")
-    for name in ("namd", "namd_no_align", "copy_baseline"):
+    assert iq["null_context"]["status"].startswith("not run:")
+    for name in ("namd", "no_align", "copy_baseline"):
         block = iq[name]
         assert block["status"] == "ok"
         assert {"mae_hu", "psnr", "ssim", "frechet_evaluator", "diameter_error_mm"} <= set(block)
         assert isinstance(block["lpips"], str) and block["lpips"].startswith("not computed")
         assert isinstance(block["fid"], str) and block["fid"].startswith("not computed")
     # NAMD's fake samples are noisy real follow-ups; the ablation's are noisy baselines
-    assert iq["namd"]["mae_hu"]["mean"] < iq["namd_no_align"]["mae_hu"]["mean"]
+    assert iq["namd"]["mae_hu"]["mean"] < iq["no_align"]["mae_hu"]["mean"]
     assert iq["namd"]["diameter_error_mm"]["mean"] < iq["copy_baseline"]["diameter_error_mm"]["mean"]
     assert iq["copy_baseline"]["mae_hu"]["std"] == 0.0
     var = m["variance"]
-    assert var["variant"] == "namd" and var["k"] == K
+    assert var["method"] == "namd" and var["k"] == K
     assert [p["k"] for p in var["running_variance_vs_k"]] == list(range(1, K + 1))
     assert set(var["per_label"]) == {"0", "1"}
-    assert "namd_no_align" in m["variance_other_variants"]
+    assert "no_align" in m["variance_other_methods"]
     assert {"namd_mean_prob", "namd_group", "real_followup_diameter_mm"} <= set(table.columns)
 
 
 def test_per_nodule_csv_is_what_the_figures_read(evaluated):
-    from namd.evaluation import figures
-
+    from namd.evaluation.report import figures
     run, _, _, table = evaluated
     df = figures.load_per_nodule(run.stage("eval") / "per_nodule.csv")
     variants = figures.generated_variants(df)
-    assert list(variants) == ["namd", "namd_no_align"] and len(variants["namd"]) == K
+    assert list(variants) == ["namd", "no_align"] and len(variants["namd"]) == K
     scores = figures.row_scores(df)
     np.testing.assert_allclose(scores["namd"], table["namd_mean_prob"])
     assert {"real_baseline", "real_followup", "brock", "baseline_plus_ehr"} <= set(scores)

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from namd.evaluation import figures as F
-from namd.evaluation import figures_examples as FX
+from namd.evaluation.report import figures as F
+from namd.evaluation.report import figures_examples as FX
 from namd.evaluation.variance import running_variance
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -20,7 +20,7 @@ def per_nodule(n: int = 40, k: int = 12, seed: int = 0) -> pd.DataFrame:
     cols = {"pair_id": [f"p{i}" for i in range(n)], "label": y,
             "p_real_baseline": np.clip(0.3 + 0.2 * y + rng.normal(0, 0.2, n), 0, 1),
             "p_brock": np.clip(0.2 + 0.1 * y + rng.normal(0, 0.1, n), 0, 1)}
-    for v in ("namd_no_align", "namd"):  # written out of table order on purpose
+    for v in ("no_align", "namd"):  # written out of table order on purpose
         for i in range(k):
             cols[f"p_{v}_k{i}"] = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.15, n), 0, 1)
     return pd.DataFrame(cols)
@@ -54,7 +54,7 @@ def test_row_scores_use_the_mean_over_k_and_keep_missing_as_nan():
     df.loc[0, [f"p_namd_k{i}" for i in range(4)]] = np.nan
     df.loc[1, "p_namd_k0"] = np.nan
     scores = F.row_scores(df)
-    assert list(scores) == ["real_baseline", "namd", "namd_no_align", "brock"]  # table order
+    assert list(scores) == ["real_baseline", "namd", "no_align", "brock"]  # table order
     p = df[[f"p_namd_k{i}" for i in range(4)]].to_numpy()
     assert np.isnan(scores["namd"][0])
     assert scores["namd"][1] == pytest.approx(p[1, 1:].mean())
@@ -98,7 +98,7 @@ def test_roc_pr_figure_reports_sklearn_areas_and_skips_single_class_rows():
     assert areas["brock"]["auprc"] == pytest.approx(average_precision_score(y, scores["brock"]))
     assert "skipped" in areas["one_class"]
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert any(t.startswith("NAMD virtual follow-up: AUROC") for t in legend)
+    assert any(t.startswith("NAMD (generated follow-up): AUROC") for t in legend)
     assert F.figure_png(fig).startswith(PNG)
 
 

@@ -122,10 +122,10 @@ def test_the_interval_is_seeded():
 def test_variants_that_did_not_run_keep_their_status():
     y, base, follow, _ = _data()
     block = _block(y, base, follow, follow,
-                   namd_no_align=Row(status="not run: samples_no_align not found"))
-    assert list(block["generated"]) == ["namd", "namd_no_align", "namd_null_context"]
-    assert block["generated"]["namd_no_align"] == {"status": "not run: samples_no_align not found"}
-    assert block["generated"]["namd_null_context"]["status"].startswith("not run")
+                   no_align=Row(status="not run: samples_no_align not found"))
+    assert list(block["generated"]) == ["namd", "no_align", "null_context"]
+    assert block["generated"]["no_align"] == {"status": "not run: samples_no_align not found"}
+    assert block["generated"]["null_context"]["status"].startswith("not run")
     assert block["paper"] == 0.82
 
 

@@ -12,12 +12,14 @@ from namd.cohort.ehr import EHR
 from namd.cohort.store import Cohort, CohortWriter
 from namd.config import EvalConfig, load_config, save_config
 from namd.evaluation import evaluate, growth
-from namd.evaluation.report import Context, build_section
-from namd.evaluation.report_growth import section_growth
+from namd.evaluation.report.build import build_section
+from namd.evaluation.report.growth import section_growth
+from namd.evaluation.report.inputs import Context
+from namd.evaluation.schema import SCHEMA_VERSION
 from namd.models.evaluator import build_evaluator
 from namd.models.vae import build_vae, save_trained_vae
-from namd.rundir import RunDir
-from namd.runinfo import atomic_write_json
+from namd.run.layout import RunDir
+from namd.run.provenance import atomic_write_json
 
 SIZE, SPACING, K = 32, 0.7, 4
 EV = EvalConfig(bootstrap=300, seed=5)  # threshold -400 HU, radius 10 mm (the defaults)
@@ -69,9 +71,9 @@ def block() -> dict:
     variants = {
         "namd": growth.Variant(samples(radii, grow, 100), crops(radii, 2), samples="samples",
                                vae="vae"),
-        "namd_no_align": growth.Variant(status="not run: samples_no_align not found"),
-        "namd_null_context": growth.Variant(samples(radii, balanced_jitter(label), 200),
-                                            crops(radii, 2), samples="samples_null", vae="vae"),
+        "no_align": growth.Variant(status="not run: samples_no_align not found"),
+        "null_context": growth.Variant(samples(radii, balanced_jitter(label), 200),
+                                            crops(radii, 2), samples="samples_null_context", vae="vae"),
     }
     return growth.growth_block(crops(radii, 1), crops(radii + grow, 3), np.full(len(radii), SPACING),
                                label, variants, EV)
@@ -111,7 +113,7 @@ def test_malignant_growth_gives_a_positive_gap_whose_interval_excludes_zero(bloc
 
 
 def test_a_generator_without_growth_gives_an_interval_containing_zero(block):
-    null = block["generated"]["namd_null_context"]
+    null = block["generated"]["null_context"]
     lo, hi = null["difference_ci95"]
     assert lo < 0 < hi and hi - lo > 0.1  # the jitter makes a real interval, not a point
     vs = null["vs_namd"]  # NAMD's gap minus this one: about NAMD's whole gap, paired interval
@@ -133,8 +135,8 @@ def test_generated_growth_is_measured_from_the_vae_copy():
 
 
 def test_missing_variant_keeps_its_status_and_block_is_strict_json(block):
-    assert block["generated"]["namd_no_align"] == {"status": "not run: samples_no_align not found"}
-    assert list(block["generated"]) == ["namd", "namd_no_align", "namd_null_context"]
+    assert block["generated"]["no_align"] == {"status": "not run: samples_no_align not found"}
+    assert list(block["generated"]) == ["namd", "no_align", "null_context"]
     assert block["threshold_hu"] == -400.0 and block["radius_mm"] == 10.0
     assert block["bootstrap"] == {"n": 300, "level": 0.95, "seed": 5,
                                   "resampled": "nodules, within each label"}
@@ -176,7 +178,7 @@ def _run(root) -> tuple[RunDir, Cohort]:
     pairs = cohort.pairs("test")
     follow = cohort.images(pairs["followup_index"])[:, None].repeat(2, 1)
     follow = (follow + rng.normal(scale=20, size=follow.shape)).astype(np.float32)  # finite PSNR
-    for folder in ("samples", "samples_null"):
+    for folder in ("samples", "samples_null_context"):
         run.stage(folder).mkdir()
         np.save(run.stage(folder) / "samples.npy", follow)
         pairs[list(evaluate.INDEX_COLUMNS)].to_csv(run.stage(folder) / "index.csv", index=False)
@@ -195,13 +197,13 @@ def test_evaluate_writes_the_growth_block(tmp_path, monkeypatch):
     assert g["real_followup"]["difference_mm"] == pytest.approx(4 * SPACING, abs=SPACING)
     assert g["real_followup"]["n_malignant"] == 4 and g["bootstrap"]["n"] == 50
     gen = g["generated"]
-    assert gen["namd_no_align"]["status"].startswith("not run:")
-    assert "samples_no_align" in gen["namd_no_align"]["status"]
-    for name, folder in (("namd", "samples"), ("namd_null_context", "samples_null")):
+    assert gen["no_align"]["status"].startswith("not run:")
+    assert "samples_no_align" in gen["no_align"]["status"]
+    for name, folder in (("namd", "samples"), ("null_context", "samples_null_context")):
         assert gen[name]["status"] == "ok" and gen[name]["k"] == 2
         assert (gen[name]["samples"], gen[name]["vae"]) == (folder, "vae")
     # the same samples through the same VAE: equal gaps, a paired interval of exactly 0
-    assert gen["namd_null_context"]["vs_namd"] == {"gap_difference_mm": 0.0, "ci95": [0.0, 0.0]}
+    assert gen["null_context"]["vs_namd"] == {"gap_difference_mm": 0.0, "ci95": [0.0, 0.0]}
 
 
 # ---------------------------------------------------------------- the report section
@@ -209,7 +211,8 @@ def test_evaluate_writes_the_growth_block(tmp_path, monkeypatch):
 def _section(tmp_path, metrics: dict):
     run = RunDir(tmp_path / "run")
     run.stage("eval").mkdir(parents=True)
-    (run.stage("eval") / "metrics.json").write_text(json.dumps(metrics))
+    whole = {"schema_version": SCHEMA_VERSION, "rows": [], **metrics}  # only the growth block matters
+    (run.stage("eval") / "metrics.json").write_text(json.dumps(whole))
     return build_section(Context(run, load_config("tiny")), "growth", TITLE, section_growth)
 
 
@@ -222,7 +225,7 @@ def test_report_section_renders_the_table_and_its_reading(tmp_path, block):
     lo, hi = namd["difference_ci95"]
     assert f"{namd['difference_mm']:+.2f} [{lo:+.2f}, {hi:+.2f}]" in body
     assert f"{block['real_followup']['benign_mean_mm']:+.2f}" in body
-    vs = block["generated"]["namd_null_context"]["vs_namd"]
+    vs = block["generated"]["null_context"]["vs_namd"]
     assert f"{vs['gap_difference_mm']:+.2f} [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}]" in body
     assert "not run: samples_no_align not found" in body
     assert "the generator predicts more growth for malignant nodules" in body

@@ -14,15 +14,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from namd.cli import main
+from namd.cli.main import main
 from namd.cohort.ehr import EHR
 from namd.cohort.store import CohortWriter
 from namd.config import VAEConfig, load_config, save_config
-from namd.contract import RunFileError
-from namd.evaluation.report import BUILDERS, build_report
+from namd.evaluation.report.build import BUILDERS, build_report
+from namd.evaluation.report.inputs import Context
+from namd.evaluation.schema import SCHEMA_VERSION
 from namd.models.vae import build_vae, save_trained_vae
-from namd.rundir import RunDir
-from namd.runinfo import write_run_info
+from namd.run.contract import RunFileError
+from namd.run.layout import RunDir
+from namd.run.provenance import write_run_info
 
 CROP, K, N_TEST = 32, 6, 16
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -74,7 +76,7 @@ def make_metrics(n_mal: int, namd: float = 0.80, base: float = 0.70,
         return r
 
     rows = [row("real_baseline", base), row("real_followup", 0.85), row("namd", namd, True),
-            row("namd_no_align", no_align, True, p=0.4), row("namd_null_context", 0.76, True),
+            row("no_align", no_align, True, p=0.4), row("null_context", 0.76, True),
             row("copy_baseline", 0.69), row("brock", 0.66), row("ehr_logistic", 0.68),
             {"name": "baseline_plus_ehr", "status": "not run: <b>no EHR</b>", "k": 1,
              "auroc": None, "auprc": None}]
@@ -83,17 +85,17 @@ def make_metrics(n_mal: int, namd: float = 0.80, base: float = 0.70,
          "diameter_error_mm": {"mean": 1.1, "std": 0.2}, "lpips": "not computed: no weights",
          "fid": "not computed: no Inception weights"}
     copy = {**q, "mae_hu": {"mean": 80.0, "std": 3.0}, "ssim": {"mean": 0.5, "std": 0.02}}
-    return {"schema_version": 1, "n_test": N_TEST, "n_malignant": n_mal, "split": "test", "k": K,
+    return {"schema_version": SCHEMA_VERSION, "n_test": N_TEST, "n_malignant": n_mal, "split": "test", "k": K,
             "bootstrap": {"n": 200, "level": 0.95, "stratified": True, "seed": 23,
                           "generated_rows_ci_of": "the mean probability over the K runs"},
             "rows": rows,
             "image_quality": {"namd": {"status": "ok", **q},
                               "copy_baseline": {"status": "ok", **copy},
-                              "namd_null_context": {"status": "not run: samples_null missing"}},
+                              "null_context": {"status": "not run: samples_null_context missing"}},
             "variance": {"variant": "namd", "k": K, "stable_k_mean_curve": 4},
-            "variance_other_variants": {},
+            "variance_other_methods": {},
             "baseline_use": {"namd": BASELINE_USE,
-                             "namd_no_align": {"status": "not run: cond_no_align/baseline_use.json not found"}},
+                             "no_align": {"status": "not run: cond_no_align/baseline_use.json not found"}},
             "fidelity": {"namd": {"mean_of_k_mae_hu": 80.5, "vae_copy_mae_hu": 75.0,
                                   "mean_of_k_mae_to_vae_copy": 1.07, "nearest_own_followup_share": 0.91,
                                   "per_sample_mae_hu": 95.0, "spread_over_k_hu": 33.0, "k": K,
@@ -117,8 +119,8 @@ GROWTH = {"size": "equivalent diameter 2 sqrt(A / pi) of the tissue above -400 H
           "baseline_size": gap(8.0, 8.5, -1.0, 2.0), "real_followup": gap(0.1, 2.6, 1.9, 3.3),
           "generated": {"namd": {"status": "ok", "samples": "samples", "vae": "vae", "k": K,
                                  **gap(0.4, 1.9, 0.8, 3.0), "benign_minus_real_benign_mm": 0.3},
-                        "namd_no_align": {"status": "not run: samples_no_align not found"},
-                        "namd_null_context": {"status": "not run: samples_null not found"}}}
+                        "no_align": {"status": "not run: samples_no_align not found"},
+                        "null_context": {"status": "not run: samples_null_context not found"}}}
 
 
 # NAMD's mean-probability AUROC 0.81 (row: auroc + 0.01) between baseline 0.70, follow-up 0.85
@@ -130,14 +132,14 @@ GAP_CLOSURE = {"definition": "(AUROC(variant) - AUROC(real_baseline)) / (...)", 
                                       "point": 0.7333, "ci95": [0.31, 1.12], "n_boot": 200,
                                       "n_boot_denominator_nonpositive": 3,
                                       "mean_run_auroc": 0.80, "mean_run_point": 0.6667},
-                             "namd_no_align": {"status": "not defined: the real follow-up "
+                             "no_align": {"status": "not defined: the real follow-up "
                                                "does not beat <i>the real baseline</i>",
                                                "k": K, "real_baseline_auroc": 0.70,
                                                "real_followup_auroc": 0.85, "variant_auroc": 0.73,
                                                "point": None, "ci95": None, "n_boot": 200,
                                                "n_boot_denominator_nonpositive": None,
                                                "mean_run_auroc": 0.72, "mean_run_point": None},
-                             "namd_null_context": {"status": "not run: samples_null not found"}}}
+                             "null_context": {"status": "not run: samples_null_context not found"}}}
 
 
 def _measures(brier: float, ece: float) -> dict:
@@ -157,7 +159,7 @@ CALIBRATION = {"method": "platt", "status": "ok", "slope": 0.62, "intercept": -1
                                           "calibrated": _measures(0.14, 0.05)},
                         "namd": {"status": "ok", "k": K, "raw": _measures(0.30, 0.25),
                                  "calibrated": _measures(0.15, 0.04)},
-                        "namd_null_context": {"status": "not run: samples_null not found"}}}
+                        "null_context": {"status": "not run: samples_null_context not found"}}}
 
 
 BASELINE_USE = {"n_pairs": 56, "loss_true": 0.03, "loss_shuffled": 0.12, "loss_prior": 0.07,
@@ -201,7 +203,7 @@ def make_run(root: Path) -> RunDir:
                       ("brock", 0.2), ("ehr_logistic", 0.2), ("baseline_plus_ehr", 0.3)):
         cols[f"p_{name}"] = np.clip(0.3 + sep * y + rng.normal(0, 0.2, len(y)), 0, 1)
     spread = rng.uniform(0.01, 0.3, len(y))  # per-nodule sampling noise, so variances differ
-    for v, sep in (("namd", 0.45), ("namd_no_align", 0.3), ("namd_null_context", 0.35)):
+    for v, sep in (("namd", 0.45), ("no_align", 0.3), ("null_context", 0.35)):
         centre = 0.3 + sep * y + rng.normal(0, 0.2, len(y))
         centre[:2], spread[:2] = (0.05, 0.95), 0.01  # confidently incorrect: nodules 0 (L=1), 1
         centre[4], spread[4] = 0.9, 0.01               # confidently correct malignant
@@ -269,14 +271,14 @@ def test_reading_is_written_from_the_numbers(full_run):
     assert "stays within 5% of its value at K = 6 from k = " in reading
     table = text.split('id="table"')[1].split("</section>")[0]
     assert "AUPRC: +0.033 (p = 0.2, paired bootstrap)" in table
-    assert "not run: samples_null missing" in text.split('id="quality"')[1].split("</section>")[0]
+    assert "not run: samples_null_context missing" in text.split('id="quality"')[1].split("</section>")[0]
     baseline = text.split('id="baseline"')[1].split("</section>")[0]
     assert "0.25" in baseline and "98%" in baseline and "0-100" in baseline  # ratio, x0, band
     assert "cond_no_align/baseline_use.json not found" in baseline and "0.91" in baseline
     calibrated = text.split('id="calibration"')[1].split("</section>")[0]
     assert "sigmoid(0.620 logit(p_raw) -1.310)" in calibrated and "8 malignant" in calibrated
     assert "<td class=num>0.310</td><td class=num>0.170</td><td class=num>0.270</td>" in calibrated
-    assert "not run: samples_null not found" in calibrated
+    assert "not run: samples_null_context not found" in calibrated
     grown = text.split('id="growth"')[1].split("</section>")[0]
     assert "+1.50 [+0.80, +3.00]" in grown and "predicts more growth for malignant" in grown
     # the same run with NAMD below the baseline says so
@@ -305,14 +307,14 @@ def test_gap_closure_section_shows_the_ratio_its_interval_and_the_three_aurocs(f
     assert ("<td class=num>0.73 [0.31, 1.12]</td><td class=num>0.700</td><td class=num>0.810</td>"
             "<td class=num>0.850</td><td class=num>0.67</td><td class=num>3 of 200</td>") in gap
     assert "not defined: the real follow-up" in gap and "<i>" not in gap  # escaped
-    assert "not run: samples_null not found" in gap
+    assert "not run: samples_null_context not found" in gap
     assert ("NAMD's generated follow-ups close 0.73 of the AUROC gap between the real baseline "
             "(0.700) and the real follow-up (0.850) (95% CI 0.31 to 1.12): the interval contains "
             "the paper's 0.82 and excludes 0") in html.unescape(gap)
 
 
 def test_gap_closure_sentence_reads_an_absent_or_undefined_ratio():
-    from namd.evaluation.report_gap import gap_sentence
+    from namd.evaluation.report.gap import gap_sentence
 
     undefined = {"generated": {"namd": {"status": "not defined: no gap"}}}
     assert "not available (not defined: no gap)" in gap_sentence(undefined)
@@ -324,18 +326,18 @@ def test_gap_closure_sentence_reads_an_absent_or_undefined_ratio():
 
 
 def test_what_the_record_adds_reads_the_null_context_test_growth_and_the_clinical_yardstick():
-    from namd.evaluation.report_gap import record_sentence
+    from namd.evaluation.report.gap import record_sentence
 
     def metrics(delta, p, gap_difference):
-        return {"rows": [{"name": "namd"}, {"name": "namd_null_context",
+        return {"rows": [{"name": "namd"}, {"name": "null_context",
                                             "vs_namd": {"delta_auroc": delta, "p_value": p}}],
-                "growth": {"generated": {"namd": {"difference_mm": 2.0}, "namd_null_context": {
+                "growth": {"generated": {"namd": {"difference_mm": 2.0}, "null_context": {
                     "vs_namd": {"gap_difference_mm": gap_difference, "ci95": [0.2, 1.4]}}}},
                 "gap_closure": {"reference": {"ehr_logistic": {"point": 0.34}}}}
     steered = record_sentence(metrics(-0.08, 0.01, 0.8))
     assert "changes by -0.080 (paired DeLong p = 0.01)" in steered
     assert "by -0.80 mm [-1.40, -0.20]: 40% of it is the record's." in steered
-    assert "Logistic regression (EHR only) 0.34 of the gap" in steered
+    assert "Logistic regression on the EHR 0.34 of the gap" in steered
     assert steered.endswith("The record steers these follow-ups measurably.")
     assert "does not yet steer" in record_sentence(metrics(-0.08, 0.2, 0.8))
     assert "does not yet steer" in record_sentence(metrics(-0.08, 0.01, 0.4))  # 20% removed
@@ -375,7 +377,7 @@ def test_partial_run_says_which_command_makes_the_missing_parts(full_run, tmp_pa
     text = path.read_text()
     statuses = _statuses(text)
     assert statuses["latent"] == "partial" and statuses["variance"] == "partial"
-    assert f"namd train vae --run {run.path} --no-align" in text
+    assert f"namd train vae --run {run.path} --method no_align" in text
     assert f"namd sample --run {run.path} --split test" in text
     assert statuses["table"] == statuses["curves"] == statuses["running"] == "ok"
     assert not (run.stage("report") / "fig3_examples.png").exists()
@@ -407,3 +409,13 @@ def test_cli_writes_the_report(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "report:" in out and "missing" in out
     assert main(["report", "--run", str(tmp_path / "nope")]) == 1
+
+
+def test_metrics_of_another_schema_are_refused_naming_the_command(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.stage("eval").mkdir(parents=True)
+    old = {**make_metrics(4), "schema_version": 1}
+    (run.stage("eval") / "metrics.json").write_text(json.dumps(old))
+    with pytest.raises(RunFileError, match=r"schema 1, written by another namd version.*"
+                                           r"namd evaluate --run .*then `namd report`"):
+        Context(run, load_config("tiny")).metrics()

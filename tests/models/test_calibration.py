@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from namd.contract import RunFileError
 from namd.evaluation.calibration_metrics import brier, ece
 from namd.models.calibration import (
     CALIBRATION_FILE,
@@ -17,6 +16,7 @@ from namd.models.calibration import (
     fit_platt,
     load_calibration,
 )
+from namd.run.contract import RunFileError
 
 
 def overconfident(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from namd.config import EvaluatorConfig, load_config
-from namd.contract import RunFileError
 from namd.models.evaluator import build_evaluator, load_evaluator, predict, to_input
+from namd.run.contract import RunFileError
 
 
 def _expected_parameters(width: int, depth: int, mlp: int, patch: int, size: int) -> int:

@@ -7,7 +7,6 @@ import torch
 from safetensors.torch import save_file
 
 from namd.config import UNetConfig, load_config
-from namd.contract import RunFileError
 from namd.models.unet import (
     build_unet,
     count_parameters,
@@ -17,6 +16,7 @@ from namd.models.unet import (
     transfer_weights,
     widen_conv_in,
 )
+from namd.run.contract import RunFileError
 
 TINY = UNetConfig(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, attention_head_dim=2)
 

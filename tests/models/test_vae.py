@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import save_file
 
 from namd.config import VAEConfig, load_config
-from namd.contract import RunFileError
 from namd.models.vae import (
     build_vae,
     build_vae_from_config,
@@ -23,6 +22,7 @@ from namd.models.vae import (
     save_trained_vae,
     to_network,
 )
+from namd.run.contract import RunFileError
 
 SD_LAYOUT = dict(block_out_channels=(8, 16, 16, 16), layers_per_block=2, in_channels=3, norm_num_groups=4)
 SD15_VAE_PARAMETERS = 83_653_863  # the Stable Diffusion v1.5 AutoencoderKL

@@ -13,7 +13,7 @@ volume is an error, and the server still predicts. Every request the page made w
 NAMD_SCREENSHOT=docs/serve.png saves the screenshot there (default: the test's tmp folder);
 NAMD_SCREENSHOT_RUN=runs/demo_final serves that run instead of the tiny one, and
 NAMD_SCREENSHOT_K=8 NAMD_SCREENSHOT_STEPS=10 draw the test nodule's follow-ups with k = 8 and
-10 steps instead of 2 and 2 (the README's picture).
+10 steps instead of 2 and 2 (the picture in docs/viewer.md).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def hook(event, args):
     elif event == "socket.getaddrinfo" and args[0] and not local(args[0]):
         log.write(f"resolve {args[0]}\n")
 sys.addaudithook(hook)
-from namd.cli import main
+from namd.cli.main import main
 sys.exit(main(["serve", "--run", sys.argv[2], "--port", sys.argv[3]]))
 """
 
@@ -86,7 +86,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def run_dir(request):
     """The run served: the tiny one, or NAMD_SCREENSHOT_RUN's."""
-    from namd.rundir import RunDir
+    from namd.run.layout import RunDir
 
     chosen = os.environ.get("NAMD_SCREENSHOT_RUN")
     return RunDir(Path(chosen).resolve()) if chosen else request.getfixturevalue("tiny_run")
@@ -346,8 +346,8 @@ def _check_no_outside_request(d, server) -> None:
 
 
 def test_the_page_in_a_real_browser(server, browser, run_dir, tmp_path):
-    from namd.crops import crop_nodule
-    from namd.model import NAMDPipeline
+    from namd.inference.pipeline import NAMDPipeline
+    from namd.inference.scan import crop_nodule
 
     d = browser
     d.get(server["url"])

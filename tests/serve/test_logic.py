@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from namd.cli import main
+from namd.cli.main import main
 from namd.cohort.ehr import CATEGORICAL, EHR, EHR_FIELDS, EHRError, report_sentence
 from namd.cohort.ingest.errors import IngestError
-from namd.crops import crop_nodule
+from namd.inference.scan import crop_nodule
 from namd.serve.bundle import EPOCH
 from namd.serve.form import MISSING, ehr_from_form, field_specs, form_from_ehr, sentence_of
 from namd.serve.readout import fmt_p, numbers_html, provenance_html
 from namd.serve.server import is_loopback, where_line
-from namd.serve.session import CohortNodules, Session, one_line
+from namd.serve.session import CohortNodules, Session, page_line
 from namd.serve.upload import Limits, ScanStore, UploadError, open_upload, unsafe_member
 from namd.serve.views import MARKER, click_to_voxel, slice_view, stored_voxel, world_of, zoom_factor
 
@@ -63,7 +63,7 @@ def _zip(path: Path, entries: dict[str, bytes], link: str | None = None) -> Path
 
 @pytest.fixture(scope="module")
 def session(tiny_run, tmp_path_factory):
-    from namd.model import NAMDPipeline
+    from namd.inference.pipeline import NAMDPipeline
 
     pipe = NAMDPipeline.from_run(tiny_run, device="cpu")
     s = Session(pipe, Limits(1 << 20, 2 << 20, 50), CohortNodules(tiny_run.stage("cohort")),
@@ -165,7 +165,7 @@ def test_zip_that_lies_about_its_size_stops_while_unpacking(tmp_path, monkeypatc
                            Limits(max_unpacked_bytes=500))
 
 
-def test_a_damaged_zip_is_one_line(tmp_path):
+def test_a_damaged_zip_is_page_line(tmp_path):
     data = bytearray((_zip(tmp_path / "ok.zip", {"a.dcm": bytes(range(256)) * 40})).read_bytes())
     data[60:90] = b"\xff" * 30  # inside the deflated data of the only entry
     (tmp_path / "bad.zip").write_bytes(bytes(data))
@@ -324,8 +324,8 @@ def test_bad_inputs_are_one_line_errors(session, tmp_path):
             session.predict(base, EHR(), k, steps, 23)
     with pytest.raises(ValueError, match="no test nodule 'nope'"):
         session.nodule_baseline("nope")
-    assert one_line(ValueError("a\n  b")) == "a b"
-    unexpected = one_line(RuntimeError("boom\nline 2"))
+    assert page_line(ValueError("a\n  b")) == "a b"
+    unexpected = page_line(RuntimeError("boom\nline 2"))
     assert unexpected.startswith("unexpected RuntimeError: boom line 2") and "\n" not in unexpected
 
 
@@ -388,7 +388,7 @@ def test_serve_without_gradio_is_one_line_naming_the_extra(monkeypatch, capsys, 
 
 
 def test_the_cli_and_serve_help_import_no_gradio():
-    code = ("import sys; from namd.cli import build_parser; p = build_parser(); "
+    code = ("import sys; from namd.cli.main import build_parser; p = build_parser(); "
             "assert 'gradio' not in sys.modules; import namd.serve.session, namd.serve.bundle, namd.serve.app, namd.serve.server; "
             "assert 'gradio' not in sys.modules, 'the pure logic imports gradio'; print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from namd import checkpoint
 from namd.config import TrainConfig
+from namd.run import checkpoint
 from namd.training import trainer
 from namd.training.trainer import Trainer
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import namd.models.context_factory as context_factory
-from namd.cli import main
+from namd.cli.main import main
 from namd.cohort.ehr import EHR
 from namd.cohort.store import CohortWriter
 from namd.config import (
@@ -23,13 +23,13 @@ from namd.config import (
     load_config,
     save_config,
 )
-from namd.diffusion import as_epsilon, training_scheduler
 from namd.evaluation.baseline_use import measure
+from namd.inference.sampler import Conditioning, sample_latents
 from namd.models.context import ContextEncoder
+from namd.models.schedules import as_epsilon, training_scheduler
 from namd.models.unet import build_unet
 from namd.models.vae import build_vae, save_trained_vae
-from namd.rundir import RunDir
-from namd.sampling import Conditioning, sample_latents
+from namd.run.layout import RunDir
 from namd.training.diffusion import CondTask, PriorTask, pick_rotation, run_stage
 from namd.training.trainer import Trainer
 
@@ -366,14 +366,14 @@ def test_a_trained_model_sampled_with_the_null_context(tiny_run, monkeypatch):
 def test_null_context_ablation_and_resume(tiny_run):
     run, config = tiny_run
     run_stage(config, run, stage="prior")
-    null = run_stage(config, run, stage="cond", null_context=True)
-    assert null.name == "cond_null" and run.is_done("cond_null")
+    null = run_stage(config, run, stage="cond", method="null_context")
+    assert null.name == "cond_null_context" and run.is_done("cond_null_context")
     assert json.loads((null / "context_encoder.json").read_text())["null_context"] is True
     (null / "run_info.json").unlink()  # as if stopped after its last checkpoint
     config.diffusion.cond.max_steps = 6
     with pytest.raises(FileExistsError, match="resume"):  # never silently restarted
-        run_stage(config, run, stage="cond", null_context=True)
-    run_stage(config, run, stage="cond", null_context=True, resume=True)
+        run_stage(config, run, stage="cond", method="null_context")
+    run_stage(config, run, stage="cond", method="null_context", resume=True)
     info = json.loads((null / "run_info.json").read_text())
     assert info["steps"] == 6 and info["null_context"] is True
 
@@ -401,7 +401,7 @@ def test_empty_prompt_null_context_the_authors_way(tiny_run, tmp_path):
     spec = json.loads((cond / "context_encoder.json").read_text())
     assert spec["null_mode"] == "empty_prompt" and spec["dim"] == 6
     assert json.loads((cond / "baseline_use.json").read_text())["loss_prior"] > 0  # the prior on CLIP's C
-    from namd.sampling import load_context_encoder
+    from namd.inference.sampler import load_context_encoder
 
     encoder, _ = load_context_encoder(cond)
     torch.testing.assert_close(encoder.null_context(2), (encoder.prompts[None] + 0.5).expand(2, -1, -1))

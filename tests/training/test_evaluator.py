@@ -17,7 +17,7 @@ from namd.evaluation.calibration_metrics import brier
 from namd.evaluation.metrics import auroc
 from namd.models.calibration import CALIBRATION_FILE, fit_platt, load_calibration
 from namd.models.evaluator import build_evaluator, load_evaluator, predict
-from namd.rundir import RunDir
+from namd.run.layout import RunDir
 from namd.training import evaluator as stage
 from namd.training.trainer import Trainer
 

@@ -8,11 +8,11 @@ import torch
 
 import namd.training.latents as latents
 from namd.cohort.ehr import EHR
+from namd.cohort.imaging import ROTATIONS
 from namd.cohort.store import CohortWriter
 from namd.config import VAEConfig
-from namd.contract import RunFileError
-from namd.imaging import ROTATIONS
 from namd.models.vae import build_vae, encode, save_trained_vae, to_network
+from namd.run.contract import RunFileError
 
 WINDOW = (-1000.0, 400.0)
 VAE = VAEConfig(block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=4)

@@ -13,9 +13,10 @@ from accelerate import Accelerator
 from helpers import RegressionData, RegressionTask
 from safetensors.torch import load_file
 
-from namd.checkpoint import aside_of, load_best, load_checkpoint, recover, save_checkpoint
 from namd.config import TrainConfig
-from namd.training.trainer import Trainer, global_rng, learning_rate
+from namd.run.checkpoint import aside_of, load_best, load_checkpoint, recover, save_checkpoint
+from namd.training.schedule import learning_rate
+from namd.training.trainer import Trainer, global_rng
 
 
 def Task():  # the regression with input noise from the step generator

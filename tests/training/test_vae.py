@@ -18,7 +18,7 @@ from namd.config import load_config
 from namd.models.probe import LinearProbe, load_probe
 from namd.models.vae import build_vae, latent_shape, load_trained_vae
 from namd.models.vae_data import split_source, training_statistics
-from namd.rundir import RunDir
+from namd.run.layout import RunDir
 from namd.training.trainer import Trainer
 from namd.training.vae import VAETask, run_stage
 
@@ -111,14 +111,14 @@ def test_checkpoint_selection_leaves_out_the_probe_term(trained):
 
 
 def test_vae_report_command_rewrites_the_report(trained, capsys):
-    from namd.cli import main
+    from namd.cli.main import main
 
     run, out = trained
     (out / "report.json").unlink()
     assert main(["vae", "report", str(run.path)]) == 0
     assert "knn_r2_diameter" in capsys.readouterr().out
     assert json.loads((out / "report.json").read_text())["split"] == "val"
-    assert main(["vae", "report", str(run.path), "--no-align"]) == 1  # not trained: one-line error
+    assert main(["vae", "report", str(run.path), "--method", "no_align"]) == 1  # not trained: one-line error
     assert "not a finished VAE stage" in capsys.readouterr().err
 
 
@@ -144,7 +144,7 @@ def test_scale_factor_is_one_over_the_training_latent_std(trained, cohort_dir):
 def test_no_align_ablation_and_stage_rules(tmp_path, cohort_dir, trained, caplog):
     run = make_run(tmp_path, cohort_dir)
     config = load_config("tiny", overrides=OVERRIDES)
-    out = run_stage(config, run, no_align=True)
+    out = run_stage(config, run, method="no_align")
     assert out == run.stage("vae_no_align") and not run.stage("vae").exists()
     info = json.loads((out / "run_info.json").read_text())
     assert info["config"]["vae"]["align"] is False and config.vae.align is True  # the caller's config untouched
@@ -155,11 +155,11 @@ def test_no_align_ablation_and_stage_rules(tmp_path, cohort_dir, trained, caplog
     # a finished stage is skipped; an unfinished one needs --resume or --overwrite
     stamp = (out / "run_info.json").stat().st_mtime_ns
     with caplog.at_level(logging.INFO):
-        run_stage(config, run, no_align=True)
+        run_stage(config, run, method="no_align")
     assert (out / "run_info.json").stat().st_mtime_ns == stamp and "already finished" in caplog.text
     (out / "run_info.json").unlink()
     with pytest.raises(FileExistsError, match="--resume"):
-        run_stage(config, run, no_align=True)
+        run_stage(config, run, method="no_align")
 
 
 def _task(config, stats, seed=0):

@@ -10,7 +10,7 @@ import numpy as np
 
 from namd.cohort.ehr import ATTENUATION, MARGINS
 from namd.cohort.store import Cohort
-from namd.runinfo import atomic_write_bytes
+from namd.run.provenance import atomic_write_bytes
 
 PAIRS_PER_ROW = 3
 UNPAIRED_SHOWN = 6

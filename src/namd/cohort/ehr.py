@@ -1,7 +1,7 @@
 """The 13 EHR features of Appendix C with their official NLST codes, validation, and the
 radiology-report sentence that is the one source of prompt text for the LLM stage.
 
-Codes follow the NLST data dictionaries (../shared/reference, section 1). Missing values are
+Codes follow the NLST data dictionaries (docs/reference-facts.md, section 1). Missing values are
 first-class: a field is `None`, never silently 0 or a category.
 
 A record (an EHR JSON, a dict given to the API) holds the 13 fields, matched case-insensitively,

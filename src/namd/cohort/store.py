@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from namd.cohort.ehr import EHR, EHR_FIELDS
-from namd.contract import RunFileError, load_npy, read_csv, read_json
-from namd.runinfo import atomic_dir, atomic_write_json
+from namd.run.contract import RunFileError, load_npy, read_csv, read_json
+from namd.run.provenance import atomic_dir, atomic_write_json
 
 FORMAT_VERSION = 1
 CHUNK = 1024

@@ -70,7 +70,7 @@ def _preset_dict(name: str) -> dict[str, Any]:
     """The overrides a named preset applies on top of the defaults."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    text = resources.files("namd.presets").joinpath(f"{name}.yaml").read_text()
+    text = resources.files("namd.config.presets").joinpath(f"{name}.yaml").read_text()
     return yaml.safe_load(text) or {}
 
 
@@ -142,6 +142,6 @@ def _nested(key: str, value: Any) -> dict[str, Any]:
 
 def save_config(config: NamdConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from namd.runinfo import atomic_write_text
+    from namd.run.provenance import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

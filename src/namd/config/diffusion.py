@@ -111,7 +111,7 @@ class SamplingConfig(Section):
     drop_context: bool = Field(
         False, description="sample the trained model with C = its null context: a model trained "
         "with condition dropout is then its own null-context counterpart (beside the separately "
-        "trained cond_null); False = the record's C (paper)")
+        "trained cond_null_context); False = the record's C (paper)")
     max_batch: int = Field(256, ge=1, description="latents per U-Net call (memory budget)")
     aux_batch: int = Field(16, ge=1, description="crops per VAE encode/decode call and records per "
                                                  "context-encoder call (small is fastest on a CPU; "

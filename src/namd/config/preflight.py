@@ -13,7 +13,7 @@ from pathlib import Path
 from namd.config import ConfigError, NamdConfig
 
 SD15_HINT = ("the paper fine-tunes Stable Diffusion 1.5: point vae.pretrained and "
-             "diffusion.unet.pretrained at a local SD1.5 folder (README, 'Pretrained weights'), or "
+             "diffusion.unet.pretrained at a local SD1.5 folder (docs/paper-preset.md, 'Pretrained weights'), or "
              "pass --from-scratch to train these networks from random weights")
 
 
@@ -52,7 +52,7 @@ def check_stage(config: NamdConfig, stage: str) -> None:
         if vae.lambda_lpips > 0 and not vae.lpips_weights:
             raise ConfigError(
                 f"vae.lambda_lpips is {vae.lambda_lpips} but vae.lpips_weights is unset: convert "
-                "the official LPIPS VGG weights to safetensors (README, 'LPIPS weights') and pass "
+                "the official LPIPS VGG weights to safetensors (docs/paper-preset.md, 'LPIPS weights') and pass "
                 "--set vae.lpips_weights=PATH, or opt out with --set vae.lambda_lpips=0")
         if vae.lpips_weights and vae.lambda_lpips > 0 and not Path(vae.lpips_weights).expanduser().is_file():
             raise ConfigError(f"vae.lpips_weights: {vae.lpips_weights} not found")

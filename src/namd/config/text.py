@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 from namd.config.base import Section
 
 # Scaled to NLST: ages 55-74 at entry (centre 62 as in the Brock model, sd ~5); nodules >= 4 mm,
-# most under 20 mm (approximate centre and spread, ../shared/reference sections 1, 2, 5).
+# most under 20 mm (approximate centre and spread, docs/reference-facts.md, sections 1, 2, 5).
 _DEFAULT_SCALES = {"age": (62.0, 5.0), "SCT_LONG_DIA": (8.0, 5.0), "SCT_PERP_DIA": (6.0, 4.0)}
 
 

@@ -29,7 +29,7 @@ class VAEConfig(Section):
     lambda_grad: float = Field(0.0, ge=0, description="weight of an L1 on image gradients added to "
                                "L_rec (beyond the paper; 0 = the paper's Equation 6)")
     lpips_weights: str | None = Field(None, description="local LPIPS VGG weights: a .safetensors of "
-                                      "lpips.LPIPS(net='vgg').state_dict() (README, 'LPIPS weights')")
+                                      "lpips.LPIPS(net='vgg').state_dict() (docs/paper-preset.md, 'LPIPS weights')")
     lpips_net: Literal["vgg"] = Field("vgg", description="LPIPS backbone layout (VGG-16, as the "
                                       "authors' LDM loss; built without torchvision)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout in the VAE's residual blocks "

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+BASELINE_USE_FILE = "baseline_use.json"  # in the cond stage's folder
+
 BANDS = ((0, 100), (100, 300), (300, 600), (600, 1000))
 X0_CHECK_T = 800  # "a high timestep": abar ~ 0.05 on the paper's schedule
 
@@ -146,8 +148,8 @@ def measure_cond_stage(task, prior_dir: Path, val, seed: int) -> dict:
     """`measure` for a trained cond stage (a namd.training.diffusion.CondTask and its validation
     LatentPairs), beside the prior of `prior_dir`; models of either parameterisation are scored
     on the noise they imply."""
-    from namd.diffusion import as_epsilon, load_scheduler_config, model_output
     from namd.models.null_context import load_null
+    from namd.models.schedules import as_epsilon, load_scheduler_config, model_output
     from namd.models.unet import load_unet
 
     device = next(task.unet.parameters()).device

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from namd.evaluation.rows import image_rows
 from namd.models.calibration import Calibration
 
 BINS = 10
-IMAGE_ROWS = ("real_baseline", "real_followup", "namd", "namd_no_align", "namd_null_context",
-              "copy_baseline", "vae_copy_baseline")
+
 
 
 def brier(y: np.ndarray, p: np.ndarray) -> float:
@@ -81,7 +81,7 @@ def calibration_block(calibration: Calibration | None, status: str, y: np.ndarra
         head.update(slope=calibration.slope, intercept=calibration.intercept,
                     n=calibration.n, n_pos=calibration.n_pos, note=calibration.note)
     rows = {}
-    for name in IMAGE_ROWS:
+    for name in image_rows():
         if name not in raw:
             rows[name] = {"status": statuses.get(name, "not run")}
             continue

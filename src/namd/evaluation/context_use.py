@@ -76,7 +76,7 @@ def sensitivity(unet: torch.nn.Module, baseline: torch.Tensor, context: torch.Te
                 seed: int = 0) -> dict[str, float]:
     """Per band (its middle timestep), RMS(out(C) - out(swapped C)) / RMS(out(C)) at random
     noisy latents: a fraction of what one denoising step predicts."""
-    from namd.diffusion import model_output
+    from namd.models.schedules import model_output
 
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(baseline.shape, generator=g)
@@ -93,7 +93,7 @@ def sensitivity(unet: torch.nn.Module, baseline: torch.Tensor, context: torch.Te
 def sample_shift(sampler, cond, cfg: SamplingConfig, seed: int = 0) -> dict[str, float]:
     """Mean |own C - swapped C| of decoded samples with the same seeds, and the same between
     two draws with the own C (the spread it is measured against), in HU."""
-    from namd.sampling import Conditioning
+    from namd.inference.sampler import Conditioning
 
     cfg2 = validated_update(cfg, {"k": 2}, "sampling")
     perm = torch.from_numpy(derangement(len(cond), seed))

@@ -1,7 +1,7 @@
 """`namd evaluate`: the comparison table of paper Table 1, image quality and variance analysis.
 
-Reads RUN/cohort, RUN/evaluator and the sample folders of the three generative variants
-(RUN/samples, RUN/samples_no_align, RUN/samples_null; a missing one gives a "not run" row),
+Reads RUN/cohort, RUN/evaluator and the sample folder of every method of the table
+(namd.config.methods: RUN/samples, RUN/samples_no_align, ...; a missing one gives a "not run" row),
 writes RUN/eval/metrics.json (schema: docs/metrics-schema.md; its growth block comes from
 namd.evaluation.growth), RUN/eval/per_nodule.csv and RUN/eval/run_info.json.
 With RUN/evaluator/calibration.json every image row's probabilities are calibrated per sample
@@ -18,40 +18,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from namd.cohort.store import Cohort
-from namd.config import NamdConfig
-from namd.contract import RunFileError, load_npy, read_csv, read_json
+from namd.config import NamdConfig, methods
 from namd.evaluation import baselines, fidelity, gap_closure, growth, metrics, quality, variance
-from namd.evaluation.calibration_metrics import IMAGE_ROWS, calibration_block
-from namd.evaluation.table_text import format_table as format_table  # re-exported for the CLI
+from namd.evaluation.baseline_use import BASELINE_USE_FILE
+from namd.evaluation.calibration_metrics import calibration_block
+from namd.evaluation.rows import COPY_REFERENCE, generated, image_rows, quality_rows, rows, vae_of
+from namd.evaluation.schema import SCHEMA_VERSION
 from namd.models.calibration import Calibration, calibration_status
+from namd.models.device import resolve_device
 from namd.models.evaluator import MalignancyViT, load_evaluator, predict
-from namd.rundir import RunDir, variant_dirs
-from namd.runinfo import RUN_INFO, atomic_write_json, atomic_write_text, progress
+from namd.run.contract import RunFileError, load_npy, read_csv, read_json
+from namd.run.layout import RunDir
+from namd.run.provenance import RUN_INFO, atomic_write_json, atomic_write_text, progress
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-GENERATED = {"namd": variant_dirs()["samples"],
-             "namd_no_align": variant_dirs(no_align=True)["samples"],
-             "namd_null_context": variant_dirs(null_context=True)["samples"]}
-ROWS = {
-    "real_baseline": "Real baseline LDCT",
-    "real_followup": "Real follow-up LDCT",
-    "namd": "NAMD (generated follow-up)",
-    "namd_no_align": "NAMD without L_align / L_pred",
-    "namd_null_context": "NAMD with null context (image only)",
-    "copy_baseline": "Copy the baseline (identity)",
-    "vae_copy_baseline": "The baseline through the run's VAE (no change, the generator's ceiling)",
-    "brock": "Brock model (EHR, no image)",
-    "ehr_logistic": "Logistic regression on the EHR",
-    "baseline_plus_ehr": "Evaluator on baseline crop + EHR",
-}
-QUALITY_ROWS = (*GENERATED, "copy_baseline", "vae_copy_baseline")
-VAE_OF = {name: variant_dirs(no_align=name == "namd_no_align")["vae"] for name in GENERATED}
-COPY_REFERENCE = "vae_copy_baseline"  # generated rows are also tested against it
 INDEX_COLUMNS = ("pair_id", "patient_id", "split", "label", "baseline_index", "followup_index")
 
 
@@ -147,7 +130,7 @@ def row_entry(name: str, scored: Scored, y: np.ndarray, reference: np.ndarray,
     """One row of metrics.json (metrics, interval and paired tests against the real baseline,
     for generated rows against the VAE copy of the baseline, and for the ablations against
     NAMD: what the record and L_align add, tested on the same nodules)."""
-    entry: dict = {"name": name, "description": ROWS[name], "status": scored.status}
+    entry: dict = {"name": name, "description": rows()[name], "status": scored.status}
     if scored.runs is None:
         return {**entry, "k": None, "auroc": None, "auprc": None, **scored.info}
     ev = cfg.eval
@@ -155,9 +138,9 @@ def row_entry(name: str, scored: Scored, y: np.ndarray, reference: np.ndarray,
     mean = scored.runs.mean(axis=0)
     if name != "real_baseline":
         entry["vs_real_baseline"] = paired_test(y, mean, reference, cfg)
-    if name in GENERATED and copy_reference is not None:
+    if name in generated() and copy_reference is not None:
         entry[f"vs_{COPY_REFERENCE}"] = paired_test(y, mean, copy_reference, cfg)
-    if name in GENERATED and name != "namd" and namd_mean is not None:
+    if name in generated() and name != methods.REFERENCE and namd_mean is not None:
         entry["vs_namd"] = paired_test(y, mean, namd_mean, cfg)
     return {**entry, **scored.info}
 
@@ -185,7 +168,7 @@ def nodule_table(pairs: pd.DataFrame, scored: dict[str, Scored],
     for name, s in scored.items():
         if s.runs is None:
             continue
-        if name not in GENERATED:
+        if name not in generated():
             table[f"p_{name}"] = s.runs[0]
             continue
         for j, run in enumerate(s.runs, start=1):
@@ -223,7 +206,7 @@ def score_images(run: RunDir, cohort: Cohort, inp: Inputs, split: str
     for kind in ("baseline", "followup"):
         p, feats[kind] = evaluator_scores(inp.model, inp.real[kind][:, None], inp.window, inp.batch)
         scored[f"real_{kind}"] = Scored(p)
-    for name, folder in progress(GENERATED.items(), desc="evaluate variants", unit="variant"):
+    for name, folder in progress(generated().items(), desc="evaluate methods", unit="method"):
         crops, status, info = load_samples(run.stage(folder), inp.pairs, split, cohort.crop_size)
         if crops is None:
             scored[name] = Scored(status=status)
@@ -233,9 +216,10 @@ def score_images(run: RunDir, cohort: Cohort, inp: Inputs, split: str
         crops_of[name] = crops
     scored["copy_baseline"] = Scored(scored["real_baseline"].runs)  # identity "generator"
     crops_of["copy_baseline"], feats["copy_baseline"] = inp.real["baseline"][:, None], feats["baseline"]
-    copy = inp.vae_copies.get(VAE_OF["namd"])
+    reference_vae = vae_of(methods.REFERENCE) or "vae"
+    copy = inp.vae_copies.get(reference_vae)
     if copy is None:
-        scored[COPY_REFERENCE] = Scored(status=f"not run: {run.stage(VAE_OF['namd'])} not finished")
+        scored[COPY_REFERENCE] = Scored(status=f"not run: {run.stage(reference_vae)} not finished")
     else:
         p, feats[COPY_REFERENCE] = evaluator_scores(inp.model, copy[:, None], inp.window, inp.batch)
         scored[COPY_REFERENCE], crops_of[COPY_REFERENCE] = Scored(p), copy[:, None]
@@ -245,7 +229,7 @@ def score_images(run: RunDir, cohort: Cohort, inp: Inputs, split: str
 def calibrate(scored: dict[str, Scored], calibration: Calibration | None) -> dict[str, np.ndarray]:
     """Calibrate every image row's probabilities per sample, in place (before any mean over K);
     returns the raw runs (K, N) of those rows."""
-    raw = {n: scored[n].runs for n in IMAGE_ROWS if scored[n].runs is not None}
+    raw = {n: scored[n].runs for n in image_rows() if scored[n].runs is not None}
     if calibration is not None:
         for name, runs in raw.items():
             scored[name].runs = calibration.apply(runs)
@@ -255,21 +239,26 @@ def calibrate(scored: dict[str, Scored], calibration: Calibration | None) -> dic
 def vae_copies(run: RunDir, baselines_hu: np.ndarray, window: tuple[float, float]) -> dict[str, np.ndarray]:
     """The baselines through each finished VAE stage of the run (folder name -> (N, H, W) HU)."""
     return {name: fidelity.vae_roundtrip(run.stage(name), baselines_hu, window)
-            for name in sorted(set(VAE_OF.values())) if run.is_done(name)}
+            for name in vae_folders() if run.is_done(name)}
+
+
+def vae_folders() -> list[str]:
+    """The VAE folders the generated rows decode with, each once."""
+    return sorted({vae for name in generated() if (vae := vae_of(name)) is not None})
 
 
 def baseline_use_blocks(run: RunDir) -> dict:
-    """What the baseline buys, per variant: the cond stage's baseline_use.json, or a status."""
-    from namd.training.diffusion import BASELINE_USE_FILE
-
+    """What the baseline buys, per method with a conditional U-Net: the cond stage's
+    baseline_use.json, or a status."""
     out = {}
-    for name in GENERATED:
-        path = run.stage(variant_dirs(no_align=name == "namd_no_align",
-                                      null_context=name == "namd_null_context")["cond"]) / BASELINE_USE_FILE
-        if not path.is_file():
-            out[name] = {"status": f"not run: {path} not found"}
+    for m in methods.METHODS.values():
+        if "cond" not in m.uses:
             continue
-        out[name] = read_json(path, path.parent.name)
+        path = run.stage(m.uses["cond"]) / BASELINE_USE_FILE
+        if not path.is_file():
+            out[m.name] = {"status": f"not run: {path} not found"}
+            continue
+        out[m.name] = read_json(path, path.parent.name)
     return out
 
 
@@ -277,23 +266,26 @@ def growth_variants(run: RunDir, inp: Inputs, scored: dict[str, Scored],
                     crops_of: dict[str, np.ndarray]) -> dict[str, growth.Variant]:
     """Every generated variant's samples and its VAE's copies of the baselines, or its status."""
     out = {}
-    for name, folder in GENERATED.items():
-        copy, status = inp.vae_copies.get(VAE_OF[name]), "ok"
+    for name, folder in generated().items():
+        vae = vae_of(name)
+        copy, status = inp.vae_copies.get(vae) if vae else None, "ok"
         if name not in crops_of:
             status = scored[name].status
+        elif vae is None:
+            status = "not computed: the method has no VAE (its copy of the baselines is the reference size)"
         elif copy is None:
-            status = (f"not computed: {run.stage(VAE_OF[name])} is not finished (its copy of the "
+            status = (f"not computed: {run.stage(vae)} is not finished (its copy of the "
                       "baselines is the reference size)")
-        out[name] = growth.Variant(crops_of.get(name), copy, status, folder, VAE_OF[name])
+        out[name] = growth.Variant(crops_of.get(name), copy, status, folder, vae or "")
     return out
 
 
 def image_quality_blocks(inp: Inputs, scored: dict[str, Scored], feats: dict[str, np.ndarray],
                          crops_of: dict[str, np.ndarray]) -> tuple[dict, dict]:
-    """The image_quality block of every row in QUALITY_ROWS, and per-crop arrays."""
+    """The image_quality block of every row of quality_rows(), and per-crop arrays."""
     blocks: dict = {}
     per_crop: dict[str, dict[str, np.ndarray]] = {}
-    for name in progress(QUALITY_ROWS, desc="image quality", unit="row"):
+    for name in progress(quality_rows(), desc="image quality", unit="row"):
         if name not in crops_of:
             blocks[name] = {"status": scored[name].status}
             continue
@@ -309,8 +301,7 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
     cohort = Cohort(run.require("cohort", "evaluate"))
     model, window, ev_info = load_evaluator(run.stage("evaluator"))  # says how to train it
     calibration, cal_status = calibration_status(run.stage("evaluator"))
-    if torch.cuda.is_available():
-        model = model.cuda()
+    model = model.to(resolve_device(None))
     pairs, unlabelled = test_pairs(cohort, split)
     inp = Inputs(pairs, pairs["label"].astype(int).to_numpy(),
                  {kind: cohort.images(pairs[f"{kind}_index"]) for kind in ("baseline", "followup")},
@@ -323,41 +314,42 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
     scored.update(clinical_rows(cohort, pairs, split, reference, model, window, inp.batch,
                                 config.eval.seed, calibration))
     copy_ref = scored[COPY_REFERENCE].runs
-    namd_mean = None if scored["namd"].runs is None else scored["namd"].runs.mean(axis=0)
-    rows = [row_entry(name, scored[name], inp.y, reference, config,
-                      None if copy_ref is None else copy_ref[0], namd_mean)
-            for name in progress(ROWS, desc="metrics", unit="row")]
+    ref = scored[methods.REFERENCE].runs
+    namd_mean = None if ref is None else ref.mean(axis=0)
+    entries = [row_entry(name, scored[name], inp.y, reference, config,
+                         None if copy_ref is None else copy_ref[0], namd_mean)
+               for name in progress(rows(), desc="metrics", unit="row")]
     image_quality, per_crop = image_quality_blocks(inp, scored, feats, crops_of)
     var_rows = {n: variance.variance_summary(scored[n].runs.T, inp.y)
-                for n in GENERATED if scored[n].runs is not None}
-    namd = scored["namd"].runs
+                for n in generated() if scored[n].runs is not None}
+    copies = {n: inp.vae_copies[v] for n in generated()
+              if (v := vae_of(n)) is not None and v in inp.vae_copies}
     result = clean({
         "schema_version": SCHEMA_VERSION, "split": split, "n_test": int(len(inp.y)),
         "n_malignant": int(inp.y.sum()), "n_unlabelled_excluded": unlabelled,
-        "k": int(namd.shape[0]) if namd is not None else config.sampling.k,
+        "k": int(ref.shape[0]) if ref is not None else config.sampling.k,
         "probability": calibration.describe() if calibration is not None else "raw",
         "bootstrap": {"n": config.eval.bootstrap, "level": config.eval.ci, "stratified": True,
                       "seed": config.eval.seed,
                       "generated_rows_ci_of": "the mean probability over the K runs"},
         "evaluator": {"val_auroc": ev_info.get("val_auroc"), "best_step": ev_info.get("best_step"),
                       "selection": ev_info.get("selection")},
-        "rows": rows,
+        "rows": entries,
         "image_quality": image_quality,
         "fidelity": fidelity.fidelity_blocks(
-            {n: c for n, c in crops_of.items() if n in GENERATED and VAE_OF[n] in inp.vae_copies},
-            inp.real["followup"], {n: inp.vae_copies[VAE_OF[n]] for n in GENERATED
-                                   if VAE_OF[n] in inp.vae_copies}, window),
+            {n: c for n, c in crops_of.items() if n in copies}, inp.real["followup"], copies,
+            window),
         "baseline_use": baseline_use_blocks(run),
         "growth": growth.growth_block(inp.real["baseline"], inp.real["followup"], inp.spacing,
                                       inp.y, growth_variants(run, inp, scored, crops_of),
                                       config.eval),
         "gap_closure": gap_closure.gap_closure_block(inp.y, scored, config.eval),
-        "variance": ({"variant": "namd", **var_rows["namd"]} if "namd" in var_rows
-                     else {"variant": "namd", "status": scored["namd"].status}),
-        "variance_other_variants": {n: v for n, v in var_rows.items() if n != "namd"},
+        "variance": {"method": methods.REFERENCE,
+                     **(var_rows.get(methods.REFERENCE) or {"status": scored[methods.REFERENCE].status})},
+        "variance_other_methods": {n: v for n, v in var_rows.items() if n != methods.REFERENCE},
         "calibration": calibration_block(calibration, cal_status, inp.y, raw,
                                          {n: scored[n].runs for n in raw},
-                                         {n: scored[n].status for n in IMAGE_ROWS}),
+                                         {n: scored[n].status for n in image_rows()}),
     })
     out = run.stage("eval")
     real_diameter = quality.diameters_mm(inp.real["followup"], inp.spacing)

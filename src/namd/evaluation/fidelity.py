@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from namd.runinfo import progress
+from namd.run.provenance import progress
 
 
 def vae_roundtrip(vae_dir: Path, crops_hu: np.ndarray, window: tuple[float, float],
                   batch: int = 16) -> np.ndarray:
     """Crops (N, H, W) in HU passed through the encoder (posterior mean) and decoder of a
     finished VAE stage, back in HU."""
+    from namd.inference.sampler import decode_to_hu, encode_hu
     from namd.models.vae import load_trained_vae
-    from namd.sampling import decode_to_hu, encode_hu
 
     vae, scale = load_trained_vae(vae_dir)
     latents = encode_hu(vae, np.asarray(crops_hu, dtype=np.float32), scale, window, batch)

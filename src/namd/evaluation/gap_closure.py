@@ -30,8 +30,8 @@ import numpy as np
 
 from namd.config import EvalConfig
 from namd.evaluation import metrics
+from namd.evaluation.rows import generated
 
-VARIANTS = ("namd", "namd_no_align", "namd_null_context")
 REFERENCE_ROWS = ("brock", "ehr_logistic", "baseline_plus_ehr")  # no generated image
 PAPER_CLOSURE = 0.82  # the paper's gap closure of NAMD, the report's reference point
 DEFINITION = ("(AUROC(variant) - AUROC(real_baseline)) / (AUROC(real_followup) - "
@@ -107,7 +107,7 @@ def gap_closure_block(y: np.ndarray, scored: Mapping[str, Scores], ev: EvalConfi
                                    "the same resample (paired)"},
         "generated": {}}
     base, follow = scored["real_baseline"], scored["real_followup"]
-    for name in VARIANTS:
+    for name in generated():
         row = scored.get(name)
         if row is None or row.runs is None:
             block["generated"][name] = {"status": "not run: not scored" if row is None

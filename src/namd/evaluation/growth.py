@@ -25,8 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from namd.config import EvalConfig
-
-REFERENCE = "namd"  # the variant every ablation's gap is compared with
+from namd.config.methods import REFERENCE
 
 
 def central_diameter_mm(crops: np.ndarray, spacing_mm: np.ndarray, threshold_hu: float,

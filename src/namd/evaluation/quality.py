@@ -26,7 +26,7 @@ from scipy import linalg, ndimage
 from skimage.measure import label, regionprops
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-# Nodule segmentation (where the paper is silent; values from ../shared/reference section 4):
+# Nodule segmentation (where the paper is silent; HU from docs/reference-facts.md, section 4):
 # lung parenchyma is about -900 to -850 HU, ground glass about -750 to -300 HU, solid tissue
 # about -100 to +100 HU. -650 HU after a 1-pixel Gaussian smoothing (which lowers LDCT noise
 # of 20-60 HU) separates nodule tissue, ground glass included, from the lung around it.
@@ -204,7 +204,7 @@ def _to_rgb_unit(hu: np.ndarray, window: tuple[float, float]):
     """HU crops (B, H, W) -> (B, 3, H, W) tensor in [-1, 1] for the ImageNet networks."""
     import torch
 
-    from namd.imaging import hu_to_unit
+    from namd.cohort.imaging import hu_to_unit
 
     x = hu_to_unit(torch.as_tensor(np.asarray(hu), dtype=torch.float32), window)
     return x[:, None].expand(-1, 3, -1, -1)

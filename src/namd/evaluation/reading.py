@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from namd.evaluation.figures import display_name
+from namd.config import methods
+from namd.evaluation.rows import row_label
 
 SIGNIFICANCE = 0.05  # the level at which a paired test's p-value is called significant
 FEW_POSITIVES = 30  # below this many malignant test nodules, CIs are flagged as wide
@@ -94,10 +95,10 @@ def _main_comparison(rows: dict[str, dict]) -> list[str]:
 
 
 def _ablations(rows: dict[str, dict]) -> list[str]:
-    """The two ablations against full NAMD."""
-    namd = rows.get("namd")
-    what = {"namd_no_align": "Without L_align (the paper's ablation)",
-            "namd_null_context": "With image-only conditioning (null context)"}
+    """Each method that says what it changes against NAMD (namd.config.methods: the ablations)
+    against full NAMD."""
+    namd = rows.get(methods.REFERENCE)
+    what = {m.name: m.about for m in methods.METHODS.values() if m.about}
     out = []
     for name, text in what.items():
         row = rows.get(name)
@@ -110,7 +111,7 @@ def _ablations(rows: dict[str, dict]) -> list[str]:
                    + ("" if overlap is None else
                       "; the CIs overlap, so the difference is not resolved." if overlap
                       else "; the CIs do not overlap.")
-                   + (" This is the drop the paper reports." if name == "namd_no_align" and d < 0
+                   + (" This is the drop the paper reports." if name == "no_align" and d < 0
                       and overlap is False else ""))
     return out
 
@@ -120,12 +121,12 @@ def _ehr_rows(rows: dict[str, dict]) -> list[str]:
     out = []
     ehr = {n: rows[n] for n in ("brock", "ehr_logistic") if n in rows}
     if ehr:
-        parts = "; ".join(f"{display_name(n)} {stat(r)}" for n, r in ehr.items())
+        parts = "; ".join(f"{row_label(n)} {stat(r)}" for n, r in ehr.items())
         out.append(f"From the EHR alone, the AUROC is: {parts}.")
         best_name, best = max(ehr.items(), key=lambda kv: _mean(kv[1]))
         if "namd" in rows:
             d = _mean(rows["namd"]) - _mean(best)
-            out.append(f"Against the best EHR-only model ({display_name(best_name)}), NAMD is "
+            out.append(f"Against the best EHR-only model ({row_label(best_name)}), NAMD is "
                        f"{_by(d)}.")
     both = rows.get("baseline_plus_ehr")
     if both is not None:
@@ -172,7 +173,7 @@ def _facts(facts: dict[str, Any]) -> list[str]:
     out = []
     var = facts.get("variance")
     if var:
-        out.append(f"For {display_name(var['variant'])}, the evaluator's probability varies over "
+        out.append(f"For {row_label(var['variant'])}, the evaluator's probability varies over "
                    f"the K samples with mean variance {var['mean']:.3g} (median "
                    f"{var['median_benign']:.3g} for benign, {var['median_malignant']:.3g} for "
                    "malignant nodules).")
@@ -180,7 +181,7 @@ def _facts(facts: dict[str, Any]) -> list[str]:
     if stable and stable["k"] > 1:
         k, first = stable["k"], stable["stable_k"]
         settled = first <= k - max(1, round(SETTLED_SHARE * k))
-        out.append(f"The mean running variance of {display_name(stable['variant'])} stays within "
+        out.append(f"The mean running variance of {row_label(stable['variant'])} stays within "
                    f"{stable['tolerance']:.0%} of its value at K = {k} from k = {first} on: "
                    + ("it settles well before K, so K looks sufficient." if settled else
                       "it has not settled within the last quarter of the samples; more samples "
@@ -210,11 +211,11 @@ def reading(metrics: dict[str, Any], facts: dict[str, Any]) -> list[str]:
                    "are wide: differences inside them are not resolved.")
     out += _main_comparison(rows) + _ablations(rows) + _ehr_rows(rows)
     out += _image_quality(metrics.get("image_quality") or {}) + _facts(facts)
-    below = [f"{display_name(n)} ({_mean(r):.3f})" for n, r in rows.items() if _mean(r) < 0.5]
+    below = [f"{row_label(n)} ({_mean(r):.3f})" for n, r in rows.items() if _mean(r) < 0.5]
     if below:
         out.append("Below chance (AUROC < 0.5): " + "; ".join(below) + ". Such a score ranks "
                    "malignant nodules lower than benign ones on this test set.")
-    skipped = [f"{display_name(r['name'])} ({r.get('status')})" for r in metrics.get("rows", [])
+    skipped = [f"{row_label(r['name'])} ({r.get('status')})" for r in metrics.get("rows", [])
                if r.get("status", "ok") != "ok"]
     if skipped:
         out.append("Not run: " + "; ".join(skipped) + ".")

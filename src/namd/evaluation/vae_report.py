@@ -27,8 +27,8 @@ from matplotlib.figure import Figure
 from namd.cohort.ehr import NODULE_FIELDS
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig
-from namd.contract import read_json
 from namd.models.alignment import project_latents, target_entropy
+from namd.models.device import resolve_device
 from namd.models.probe import load_probe
 from namd.models.vae import from_network, load_trained_vae
 from namd.models.vae_data import (
@@ -38,7 +38,8 @@ from namd.models.vae_data import (
     split_source,
     training_statistics,
 )
-from namd.runinfo import atomic_write_bytes, atomic_write_json, progress
+from namd.run.contract import read_json
+from namd.run.provenance import atomic_write_bytes, atomic_write_json, progress
 
 REPORT_FILE = "report.json"
 TSNE_FILE = "tsne.png"
@@ -209,7 +210,7 @@ def write_report(stage_dir: Path, cohort: Cohort, config: NamdConfig, split: str
                  train_latents: np.ndarray | None = None, train_labels: np.ndarray | None = None) -> dict:
     """Evaluate a finished VAE stage on `split`; write report.json and the two PNGs."""
     stage_dir = Path(stage_dir)
-    vae, scale = load_trained_vae(stage_dir, "cuda" if torch.cuda.is_available() else "cpu")
+    vae, scale = load_trained_vae(stage_dir, resolve_device(None))
     probe = load_probe(stage_dir)
     meta_path = stage_dir / META_FILE
     stats = read_json(meta_path, meta_path.parent.name) if meta_path.is_file() else \

@@ -4,7 +4,7 @@
 
 L_align (Equations 2-4) matches, row by row, the softmax over pairwise feature distances (P) with
 the softmax over pairwise latent distances (Q); L_pred (Equation 5) is a BCE on a linear probe
-of the latent. Where the paper is silent the authors' code decides (../shared/reference,
+of the latent. Where the paper is silent the authors' code decides (docs/reference-facts.md,
 section 6): mean-pooled latents, sigma_f = 4, sigma_z = 1, logits divided by a temperature.
 """
 

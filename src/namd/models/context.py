@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from namd.cohort.ehr import EHR
-from namd.runinfo import progress
+from namd.run.provenance import progress
 
 
 class ContextEncoder(nn.Module, ABC):

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 from transformers import ViTConfig, ViTModel
 
-from namd.checkpoint import load_best
+from namd.cohort.imaging import hu_to_unit
 from namd.config import EvaluatorConfig
-from namd.contract import RunFileError, check_safetensors, read_json, reading
-from namd.imaging import hu_to_unit
-from namd.runinfo import RUN_INFO
+from namd.run.checkpoint import load_best
+from namd.run.contract import RunFileError, check_safetensors, read_json, reading
+from namd.run.provenance import RUN_INFO
 
 MODULE = "vit"  # name of the evaluator's weights in its stage checkpoints
 

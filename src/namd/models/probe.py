@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from namd.checkpoint import load_module, save_module
-from namd.contract import check_safetensors, reading
+from namd.run.checkpoint import load_module, save_module
+from namd.run.contract import check_safetensors, reading
 
 PROBE_FILE = "probe.safetensors"
 

@@ -21,8 +21,8 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 
 from namd.config import UNetConfig
-from namd.contract import DIFFUSERS_WEIGHTS, check_safetensors, read_json, reading
-from namd.runinfo import atomic_dir
+from namd.run.contract import DIFFUSERS_WEIGHTS, check_safetensors, read_json, reading
+from namd.run.provenance import atomic_dir
 
 log = logging.getLogger(__name__)
 

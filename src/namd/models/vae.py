@@ -2,7 +2,7 @@
 built from the typed config, plus the conventions every later stage shares for moving crops in
 and out of the latent space.
 
-Conventions: crops in HU -> lung window -> [-1, 1] (namd.imaging.hu_to_unit), replicated to
+Conventions: crops in HU -> lung window -> [-1, 1] (namd.cohort.imaging.hu_to_unit), replicated to
 `in_channels`; latents are the posterior mean (deterministic, so cached latents are stable),
 multiplied by the stage's saved scale factor before diffusion.
 
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
+from namd.cohort.imaging import hu_to_unit, unit_to_hu
 from namd.config import VAEConfig
-from namd.contract import DIFFUSERS_WEIGHTS, RunFileError, check_safetensors, read_json, reading
-from namd.imaging import hu_to_unit, unit_to_hu
-from namd.runinfo import atomic_write_json
+from namd.run.contract import DIFFUSERS_WEIGHTS, RunFileError, check_safetensors, read_json, reading
+from namd.run.provenance import atomic_write_json, hash_files
 
 SCALE_FILE = "latent_scale.json"
 MODEL_DIR = "autoencoder"
@@ -225,16 +225,6 @@ def build_vae_from_config(cfg: VAEConfig) -> AutoencoderKL:
     """The configured network, with local pretrained weights when `cfg.pretrained` names them."""
     vae = build_vae(cfg)
     return load_pretrained_weights(vae, cfg.pretrained) if cfg.pretrained else vae
-
-
-def hash_files(paths: list[Path], digest: hashlib._Hash) -> None:
-    """Feed names and contents of files into a digest (streamed, sorted by name); the latent
-    cache hashes its cohort with it too."""
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
 
 
 def vae_fingerprint(vae_dir: Path) -> str:

@@ -16,12 +16,12 @@ import torch
 from diffusers import AutoencoderKL
 
 from namd.cohort.ehr import NODULE_FIELDS
+from namd.cohort.imaging import grey_to_hu
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig
-from namd.imaging import grey_to_hu
 from namd.models.alignment import class_weights, feature_statistics, standardise_features
 from namd.models.vae import to_network
-from namd.runinfo import progress
+from namd.run.provenance import progress
 
 log = logging.getLogger(__name__)
 

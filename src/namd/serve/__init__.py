@@ -1,6 +1,6 @@
 """`namd serve`: one patient's possible futures in the browser (a local Gradio page).
 
-The page is a thin layer over `namd.model.NAMDPipeline`, loaded once. Everything it does that
+The page is a thin layer over `namd.inference.pipeline.NAMDPipeline`, loaded once. Everything it does that
 can be tested without a browser lives in plain modules that do not import gradio:
 
     form.py      the 13 EHR fields as form inputs (codes with their meanings, ranges) <-> EHR

@@ -75,7 +75,7 @@ def header(session: Session, host: str) -> str:
              else f"served on {host}; no analytics, no share link, no fonts or scripts from the internet")
     return (f"# namd: one patient's possible futures\n"
             f"Virtual one-year follow-up CT crops of a lung nodule and the malignancy estimate "
-            f"they support. Model: **{pipe.variant}**, sha256 `{pipe.model_hash[:16]}…`, loaded "
+            f"they support. Model: **{pipe.method}**, sha256 `{pipe.model_hash[:16]}…`, loaded "
             f"once; {where}.")
 
 

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from namd.runinfo import atomic_write_bytes
+from namd.run.provenance import atomic_write_bytes
 from namd.serve.readout import NOTICE
 from namd.serve.views import crop_image, png_bytes, probability_strip, variance_image
 
 if TYPE_CHECKING:
-    from namd.serve.session import Result
+    from namd.serve.result import Result
 
 EPOCH = (1980, 1, 1, 0, 0, 0)
 README = """namd serve: one prediction
@@ -62,7 +62,7 @@ def prediction_record(result: Result) -> dict[str, Any]:
 
 def grid_png(result: Result) -> bytes:
     """namd sample's grid (baseline, real follow-up, mean, variance, the K samples) as PNG."""
-    from namd.sampling_io import save_grid
+    from namd.inference.sample_stage import save_grid
 
     pred = result.prediction
     with tempfile.TemporaryDirectory() as tmp:

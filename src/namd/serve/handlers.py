@@ -13,7 +13,8 @@ import numpy as np
 
 from namd.serve.form import ehr_from_form, form_from_ehr, sentence_of
 from namd.serve.readout import error_html, numbers_html, provenance_html, status_html
-from namd.serve.session import Baseline, Result, Session, one_line
+from namd.serve.result import Baseline, Result
+from namd.serve.session import Session, page_line
 from namd.serve.views import (
     GALLERY_COLUMNS,
     THUMB_PX,
@@ -30,7 +31,7 @@ NODULE, SCAN = "a test nodule of the run", "an uploaded scan"
 
 def _error(exc: BaseException) -> str:
     """The page's one-line message for an exception."""
-    return error_html(one_line(exc))
+    return error_html(page_line(exc))
 
 
 def _keep(n: int) -> list[Any]:
@@ -145,7 +146,7 @@ class Page:
         try:
             return [sentence_of(fields), status_html("")]
         except Exception as exc:
-            return [f"error: {one_line(exc)}", _error(exc)]
+            return [f"error: {page_line(exc)}", _error(exc)]
 
     def _baseline(self, source: str, pair_id: str | None, token: str | None,
                   centre: tuple[Any, Any, Any], space: str) -> Baseline:

@@ -10,7 +10,7 @@ import ipaddress
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from namd.serve.session import Result
+    from namd.serve.result import Result
 
 NOTICE = "Research use only, not a medical device."
 SEED_FROM = {"id": "the test nodule's pair id (as namd sample)", "crop": "the sha256 of the crop"}
@@ -59,7 +59,7 @@ def numbers_html(result: Result) -> str:
 def provenance_rows(provenance: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(name, heading, shown text) of the provenance the page lists."""
     return [("model_sha256", "model sha256", provenance["model_sha256"]),
-            ("variant", "variant", provenance["variant"]),
+            ("method", "method", provenance["method"]),
             ("namd_version", "namd version", provenance["namd_version"]),
             ("seed", "seed", str(provenance["seed"])),
             ("seed_from", "noises seeded from", SEED_FROM.get(provenance["seed_from"],

@@ -10,20 +10,21 @@ import sys
 import threading
 from pathlib import Path
 
+from namd.run.errors import one_line
 from namd.serve.readout import NOTICE, is_loopback
 from namd.serve.session import CohortNodules, Session
 from namd.serve.upload import Limits
 
 
-def load_session(run: str | None, model: str | None, variant: str, device: str | None,
+def load_session(run: str | None, model: str | None, method: str, device: str | None,
                  max_upload_mb: float) -> Session:
     """The pipeline (from a run or a model folder), the run's test nodules, the upload limits."""
-    from namd.model import NAMDPipeline
-    from namd.rundir import RunDir
+    from namd.inference.pipeline import NAMDPipeline
+    from namd.run.layout import RunDir
 
     nodules = None
     if run:
-        pipe = NAMDPipeline.from_run(run, variant, device)
+        pipe = NAMDPipeline.from_run(run, method, device)
         try:
             nodules = CohortNodules(RunDir(run).require("cohort", "namd serve"))
         except ValueError as exc:  # e.g. no test pairs: the page still takes uploads
@@ -49,7 +50,7 @@ def _import_gradio() -> None:
     try:
         import gradio  # noqa: F401
     except ImportError as exc:
-        from namd.cli import UsageError
+        from namd.run.errors import UsageError
 
         raise UsageError(f"gradio cannot be imported ({exc}); install the serve extra: "
                          "pip install 'namd[serve]'") from None
@@ -62,11 +63,11 @@ def _stop_on_sigterm() -> threading.Event:
     return stop
 
 
-def serve(run: str | None, model: str | None, variant: str = "namd", device: str | None = None,
+def serve(run: str | None, model: str | None, method: str = "namd", device: str | None = None,
           host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 2048.0) -> int:
     """Serve the page until stopped; 0 when stopped by Ctrl-C or SIGTERM."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests
-    session = load_session(run, model, variant, device, max_upload_mb)
+    session = load_session(run, model, method, device, max_upload_mb)
     try:
         from namd.serve.app import build_page, launch, prepare_environment
 
@@ -78,7 +79,7 @@ def serve(run: str | None, model: str | None, variant: str = "namd", device: str
             launch(demo, session, host, port)
         except OSError as exc:
             why = ("the port is in use" if "empty port" in str(exc)
-                   else " ".join(str(exc).split())[:160])
+                   else one_line(exc, 160))
             raise OSError(f"cannot serve on {host}:{port}: {why}; choose another --port") from None
         print(where_line(host, port), flush=True)
         print(f"namd serve: {NOTICE} Ctrl-C to stop.", flush=True)

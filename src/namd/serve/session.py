@@ -14,17 +14,16 @@ import math
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from namd.cohort.ehr import EHR
-from namd.crops import crop_volume_flagged
-from namd.prediction import Prediction
-from namd.serve.readout import NOTICE
-from namd.serve.upload import Limits, LoadedScan, ScanStore, UploadError
+from namd.inference.scan import crop_volume_flagged
+from namd.run.errors import EXPECTED, one_line
+from namd.serve.result import Baseline, Result
+from namd.serve.upload import Limits, LoadedScan, ScanStore
 from namd.serve.views import (
     SLICE_MIN_PX,
     click_to_voxel,
@@ -41,32 +40,6 @@ KEEP_BUNDLES = 16
 Progress = Callable[[float, str], None]
 
 
-@dataclass
-class Baseline:
-    """The crop a prediction starts from, the key its noises are seeded from (None: the crop's
-    digest) and how it was made (prediction.json's `baseline`: no path, no id)."""
-
-    crop: np.ndarray
-    key: str | None
-    source: dict[str, Any]
-    followup: np.ndarray | None = None
-    label: int | None = None
-    ehr: EHR | None = None
-
-
-@dataclass
-class Result:
-    """One prediction as the page shows it and the bundle stores it."""
-
-    prediction: Prediction
-    baseline: Baseline
-    ehr: EHR
-    p_real_followup: float | None = None
-    window: tuple[float, float] = (-1000.0, 400.0)
-    spacing_mm: float = 1.0
-    bundle: Path | None = field(default=None, repr=False)
-
-
 def paper_sampling() -> tuple[int, int]:
     """The paper's k and steps (the `paper` preset: K = 20, DDIM 50): the page's defaults."""
     from namd.config import load_config
@@ -80,7 +53,7 @@ class CohortNodules:
 
     def __init__(self, cohort_dir: Path):
         from namd.cohort.store import Cohort
-        from namd.sampling import pairs_to_sample
+        from namd.inference.sampler import pairs_to_sample
 
         self.cohort = Cohort(cohort_dir)
         self.pairs = pairs_to_sample(self.cohort, "test").set_index("pair_id", drop=False)
@@ -231,17 +204,15 @@ class Session:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def one_line(exc: BaseException) -> str:
+def page_line(exc: BaseException) -> str:
     """An error as the page shows it: the CLI's one line for the errors the CLI expects
-    (namd.cli.EXPECTED: bad input, a damaged file), a short line for any other, whose
+    (namd.run.errors.EXPECTED: bad input, a damaged file), a short line for any other, whose
     traceback goes to the server's log instead of the page."""
-    from namd.cli import EXPECTED, error_line
-
     if isinstance(exc, EXPECTED):
-        return error_line(exc)
-    text = " ".join(str(exc).split())
+        return one_line(exc)
     log.error("namd serve: unexpected error", exc_info=exc)
-    return f"unexpected {type(exc).__name__}: {text[:300]} (the server's log has the details)"
+    return (f"unexpected {type(exc).__name__}: {one_line(exc, 300)} (the server's log has the "
+            "details)")
 
 
 def _centre_values(centre: Sequence[Any]) -> tuple[float, float, float]:
@@ -261,5 +232,4 @@ def _centre_values(centre: Sequence[Any]) -> tuple[float, float, float]:
     return values[0], values[1], values[2]
 
 
-__all__ = ["NOTICE", "Baseline", "CohortNodules", "Result", "Session", "UploadError", "one_line",
-           "paper_sampling"]
+__all__ = ["CohortNodules", "Session", "page_line", "paper_sampling"]

@@ -5,7 +5,7 @@ probabilities; and the mapping from a click on a slice back to a voxel and a wor
 Slices are shown in the crop's orientation (columns towards the patient's left, rows towards
 posterior), enlarged by a whole factor with nearest-neighbour pixels, so a click at display
 pixel (x, y) is voxel ((x + 0.5) / f - 0.5, (y + 0.5) / f - 0.5) of that slice exactly. Grey
-values come from `namd.imaging.hu_to_unit`, the windowing the networks see.
+values come from `namd.cohort.imaging.hu_to_unit`, the windowing the networks see.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from namd.cohort.imaging import hu_to_unit
 from namd.cohort.ingest.volume import Volume
-from namd.imaging import hu_to_unit
 
 SLICE_MIN_PX = 384  # slices smaller than this are enlarged (a 40-pixel phantom, a thumbnail)
 CROP_PX = 192  # crops are shown at least this large

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from namd.config import NamdConfig
+from namd.config import NamdConfig, methods
 from namd.sizing.language_model import (
     LanguageModelSpec,
     frozen_lm_bytes,
@@ -47,7 +47,6 @@ from namd.sizing.language_model import (
     probe_records,
 )
 
-STAGES = ("vae", "prior", "cond", "evaluator")
 HEADROOM = 2e9  # CUDA context, cuBLAS workspace and allocator slack kept out of the GPU's memory
 CLIP_CONTEXT = (77, 768)  # SD1.5's CLIP ViT-L/14 text encoder: tokens x width of the empty prompt
 # autocast's cast policy (torch.amp op lists) for the functions the models here call: the same
@@ -189,8 +188,8 @@ def _vae_parts(config: NamdConfig, batch: int):
 
 def _unet_loss(unet: nn.Module, batch: int, latent: tuple[int, ...], context: Callable[[], torch.Tensor],
                baseline: bool) -> Callable[[], torch.Tensor]:
-    """|| eps - eps_theta ||^2 of a batch (Equations 9-10) through namd.diffusion.model_output."""
-    from namd.diffusion import model_output
+    """|| eps - eps_theta ||^2 of a batch (Equations 9-10) through namd.models.schedules.model_output."""
+    from namd.models.schedules import model_output
 
     def loss() -> torch.Tensor:
         z, t = _randn(batch, *latent), torch.zeros(batch, dtype=torch.long, device="meta")
@@ -282,6 +281,11 @@ def _train_config(config: NamdConfig, stage: str) -> Any:
             "evaluator": config.evaluator.train}[stage]
 
 
+def train_kinds() -> tuple[str, ...]:
+    """Every kind of stage the table of methods trains, and the evaluator."""
+    return (*methods.kinds(), "evaluator")
+
+
 def stage_batch(config: NamdConfig, stage: str) -> int:
     """The stage's (micro-)batch size: under gradient accumulation one micro-batch is alive."""
     return _train_config(config, stage).batch_size
@@ -293,7 +297,7 @@ def _parts(config: NamdConfig, stage: str, batch: int, lm: LanguageModelSpec | N
     builders = {"vae": lambda: _vae_parts(config, batch), "prior": lambda: _prior_parts(config, batch, lm),
                 "cond": lambda: _cond_parts(config, batch, lm), "evaluator": lambda: _evaluator_parts(config, batch)}
     if stage not in builders:
-        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(builders)}")
     precision = _train_config(config, stage).mixed_precision
     mode = (_Autocast(torch.bfloat16 if precision == "bf16" else torch.float16, device)
             if precision != "no" else contextlib.nullcontext())
@@ -330,9 +334,11 @@ def estimate_stage(config: NamdConfig, stage: str, batch: int | None = None, dev
 
 
 def estimate_stages(config: NamdConfig, batches: dict[str, int] | None = None, device: str = "cuda",
-                    stages: Sequence[str] = STAGES) -> list[StageEstimate]:
-    """StageEstimates of `stages`, each at batches[stage] or its configured batch size."""
+                    stages: Sequence[str] | None = None) -> list[StageEstimate]:
+    """StageEstimates of `stages` (default: every kind of stage the table of methods trains,
+    namd.config.methods, and the evaluator), each at batches[stage] or its configured batch size."""
     batches = batches or {}
+    stages = stages if stages is not None else train_kinds()
     lm = language_model_spec(config.text) if "cond" in stages and config.text.encoder == "llm" else None
     return [estimate_stage(config, s, batches.get(s), device, lm) for s in stages]
 

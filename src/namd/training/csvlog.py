@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from namd.runinfo import atomic_write_text
+from namd.run.provenance import atomic_write_text
 
 
 class CsvLog:

@@ -2,10 +2,10 @@
 the shared trainer.
 
 prior (Equation 9): every train-split crop (baseline, follow-up and unpaired) with the null
-    context; writes RUN/prior (RUN/prior_no_align with --no-align).
+    context; writes RUN/prior (RUN/prior_no_align with --method no_align).
 cond (Equation 10): train-split pairs; the U-Net starts from the prior with conv_in widened
     4 -> 8 (new channels zero) and is trained together with the context encoder's soft prompts
-    (the language model stays frozen); writes RUN/cond (cond_no_align, or cond_null for the
+    (the language model stays frozen); writes RUN/cond (cond_no_align, or cond_null_context for the
     image-only ablation whose context is null in training and sampling).
 
 Both read the frozen VAE's latents from the cache of namd.training.latents (one rotation drawn
@@ -34,19 +34,19 @@ from safetensors.torch import save
 
 import namd.models.context as context_module
 import namd.models.context_factory as context_factory
-from namd.checkpoint import has_checkpoint, load_best
 from namd.cohort.store import Cohort
-from namd.config import NamdConfig, TrainConfig
+from namd.config import NamdConfig, TrainConfig, methods
 from namd.config.preflight import check_stage
-from namd.diffusion import (
+from namd.evaluation.baseline_use import BASELINE_USE_FILE
+from namd.models.context_factory import ENCODER_FILE, PROMPTS_FILE
+from namd.models.null_context import save_null, stage_one_context
+from namd.models.schedules import (
     load_scheduler_config,
     model_output,
     save_scheduler,
     training_scheduler,
     training_target,
 )
-from namd.models.context_factory import ENCODER_FILE, PROMPTS_FILE
-from namd.models.null_context import save_null, stage_one_context
 from namd.models.unet import (
     build_unet,
     load_pretrained_into,
@@ -55,14 +55,14 @@ from namd.models.unet import (
     transfer_weights,
 )
 from namd.models.vae import vae_fingerprint
-from namd.rundir import RunDir, variant_dirs
-from namd.runinfo import atomic_write_bytes, atomic_write_json
+from namd.run.checkpoint import has_checkpoint, load_best
+from namd.run.layout import RunDir
+from namd.run.provenance import atomic_write_bytes, atomic_write_json
 from namd.training.latents import LatentStore, cache_path, load_or_build
 from namd.training.trainer import Batch, Trainer
 
 log = logging.getLogger(__name__)
 
-BASELINE_USE_FILE = "baseline_use.json"
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -351,20 +351,21 @@ def _export(out: Path, task: PriorTask | CondTask, config: NamdConfig) -> None:
                                                "null_mode": enc.null_mode})
 
 
-def run_stage(config: NamdConfig, run: RunDir, *, stage: str, no_align: bool = False,
-              null_context: bool = False, resume: bool = False, overwrite: bool = False) -> Path:
-    """Train `stage` ("prior" or "cond") of the variant the flags select; returns its folder.
+def run_stage(config: NamdConfig, run: RunDir, *, stage: str, method: str = methods.REFERENCE,
+              resume: bool = False, overwrite: bool = False) -> Path:
+    """Train `stage` ("prior" or "cond") of `method` (namd.config.methods); returns its folder.
 
-    `no_align`: on the ablation VAE (RUN/vae_no_align, RUN/prior_no_align, ...);
-    `null_context` (cond only): image-only conditioning, RUN/cond_null; `resume`: continue an
-    interrupted training; `overwrite`: retrain a finished or interrupted one from scratch.
+    The method's table entry gives the folders (no_align: on the ablation VAE, RUN/vae_no_align,
+    RUN/prior_no_align, ...) and its flags (null_context: image-only conditioning, cond only);
+    `resume`: continue an interrupted training; `overwrite`: retrain a finished or interrupted
+    one from scratch.
     """
     if stage not in ("prior", "cond"):
         raise ValueError(f"namd.training.diffusion trains prior or cond, not {stage!r}")
     check_stage(config, stage)  # external files, before anything is written
-    null_context = null_context and stage == "cond"
-    dirs = variant_dirs(no_align, null_context)
-    name = dirs[stage]
+    spec = methods.get(method)
+    name, dirs = spec.stage(stage).folder, spec.uses
+    null_context = bool(spec.flags.get("null_context")) and stage == "cond"
     tcfg: TrainConfig = getattr(config.diffusion, stage)
     out = _check_out(run, name, resume=resume, overwrite=overwrite)
     acc = Accelerator(mixed_precision=tcfg.mixed_precision)

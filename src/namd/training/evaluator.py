@@ -22,14 +22,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from namd.checkpoint import load_best
+from namd.cohort.imaging import random_rotations, rotate
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig
 from namd.evaluation.metrics import auprc, auroc
-from namd.imaging import random_rotations, rotate
 from namd.models.calibration import CALIBRATION_FILE, Calibration, fit_platt, not_fitted
 from namd.models.evaluator import MODULE, MalignancyViT, build_evaluator, predict, to_input
-from namd.rundir import RunDir
+from namd.run.checkpoint import load_best
+from namd.run.layout import RunDir
 from namd.training.trainer import Batch, Trainer
 
 STAGE = "evaluator"

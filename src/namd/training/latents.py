@@ -4,7 +4,7 @@ Both diffusion stages train on latents of the frozen VAE (paper 3.3.2), and Appe
 with rotations of 45, 90, 135 and 180 degrees. A latent of a rotated crop is not a rotated
 latent (the VAE is not rotation-equivariant, and 45/135 degrees have no exact latent-space
 counterpart), so the cache holds the latent of each rotated *image*: shape (R, N, C, h, w) for
-R = len(namd.imaging.ROTATIONS) rotations (0 included) and N crops, row n = crop_index n.
+R = len(namd.cohort.imaging.ROTATIONS) rotations (0 included) and N crops, row n = crop_index n.
 Training draws one rotation per item, the same one for the baseline and the follow-up of a
 pair; validation and sampling use rotation 0.
 
@@ -29,18 +29,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from namd.cohort.imaging import ROTATIONS, rotate
 from namd.cohort.store import Cohort
-from namd.contract import RunFileError, load_safetensors, reading
-from namd.imaging import ROTATIONS, rotate
 from namd.models.vae import (
     encode,
-    hash_files,
     load_trained_vae,
     read_scale_factor,
     to_network,
     vae_fingerprint,
 )
-from namd.runinfo import atomic_write_bytes, progress
+from namd.run.contract import RunFileError, load_safetensors, reading
+from namd.run.provenance import atomic_write_bytes, hash_files, progress
 
 log = logging.getLogger(__name__)
 

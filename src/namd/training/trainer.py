@@ -47,22 +47,20 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from namd.checkpoint import (
+from namd.config import TrainConfig
+from namd.config.base import CUBLAS_WORKSPACE
+from namd.run.checkpoint import (
     has_checkpoint,
     load_checkpoint,
     recover,
     save_checkpoint,
 )
-from namd.config import TrainConfig
-from namd.config.base import CUBLAS_WORKSPACE
-from namd.runinfo import progress
+from namd.run.provenance import progress
 from namd.training.csvlog import CsvLog
 from namd.training.schedule import TrainPlan, learning_rate, plan_steps
 
 Batch = dict[str, torch.Tensor]
 log = logging.getLogger(__name__)
-__all__ = ["Batch", "BatchSource", "FitResult", "TaskModule", "TrainTask", "Trainer",
-           "enable_determinism", "global_rng", "learning_rate", "step_generator"]
 
 
 class BatchSource(Protocol):

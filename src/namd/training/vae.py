@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
+from namd.cohort.imaging import random_rotations, rotate
 from namd.cohort.store import Cohort
-from namd.config import ConfigError, NamdConfig, VAEConfig
+from namd.config import ConfigError, NamdConfig, VAEConfig, methods
 from namd.config.preflight import check_stage
-from namd.imaging import random_rotations, rotate
 from namd.models.alignment import (
     PerceptualLoss,
     alignment_loss,
@@ -34,8 +34,8 @@ from namd.models.alignment import (
 from namd.models.probe import LinearProbe, save_probe
 from namd.models.vae import build_vae_from_config, latent_shape, save_trained_vae
 from namd.models.vae_data import META_FILE, encode_source, split_source, training_statistics
-from namd.rundir import RunDir, variant_dirs
-from namd.runinfo import atomic_write_json
+from namd.run.layout import RunDir
+from namd.run.provenance import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _value(t: torch.Tensor) -> float:
 
 
 def joint_probe(cfg: VAEConfig) -> bool:
-    """Whether the probe trains with the VAE through L_pred; without it (the --no-align ablation,
+    """Whether the probe trains with the VAE through L_pred; without it (the --method no_align ablation,
     or lambda_pred = 0) it is fitted afterwards on the frozen training latents, so that
     probe_auroc always measures a trained probe."""
     return cfg.align and cfg.lambda_pred > 0
@@ -171,19 +171,21 @@ def stage_config(config: NamdConfig, no_align: bool) -> NamdConfig:
     return config
 
 
-def run_stage(config: NamdConfig, run: RunDir, *, no_align: bool = False, resume: bool = False,
-              overwrite: bool = False) -> Path:
+def run_stage(config: NamdConfig, run: RunDir, *, method: str = methods.REFERENCE,
+              resume: bool = False, overwrite: bool = False) -> Path:
     """Train (or resume, or skip when finished) the VAE stage and write its folder.
 
-    `no_align`: the ablation without L_align and L_pred (RUN/vae_no_align); `resume`: continue
+    `method` (namd.config.methods): its folder, and with its no_align flag the ablation without
+    L_align and L_pred (RUN/vae_no_align); `resume`: continue
     an interrupted training; `overwrite`: retrain a finished or interrupted one from scratch.
     """
-    from namd.checkpoint import load_best
     from namd.evaluation.vae_report import write_report
+    from namd.run.checkpoint import load_best
     from namd.training.trainer import Trainer
 
-    config = stage_config(config, no_align)
-    cfg, name = config.vae, variant_dirs(no_align=no_align)["vae"]
+    spec = methods.get(method)
+    config = stage_config(config, bool(spec.flags.get("no_align")))
+    cfg, name = config.vae, spec.stage("vae").folder
     out = run.stage(name)
     if run.is_done(name) and not overwrite:
         log.info("%s: already finished (use --overwrite to retrain)", out)

@@ -149,8 +149,8 @@ def test_rescale_to_implausible_hu_is_an_error_naming_the_slice(tmp_path, build)
 
 
 def test_hu_bounds_are_the_ones_predict_uses(tmp_path, build):
-    from namd import prediction
-    from namd.imaging import HU_RANGE, check_crop
+    from namd.cohort.imaging import HU_RANGE, check_crop
+    from namd.inference import prediction
 
     assert prediction.check_crop is check_crop  # predict reads its baseline through the same check
 

@@ -3,7 +3,7 @@
 import json
 import shutil
 
-from namd.cli import main
+from namd.cli.main import main
 from namd.cohort.store import Cohort
 
 

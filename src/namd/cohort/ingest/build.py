@@ -21,7 +21,7 @@ from namd.cohort.ehr import EHR
 from namd.cohort.ingest.errors import ErrorLog, IngestError
 from namd.cohort.ingest.parallel import CropRequest, CropResult
 from namd.cohort.store import CohortWriter, assign_splits
-from namd.runinfo import atomic_write_json, write_run_info
+from namd.run.provenance import atomic_write_json, write_run_info
 
 REPORT = "ingest_report.json"
 HASH_KEY_ENV = "NAMD_HASH_KEY"

@@ -8,7 +8,7 @@ nearest the coordinate's z (no blending of neighbouring slices). In-plane it is 
 with linear interpolation by SimpleITK; when the crop is coarser than the scan by 20 % or
 more, the slice is first smoothed with skimage's anti-aliasing rule (sigma = (factor-1)/2
 source pixels). Pixels outside the slice are air (-1000 HU) and the crop is flagged `padded`.
-A crop whose values are not plausible HU (namd.imaging.HU_RANGE, the bounds `predict` uses)
+A crop whose values are not plausible HU (namd.cohort.imaging.HU_RANGE, the bounds `predict` uses)
 is an error naming the slice's file, never a crop in the cohort.
 """
 
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from namd.cohort.imaging import HU_RANGE, hu_problem
 from namd.cohort.ingest.errors import IngestError
 from namd.cohort.ingest.volume import Volume
-from namd.imaging import HU_RANGE, hu_problem
 
 AIR_HU = -1000.0
 PADDED = "padded"

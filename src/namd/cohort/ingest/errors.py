@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from namd.runinfo import atomic_write_text
+from namd.run.provenance import atomic_write_text
 
 POLICIES = ("stop", "skip")
 SKIPPED_CSV = "skipped.csv"

@@ -1,6 +1,6 @@
 """NLST: participant table (prsn), abnormality table (sctabn / ctab), nodule positions, exams.
 
-Codes follow the NLST data dictionaries (../shared/reference section 1; EHR codes are
+Codes follow the NLST data dictionaries (docs/reference-facts.md, section 1; EHR codes are
 validated by namd.cohort.ehr). Only abnormalities with sct_ab_desc = 51 (non-calcified
 nodule or mass >= 4 mm) become crops. The public prsn table has no diagemph and no fam*
 columns: absent columns are missing values, never "No". A column of the prsn or abnormality

@@ -17,7 +17,7 @@ import numpy as np
 from namd.cohort.ingest.crop import CropGeometry, Position, extract_crop, locate
 from namd.cohort.ingest.errors import ErrorLog, IngestError
 from namd.cohort.ingest.volume import open_volume
-from namd.runinfo import progress
+from namd.run.provenance import progress
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from pydicom.uid import UID, RLELossless
 
 from namd.cohort.ingest.dicom import Series, choose_series, normal_of, scan_exam
 from namd.cohort.ingest.errors import IngestError
+from namd.run.errors import one_line
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
 # Spacing given to the normal axis of a one-slice image: any point near the slice plane then
@@ -189,7 +190,7 @@ def read_pixel_header(path: Path) -> pydicom.Dataset:
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, force=True)
     except Exception as exc:  # pydicom raises many types on corrupt files
-        raise IngestError(f"cannot read pixel data ({type(exc).__name__}: {_one_line(exc)})",
+        raise IngestError(f"cannot read pixel data ({type(exc).__name__}: {one_line(exc, 200)})",
                           path, category="unreadable file") from None
     if "PixelData" not in ds:
         raise IngestError("cannot read pixel data: the file has none", path, field="PixelData",
@@ -254,7 +255,7 @@ def _check_rle_length(path: Path, ds: pydicom.Dataset) -> None:
         offsets = [*_rle_parse_header(frame[:64]), len(frame)]
         got = len(_rle_decode_segment(frame[offsets[0]:offsets[1]]))
     except Exception as exc:  # malformed encapsulation or RLE header
-        raise IngestError(f"cannot read pixel data (RLE: {type(exc).__name__}: {_one_line(exc)})",
+        raise IngestError(f"cannot read pixel data (RLE: {type(exc).__name__}: {one_line(exc, 200)})",
                           path, field="PixelData", category="unreadable file") from None
     if not rows * cols <= got <= rows * cols + 1:
         raise IngestError(f"pixel data does not match the header: an RLE segment decodes to {got} "
@@ -271,11 +272,6 @@ def check_decoded_shape(path: Path, ds: pydicom.Dataset, size: tuple[int, ...]) 
         raise IngestError(f"decoded pixel data is {' x '.join(map(str, got))} (columns x rows x "
                           f"frames), the header says {cols} x {rows} x {frames}", path,
                           field="PixelData", category="unreadable file")
-
-
-def _one_line(exc: Exception) -> str:
-    """A pydicom exception's text on one line (some span several)."""
-    return " ".join(str(exc).split())[:200]
 
 
 def _first_line(exc: Exception) -> str:

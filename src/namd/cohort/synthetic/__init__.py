@@ -22,7 +22,7 @@ from namd.cohort.synthetic.patients import Nodule, _seq, intercept_shift, synth_
 from namd.cohort.synthetic.render import NOISE_SD_HU, State, draw_scene, draw_shape, render
 from namd.config import NamdConfig
 from namd.config.data import DataConfig, SynthConfig
-from namd.runinfo import atomic_dir, progress, write_run_info
+from namd.run.provenance import atomic_dir, progress, write_run_info
 
 __all__ = ["generate_cohort", "build_synthetic_cohort", "iter_nodules", "render_nodule",
            "GENERATOR", "PAIRED", "UNPAIRED"]

@@ -3,7 +3,7 @@ one-year growth from a volume doubling time.
 
 Every draw comes from a generator seeded by (seed, stream, patient, ...), so a patient is
 the same whatever the size of the cohort. Prevalences are approximate starting points
-(see ../shared/reference/clinical-and-data-facts.md and the comments); the true values of a
+(see docs/reference-facts.md, sections 1-5, and the comments); the true values of a
 nodule drive its label and its images, the *recorded* EHR adds missing values on top.
 """
 

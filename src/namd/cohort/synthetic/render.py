@@ -5,7 +5,7 @@ chest wall and a rib), drawn once and shared by both time points; a *shape* is t
 persistent appearance (orientation, lobulation, spicules, texture). Each time point samples
 the scene with its own small rigid misregistration, draws the nodule in its state at that
 time, blurs with a point-spread function and adds fresh correlated low-dose noise.
-Intensities follow ../shared/reference section 4 (approximate).
+Intensities follow docs/reference-facts.md, section 4 (approximate).
 """
 
 from __future__ import annotations

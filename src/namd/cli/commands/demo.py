@@ -1,0 +1,101 @@
+"""`namd demo [--out RUN]`: the main job on the embedded synthetic cohort, end to end.
+
+Synthetic cohort -> VAE -> prior -> conditional model -> evaluator -> samples -> evaluation ->
+report, each stage in its own folder of RUN, resumable (finished stages are skipped). With
+`--jobs N` stages that do not depend on each other run at the same time in N worker processes
+(logs in RUN/logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from namd.cli.options import add_config_args
+from namd.config import methods
+
+
+def demo_methods() -> tuple[str, ...]:
+    """The methods `namd demo` runs by default: NAMD and its ablations."""
+    return tuple(m.name for m in methods.METHODS.values() if m.in_demo)
+
+
+def method_list(text: str) -> tuple[str, ...]:
+    """--methods: names of the table (namd.config.methods), comma-separated, or 'all'."""
+    if text == "all":
+        return tuple(methods.METHODS)
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        try:
+            methods.get(name)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return names
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `namd demo`."""
+    parser = sub.add_parser("demo", help="run the whole pipeline on the synthetic cohort", description=__doc__)
+    parser.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    parser.add_argument("--methods", type=method_list, default=None, metavar="NAME[,NAME...]|all",
+                        help="the methods of the table to train, sample and score (default: "
+                             f"{','.join(demo_methods())}, NAMD and its ablations; 'all': every method)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="stages run at the same time in this many worker processes, with "
+                             "cores / jobs threads each (all the cores for a stage nothing can run "
+                             "beside), logs in RUN/logs (default: the cores; 1 = one after the "
+                             "other in this process, with all the cores). A stage's floating-point "
+                             "results depend on its thread count, so the same --jobs gives the "
+                             "same numbers")
+    add_config_args(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the pipeline, then print the report's path and the main table."""
+    import sys
+    import time
+
+    from namd.cli.graph import run_pipeline
+    from namd.cli.options import resolve_config
+    from namd.evaluation.table_text import format_table
+    from namd.run.contract import read_json
+    from namd.run.errors import StageFailed
+    from namd.run.layout import RunDir
+
+    run_dir = RunDir(args.out)
+    from namd.config.preflight import check_pipeline
+
+    resolve_config(args, run_dir, check=check_pipeline)  # saves RUN/config.yaml; stages reuse it
+    names = args.methods or demo_methods()
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    from namd.run.machine import snapshot
+
+    start, load_start = time.perf_counter(), snapshot()
+    try:
+        timings = run_pipeline(run_dir, names, args.jobs)
+    except StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    total = time.perf_counter() - start
+    record_timings(run_dir, args.jobs, names, timings, total, load_start)
+    metrics = read_json(run_dir.stage("eval") / "metrics.json", "eval")
+    print("\n" + format_table(metrics))
+    print("\nstage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    print(f"total {total / 60:.1f} min")
+    print(f"report: {(run_dir.stage('report') / 'index.html').resolve()}")
+    return 0
+
+
+def record_timings(run_dir, jobs: int, names: tuple[str, ...], timings: dict[str, float], total: float,
+                   load_start: dict) -> None:
+    """RUN/pipeline.json: seconds per stage (0 = skipped, already done), the wall time, the CPU
+    time of the stages and the load around it (other work's CPUs included), so a run's time is
+    stated with the load it ran under."""
+    from namd.run.machine import load_record, own_cpu_seconds
+    from namd.run.provenance import atomic_write_json
+
+    atomic_write_json(run_dir.path / "pipeline.json", {
+        "jobs": jobs, "methods": list(names), "stage_seconds": timings, "wall_seconds": total,
+        "cpu_seconds": own_cpu_seconds() - load_start["_own_cpu"], **load_record(load_start)})

@@ -1,0 +1,168 @@
+"""The table of methods: every generator whose follow-ups become a row of Table 1, declared once.
+
+A method is its name (one spelling: the suffix of its folders, its row in metrics.json, its
+`--method` on the command line, `NAMDPipeline(method=...)`), its label (the row's text in the
+table, the figures and the report), the stages it trains (each a folder of RUN made by
+`namd train KIND --method NAME`), the model folders it reads (its own or another method's),
+the function that writes its sample folder, and whether its follow-ups are random draws.
+
+Everything else derives from this table: the run's stage list (`namd.run.layout`), the plan of
+`namd demo` (`namd.cli.graph`), the stage contract (`namd.run.contract`), `namd train`'s
+sub-commands, the report's rows and labels, the methods `NAMDPipeline` loads, `namd check`'s
+stages and the worker pool's warm modules. Adding a generator is one module (its stages and its
+sample function) and one `register(Method(...))`.
+
+Light on purpose (standard library only): the CLI reads it for `--help`; modules are named as
+strings and imported only when a stage runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+REFERENCE = "namd"  # the method every other row is compared with
+DIFFUSION = "namd.training.diffusion"
+SAMPLE_NAMD = "namd.inference.sample_stage:run_sample_stage"
+
+
+def folder(kind: str, method: str) -> str:
+    """The run folder of a method's stage: the bare kind for NAMD (RUN/vae, RUN/samples), else
+    kind_method (RUN/vae_no_align, RUN/samples_null_context)."""
+    return kind if method == REFERENCE else f"{kind}_{method}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage a method trains: `namd train KIND --method NAME` writes RUN/<folder>."""
+
+    kind: str  # the `namd train` sub-command
+    folder: str
+    needs: tuple[str, ...]  # folders whose files it reads
+    module: str  # defines run_stage(config, run, *, method, resume, overwrite[, stage])
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A generator of follow-ups: one row of Table 1."""
+
+    name: str
+    label: str  # the row's text in Table 1, the figures and the report
+    trains: tuple[Stage, ...] = ()
+    uses: Mapping[str, str] = field(default_factory=dict)  # kind -> folder of each model it reads
+    sample: str | Callable[..., Any] = SAMPLE_NAMD  # "module:function" or the function
+    stochastic: bool = True  # K random draws; False: one deterministic follow-up
+    flags: Mapping[str, bool] = field(default_factory=dict)  # what its stages do differently
+    about: str = ""  # what it changes against NAMD, for the report's reading
+    loadable: bool = True  # NAMDPipeline (namd predict, namd serve, namd export) loads it
+    in_demo: bool = True  # `namd demo` runs it by default (else with --methods)
+
+    @property
+    def samples(self) -> str:
+        """The folder its sample stage writes."""
+        return folder("samples", self.name)
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """What selects it on the command line (nothing for NAMD, the default)."""
+        return () if self.name == REFERENCE else ("--method", self.name)
+
+    @property
+    def sample_needs(self) -> tuple[str, ...]:
+        """The folders its sample stage reads: its conditional model, else what it trains."""
+        if "cond" in self.uses:
+            return (self.uses["cond"],)
+        return tuple(s.folder for s in self.trains[-1:]) or ("cohort",)
+
+    def sample_function(self) -> Callable[..., Any]:
+        """The function that writes its sample folder:
+        f(config, run, method, *, overwrite, device) -> the folder."""
+        if callable(self.sample):
+            return self.sample
+        module, _, name = self.sample.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def stage(self, kind: str) -> Stage:
+        """The stage of `kind` it trains, or a one-line error naming what it trains."""
+        for s in self.trains:
+            if s.kind == kind:
+                return s
+        own = ", ".join(s.kind for s in self.trains) or "nothing"
+        raise ValueError(f"method {self.name} trains no {kind} stage (it trains {own})")
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a method to the table (its name must be new); returns it."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is already in the table")
+    if not method.name.isidentifier():
+        raise ValueError(f"method name {method.name!r} must be a Python identifier")
+    METHODS[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    """Remove a method (tests that register a toy one)."""
+    METHODS.pop(name, None)
+
+
+def get(name: str) -> Method:
+    """The method called `name`, or a one-line error listing the table."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
+
+
+def loadable() -> tuple[str, ...]:
+    """The methods NAMDPipeline loads (VAE + conditional U-Net + context encoder)."""
+    return tuple(m.name for m in METHODS.values() if m.loadable)
+
+
+def kinds() -> dict[str, str]:
+    """`namd train` kind -> the help text of its first stage in the table."""
+    out: dict[str, str] = {}
+    for m in METHODS.values():
+        for s in m.trains:
+            out.setdefault(s.kind, s.help)
+    return out
+
+
+def owner(stage_folder: str) -> tuple[Method, Stage | None] | None:
+    """The method that writes `stage_folder` (its Stage, or None for its sample folder)."""
+    for m in METHODS.values():
+        if stage_folder == m.samples:
+            return m, None
+        for s in m.trains:
+            if s.folder == stage_folder:
+                return m, s
+    return None
+
+
+def _namd_chain(name: str, label: str, about: str = "", **flags: bool) -> Method:
+    """NAMD or an ablation that trains its own VAE -> prior -> conditional U-Net."""
+    vae, prior, cond = (folder(k, name) for k in ("vae", "prior", "cond"))
+    trains = (Stage("vae", vae, ("cohort",), "namd.training.vae",
+                    "the nodule-aligned VAE (paper 3.2)"),
+              Stage("prior", prior, (vae,), DIFFUSION, "the unconditional U-Net prior (Equation 9)"),
+              Stage("cond", cond, (prior,), DIFFUSION,
+                    "the conditional U-Net with LLM context (Equation 10)"))
+    return Method(name, label, trains, {"vae": vae, "prior": prior, "cond": cond}, flags=flags,
+                  about=about)
+
+
+register(_namd_chain("namd", "NAMD (generated follow-up)"))
+register(_namd_chain("no_align", "NAMD without L_align / L_pred",
+                     "Without L_align (the paper's ablation)", no_align=True))
+register(Method(
+    "null_context", "NAMD with null context (image only)",
+    (Stage("cond", "cond_null_context", ("prior",), DIFFUSION,
+           "the conditional U-Net with LLM context (Equation 10)"),),
+    {"vae": "vae", "prior": "prior", "cond": "cond_null_context"},
+    flags={"null_context": True}, about="With image-only conditioning (null context)"))

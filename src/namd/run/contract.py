@@ -1,0 +1,415 @@
+"""The stage contract: which files each stage of a run writes, which files of other stages it
+reads, and the one error a missing or damaged run file raises.
+
+Every reader of a run file goes through the helpers at the end (read_json, read_yaml, read_csv,
+load_npy, check_safetensors, load_safetensors, reading), which turn whatever a parser raises
+into RunFileError: one line, "<path>: <what is wrong> — <what to do>", where what to do names
+the command that writes the file again. tests/test_contract.py damages every file listed here
+(deleted, cut to half, overwritten with garbage) and calls every one of its readers.
+
+Light on purpose (standard library only at import): the CLI imports it for `--help`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from namd.config import methods
+from namd.config.methods import Method, Stage
+from namd.run.errors import one_line
+from namd.run.provenance import RUN_INFO
+
+CONFIG_FILE = "config.yaml"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+MAX_DETAIL = 240  # characters of a parser's own message kept in the one-line error
+
+
+class RunFileError(ValueError):
+    """A run file that is missing or damaged: "<path>: <what is wrong> — <what to do>"."""
+
+    def __init__(self, path: str | Path, problem: str, remedy: str | None = None,
+                 writer: str | None = None):
+        self.path = Path(path)
+        self.problem = one_line(problem, MAX_DETAIL)
+        self.remedy = one_line(remedy or remedy_for(self.path, writer), MAX_DETAIL)
+        super().__init__(f"{self.path}: {self.problem} — {self.remedy}")
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """One file (or glob pattern) of a stage folder and the functions that read it.
+
+    readers: functions (module.qualname) that read it through the helpers of this module.
+    absent_ok: readers for which a missing file means "not made yet" (a note, "not run" or
+        "not done"), not damage. rebuilt: a cache its readers rebuild when it is damaged.
+    unchecked: readers that do not go through these helpers yet (their errors may not say
+        what to do)."""
+
+    pattern: str
+    kind: str  # json | yaml | csv | npy | safetensors | png | html | log | lock
+    readers: tuple[str, ...] = ()
+    absent_ok: tuple[str, ...] = ()
+    rebuilt: bool = False
+    unchecked: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StageContract:
+    """A folder of RUN ("" = RUN itself): what writes it, what it holds, what it reads."""
+
+    folder: str
+    command: str  # how to make it; {run} = the run folder, {dir} = this folder
+    writes: tuple[RunFile, ...]
+    reads: tuple[str, ...] = ()  # files of other folders, "folder/pattern"
+    overwrite: str = " --overwrite"  # what `command` needs to replace a finished folder
+
+
+# -- readers, by the name the contract uses -----------------------------------------------------
+IS_DONE = "namd.run.layout.RunDir.is_done"
+SAVED_CONFIG = "namd.run.layout.RunDir.saved_config"
+RESOLVE_CONFIG = "namd.cli.options.resolve_config"
+COHORT = "namd.cohort.store.Cohort"
+COHORT_IMAGES = "namd.cohort.store.Cohort.images"
+LOAD_VAE = "namd.models.vae.load_trained_vae"
+LOAD_PROBE = "namd.models.probe.load_probe"
+LATENTS = "namd.training.latents.load_or_build"
+LOAD_UNET = "namd.models.unet.load_unet"
+LOAD_SCHEDULE = "namd.models.schedules.load_scheduler_config"
+LOAD_NULL = "namd.models.null_context.load_null"
+LOAD_CONTEXT = "namd.inference.sampler.load_context_encoder"
+SAMPLER = "namd.inference.sampler.FollowUpSampler.from_run"
+LOAD_EVALUATOR = "namd.models.evaluator.load_evaluator"
+LOAD_CALIBRATION = "namd.models.calibration.load_calibration"
+LOAD_SAMPLES = "namd.evaluation.evaluate.load_samples"
+REPORT_METRICS = "namd.evaluation.report.inputs.Context.metrics"
+REPORT_TABLE = "namd.evaluation.report.inputs.Context.per_nodule"
+REPORT_SAMPLES = "namd.evaluation.report.inputs.Context.samples"
+REPORT_VAE = "namd.evaluation.report.build.stage_reports_html"
+
+
+def _run_info(*readers: str) -> RunFile:
+    """run_info.json: written last, so a stage without it is unfinished (not damaged)."""
+    return RunFile(RUN_INFO, "json", (IS_DONE, *readers), absent_ok=(IS_DONE, LOAD_SAMPLES))
+
+
+def _internal() -> tuple[RunFile, ...]:
+    """What only the stage itself reads again: checkpoints (on --resume) and the training log."""
+    return (RunFile("checkpoints/*", "safetensors"), RunFile("log.csv", "csv"))
+
+
+_VAE_FILES = ("autoencoder/config.json", f"autoencoder/{DIFFUSERS_WEIGHTS}", "latent_scale.json")
+_UNET_FILES = ("unet/config.json", f"unet/{DIFFUSERS_WEIGHTS}")
+_COND_FILES = (*_UNET_FILES, "scheduler/scheduler_config.json", "context_encoder.json",
+               "context_encoder.safetensors", RUN_INFO)
+_SAMPLE_FILES = ("samples.npy", "index.csv", RUN_INFO)
+_COHORT_FILES = ("cohort.json", "manifest.csv", "images/*.npy")
+
+
+def _kind(pattern: str) -> str:
+    """json for .json files, else safetensors (the model files of a stage)."""
+    return "json" if pattern.endswith(".json") else "safetensors"
+
+
+def _flag(method: Method) -> str:
+    """What selects a method on a stage's command line, with its leading space."""
+    return "".join(f" {a}" for a in method.argv)
+
+
+def _model_files(folder: str, files: tuple[str, ...]) -> tuple[str, ...]:
+    """`folder/file` for each of `files` and the stage's run_info.json."""
+    return tuple(f"{folder}/{p}" for p in (*files, RUN_INFO))
+
+
+def _vae(method: Method, stage: Stage) -> StageContract:
+    """A VAE stage (RUN/vae, RUN/vae_no_align) of a method."""
+    return StageContract(stage.folder, f"namd train vae --run {{run}}{_flag(method)}", (
+        *(RunFile(p, _kind(p), (LOAD_VAE, SAMPLER, LATENTS)) for p in _VAE_FILES),
+        RunFile("probe.safetensors", "safetensors", (LOAD_PROBE,)),
+        RunFile("report.json", "json", (REPORT_VAE,), absent_ok=(REPORT_VAE,)),
+        RunFile("alignment.json", "json", unchecked=("namd.evaluation.vae_report.write_report",)),
+        RunFile("*.png", "png"), _run_info(), *_internal()),
+        (CONFIG_FILE, *(f"cohort/{p}" for p in _COHORT_FILES)))
+
+
+def _prior(method: Method, stage: Stage) -> StageContract:
+    """The unconditional prior trained on the latents of the method's VAE."""
+    return StageContract(stage.folder, f"namd train prior --run {{run}}{_flag(method)}", (
+        *(RunFile(p, _kind(p), (LOAD_UNET,)) for p in _UNET_FILES),
+        RunFile("scheduler/scheduler_config.json", "json", (LOAD_SCHEDULE,)),
+        RunFile("null_context.safetensors", "safetensors", (LOAD_NULL,), absent_ok=(LOAD_NULL,)),
+        _run_info(), *_internal()),
+        (CONFIG_FILE, *(f"cohort/{p}" for p in _COHORT_FILES),
+         *_model_files(method.uses["vae"], _VAE_FILES), "cache/latents_*.safetensors"))
+
+
+def _cond(method: Method, stage: Stage) -> StageContract:
+    """A conditional model: U-Net started from the method's prior, context encoder, on its
+    VAE's latents."""
+    return StageContract(stage.folder, f"namd train cond --run {{run}}{_flag(method)}", (
+        *(RunFile(p, _kind(p), (LOAD_UNET, SAMPLER)) for p in _UNET_FILES),
+        RunFile("scheduler/scheduler_config.json", "json", (LOAD_SCHEDULE, SAMPLER)),
+        RunFile("context_encoder.json", "json", (LOAD_CONTEXT, SAMPLER)),
+        RunFile("context_encoder.safetensors", "safetensors", (LOAD_CONTEXT, SAMPLER)),
+        RunFile("baseline_use.json", "json",
+                unchecked=("namd.evaluation.evaluate.baseline_use_blocks",)),
+        _run_info(SAMPLER), *_internal()),
+        (CONFIG_FILE, *(f"cohort/{p}" for p in _COHORT_FILES),
+         *_model_files(method.uses["vae"], _VAE_FILES),
+         *_model_files(method.uses["prior"], (*_UNET_FILES, "scheduler/scheduler_config.json")),
+         "cache/latents_*.safetensors"))
+
+
+def _trained(method: Method, stage: Stage) -> StageContract:
+    """A stage of a kind this module does not describe file by file: its run_info.json and
+    checkpoints, reading the folders it needs."""
+    return StageContract(stage.folder, f"namd train {stage.kind} --run {{run}}{_flag(method)}",
+                         (_run_info(), *_internal()),
+                         (CONFIG_FILE, *(f"{n}/{RUN_INFO}" for n in stage.needs)))
+
+
+KINDS = {"vae": _vae, "prior": _prior, "cond": _cond}
+
+
+def _samples(method: Method) -> StageContract:
+    """A method's K virtual follow-ups per nodule (decoded by its VAE, when it has one)."""
+    models = (*(_model_files(method.uses["vae"], _VAE_FILES) if "vae" in method.uses else ()),
+              *(_model_files(method.uses["cond"], _COND_FILES[:-1]) if "cond" in method.uses else
+                (f"{n}/{RUN_INFO}" for n in method.sample_needs if n != "cohort")))
+    return StageContract(method.samples, f"namd sample --run {{run}} --split test{_flag(method)}", (
+        RunFile("samples.npy", "npy", (LOAD_SAMPLES, REPORT_SAMPLES)),
+        RunFile("index.csv", "csv", (LOAD_SAMPLES, REPORT_SAMPLES)),
+        RunFile("grids/*", "png"), _run_info(LOAD_SAMPLES)),
+        (CONFIG_FILE, *(f"cohort/{p}" for p in _COHORT_FILES), *models))
+
+
+def _start() -> list[StageContract]:
+    """RUN itself, the cohort and the latent cache."""
+    return [
+        StageContract("", "start a new run (`namd demo`)", (
+            RunFile(CONFIG_FILE, "yaml", (SAVED_CONFIG, RESOLVE_CONFIG)),
+            RunFile("pipeline.json", "json"), RunFile("logs/*", "log"),
+            RunFile(".locks/*", "lock"))),
+        StageContract("cohort", "namd synth --out {dir} --config {run}/config.yaml", (
+            RunFile("cohort.json", "json", (COHORT, LATENTS)),
+            RunFile("manifest.csv", "csv", (COHORT, LATENTS)),
+            RunFile("images/*.npy", "npy", (COHORT_IMAGES, LATENTS)),
+            RunFile("contact_sheet.png", "png"), _run_info()), (CONFIG_FILE,)),
+        StageContract("cache", "namd train prior --run {run} --resume", (
+            RunFile("latents_*.safetensors", "safetensors", (LATENTS,), rebuilt=True),),
+            overwrite=""),
+    ]
+
+
+def _vae_folders() -> list[str]:
+    """Every VAE stage folder of the table."""
+    return [s.folder for m in methods.METHODS.values() for s in m.trains if s.kind == "vae"]
+
+
+def _end() -> list[StageContract]:
+    """The evaluator, the evaluation and the report."""
+    table = methods.METHODS.values()
+    cohort_in = tuple(f"cohort/{p}" for p in _COHORT_FILES)
+    sample_in = tuple(f"{m.samples}/{p}" for m in table for p in _SAMPLE_FILES)
+    vae_in = tuple(f for v in _vae_folders() for f in _model_files(v, _VAE_FILES))
+    cond_in = tuple(f"{s.folder}/baseline_use.json" for m in table for s in m.trains
+                    if s.kind == "cond")
+    return [
+        StageContract("evaluator", "namd train evaluator --run {run}", (
+            RunFile("checkpoints/best/state.json", "json", (LOAD_EVALUATOR,)),
+            RunFile("checkpoints/best/*vit.safetensors", "safetensors", (LOAD_EVALUATOR,)),
+            RunFile("checkpoints/last/*", "safetensors"), RunFile("log.csv", "csv"),
+            RunFile("calibration.json", "json", (LOAD_CALIBRATION,), absent_ok=(LOAD_CALIBRATION,)),
+            _run_info(LOAD_EVALUATOR)), (CONFIG_FILE, *cohort_in)),
+        StageContract("eval", "namd evaluate --run {run}", (
+            RunFile("metrics.json", "json", (REPORT_METRICS,), unchecked=("namd.cli.commands.demo.run",)),
+            RunFile("per_nodule.csv", "csv", (REPORT_TABLE,)), _run_info()),
+            (CONFIG_FILE, *cohort_in, "evaluator/run_info.json", "evaluator/checkpoints/best/*",
+             "evaluator/calibration.json", *sample_in, *vae_in, *cond_in),
+            overwrite=""),
+        StageContract("report", "namd report --run {run}", (
+            RunFile("index.html", "html"), RunFile("*.png", "png"), _run_info()),
+            (CONFIG_FILE, *cohort_in, "eval/metrics.json", "eval/per_nodule.csv", *sample_in,
+             *vae_in, *(f"{v}/report.json" for v in _vae_folders()), "*/run_info.json"),
+            overwrite=""),
+    ]
+
+
+def contracts() -> tuple[StageContract, ...]:
+    """The contract of every folder a run can hold: RUN itself, the cohort and the cache, each
+    stage of each method of the table (namd.config.methods), its samples, and the end."""
+    table = methods.METHODS.values()
+    trained = [KINDS.get(s.kind, _trained)(m, s) for m in table for s in m.trains]
+    return (*_start(), *trained, *(_samples(m) for m in table), *_end())
+
+
+def by_folder() -> dict[str, StageContract]:
+    """The contracts by folder name."""
+    return {s.folder: s for s in contracts()}
+
+
+def stage_of(path: Path, writer: str | None = None) -> tuple[StageContract, Path] | None:
+    """The contract folder a path lies in (the nearest one; with `writer`, the nearest of that
+    stage or its variants, e.g. vae -> vae, vae_no_align) and that folder, if any."""
+    path = Path(path)
+    if path.name == CONFIG_FILE:
+        return by_folder()[""], path.parent
+    table = by_folder()
+    family = [f for f in table if f and (writer is None or f == writer
+                                             or f.startswith(f"{writer}_"))]
+    for folder in (path, *path.parents):
+        if folder.name in family:
+            return table[folder.name], folder
+    return None
+
+
+def remedy_for(path: Path, writer: str | None = None) -> str:
+    """What to do about a missing or damaged run file: the command that writes it again.
+
+    The stage is the contract folder the path lies in, else `writer` (RUN then stands for the
+    run folder); a stage folder that is not there at all is made, not re-made."""
+    path = Path(path)
+    found = stage_of(path, writer)
+    if found is None and writer == "cohort":
+        folder = path.parent.parent if path.parent.name == "images" else path.parent
+        return f"re-make the cohort: `namd synth --out {folder} --overwrite` (or `namd prepare`)"
+    if found is None and writer in by_folder():
+        found = by_folder()[writer], Path("RUN") / writer
+    if found is None:
+        return "re-run the `namd` stage that writes it, with --overwrite"
+    stage, folder = found
+    if stage.folder == "":
+        return ("restore it (each stage's run_info.json holds the config it ran with, under "
+                "`config`) or start a new run")
+    command = stage.command.format(run=folder.parent, dir=folder)
+    if stage.folder == "cache":
+        return f"delete it; `{command}` or `namd sample` builds it again"
+    if not folder.exists():
+        return f"make it: `{command}`"
+    tail = " (or `namd prepare` for a real cohort), then the stages after it" \
+        if stage.folder == "cohort" else ""
+    return f"re-run `{command}{stage.overwrite}`{tail}"
+
+
+# -- the helpers every reader uses --------------------------------------------------------------
+def require(path: Path, writer: str | None = None) -> Path:
+    """The path of a file that must be there."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunFileError(path, "not a file" if path.exists() else "missing", writer=writer)
+    return path
+
+
+def read_text(path: Path, writer: str | None = None, whole_lines: bool = False) -> str:
+    """A text file namd wrote; `whole_lines`: it must end with a newline (as namd writes it),
+    so a file cut short at any point but a line end is caught."""
+    path = require(path, writer)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RunFileError(path, "not text (overwritten with other data?)", writer=writer) from None
+    except OSError as exc:
+        raise RunFileError(path, f"unreadable ({exc.strerror or exc})", writer=writer) from None
+    if not text.strip():
+        raise RunFileError(path, "empty", writer=writer)
+    if whole_lines and not text.endswith("\n"):
+        raise RunFileError(path, "cut short (its last line is incomplete)", writer=writer)
+    return text
+
+
+def read_json(path: Path, writer: str | None = None, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A JSON object namd wrote, holding at least `keys`."""
+    text = read_text(path, writer)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RunFileError(path, f"not valid JSON (cut short or overwritten? {exc.msg} at line "
+                           f"{exc.lineno})", writer=writer) from None
+    if not isinstance(data, dict):
+        raise RunFileError(path, f"holds a JSON {type(data).__name__}, not an object", writer=writer)
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise RunFileError(path, f"lacks {', '.join(missing)}", writer=writer)
+    return data
+
+
+def read_yaml(path: Path, writer: str | None = None) -> dict[str, Any]:
+    """A YAML mapping namd wrote (whole lines)."""
+    import yaml
+
+    text = read_text(path, writer, whole_lines=True)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RunFileError(path, f"not valid YAML ({exc})", writer=writer) from None
+    if not isinstance(data, dict):
+        raise RunFileError(path, f"holds a YAML {type(data).__name__}, not a mapping", writer=writer)
+    return data
+
+
+def read_csv(path: Path, writer: str | None = None, **kwargs: Any):
+    """A CSV table namd wrote (whole lines), as a DataFrame; kwargs go to pandas.read_csv."""
+    import io
+
+    import pandas as pd
+
+    text = read_text(path, writer, whole_lines=True)
+    try:
+        return pd.read_csv(io.StringIO(text), **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise RunFileError(path, f"not a readable CSV table ({exc})", writer=writer) from None
+
+
+def load_npy(path: Path, writer: str | None = None, mmap_mode: str | None = "r"):
+    """A .npy array (memory-mapped by default; never unpickled)."""
+    import numpy as np
+
+    path = require(path, writer)
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        detail = "not a numeric array" if "pickle" in str(exc) else exc  # numpy's word for garbage
+        raise RunFileError(path, f"not a readable .npy array (cut short or overwritten? {detail})",
+                           writer=writer) from None
+
+
+def check_safetensors(path: Path, writer: str | None = None) -> dict[str, str]:
+    """Check a safetensors file without loading its tensors (header, and that the data covers
+    it whole); returns its metadata."""
+    from safetensors import SafetensorError, safe_open
+
+    path = require(path, writer)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise RunFileError(path, f"not a readable safetensors file (cut short or overwritten? "
+                           f"{exc})", writer=writer) from None
+
+
+def load_safetensors(path: Path, writer: str | None = None) -> dict[str, Any]:
+    """All tensors of a safetensors file."""
+    from safetensors.torch import load_file
+
+    check_safetensors(path, writer)
+    with reading(path, writer):
+        return load_file(str(path))
+
+
+@contextlib.contextmanager
+def reading(path: Path, writer: str | None = None) -> Iterator[None]:
+    """Turn what a library's loader raises on a bad file (after the checks above) into a
+    RunFileError naming `path`."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except RunFileError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        raise RunFileError(path, f"could not be read ({type(exc).__name__}: {exc})",
+                           writer=writer) from exc

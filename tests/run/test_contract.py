@@ -1,0 +1,327 @@
+"""The stage contract, damaged every way: for every file a stage reads (namd.run.contract) in one
+finished tiny run, each of deleted / cut to half / overwritten with garbage, every reader of
+it is called in-process. Each raises RunFileError, one line naming the file and what to do
+(or does what the contract documents instead: a missing run_info.json is "not done", a damaged
+latent cache is rebuilt), and leaves no half-written folder behind."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import SMALL
+
+from namd.cli.main import main
+from namd.cli.options import resolve_config
+from namd.cohort.store import Cohort
+from namd.config import load_config, methods
+from namd.evaluation import evaluate
+from namd.evaluation.report.build import build_section, section_table, stage_reports_html
+from namd.evaluation.report.inputs import Context
+from namd.inference.sampler import FollowUpSampler, load_context_encoder
+from namd.models.calibration import load_calibration
+from namd.models.evaluator import load_evaluator
+from namd.models.null_context import load_null
+from namd.models.probe import load_probe
+from namd.models.schedules import load_scheduler_config
+from namd.models.unet import load_unet
+from namd.models.vae import load_trained_vae
+from namd.run.contract import RunFile, RunFileError, check_safetensors, contracts
+from namd.run.layout import RunDir
+from namd.training.latents import LatentStore, cache_path, load_or_build
+
+# The folders of a run without ablations (the ablation folders hold the same files, read by
+# the same functions); "" is RUN itself.
+FOLDERS = ("", "cohort", "cache", "vae", "prior", "cond", "evaluator", "samples", "eval", "report")
+LOCKS = ".locks"  # namd.run.locking: RUN/.locks/<stage>.lock, runtime state rather than run data
+LEFTOVER = re.compile(r"^\..*\.(partial|tmp)$|\.old-\d+$")
+
+
+def _delete(path: Path) -> None:
+    path.unlink()
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.unlink()  # a new file: the copy's files are hard links to the finished run's
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _garbage(path: Path) -> None:
+    size = path.stat().st_size
+    path.unlink()
+    path.write_bytes(np.random.default_rng(size).bytes(size))
+
+
+DAMAGES: dict[str, Callable[[Path], None]] = {"deleted": _delete, "truncated": _truncate,
+                                              "garbage": _garbage}
+
+
+@dataclass
+class Finished:
+    """The finished run and what the readers need from it."""
+
+    path: Path
+    config: Any
+    pairs: Any
+    crop_size: int
+    snapshot: dict[str, tuple[int, int]]
+
+
+@dataclass
+class Case:
+    """One reader call on a damaged copy of the run."""
+
+    run: Path
+    folder: str
+    finished: Finished
+
+
+def _args() -> argparse.Namespace:
+    return argparse.Namespace(preset=None, config=None, overrides=[])
+
+
+def _latents(c: Case) -> LatentStore:
+    cfg = c.finished.config
+    return load_or_build(cache_path(c.run, "vae"), c.run / "cohort", c.run / "vae",
+                         cfg.data.window_hu, cfg.diffusion.encode_batch, "cpu")
+
+
+def _images(c: Case) -> np.ndarray:
+    cohort = Cohort(c.run / "cohort")
+    return cohort.images(np.arange(len(cohort)))
+
+
+# reader (as the contract names it) -> how a stage or command calls it on the run
+READERS: dict[str, Callable[[Case], Any]] = {
+    "namd.run.layout.RunDir.is_done": lambda c: RunDir(c.run).is_done(c.folder),
+    "namd.run.layout.RunDir.saved_config": lambda c: RunDir(c.run).saved_config(),
+    "namd.cli.options.resolve_config": lambda c: resolve_config(_args(), RunDir(c.run)),
+    "namd.cohort.store.Cohort": lambda c: Cohort(c.run / "cohort"),
+    "namd.cohort.store.Cohort.images": _images,
+    "namd.models.vae.load_trained_vae": lambda c: load_trained_vae(c.run / c.folder),
+    "namd.models.probe.load_probe": lambda c: load_probe(c.run / c.folder),
+    "namd.training.latents.load_or_build": _latents,
+    "namd.models.unet.load_unet": lambda c: load_unet(c.run / c.folder),
+    "namd.models.schedules.load_scheduler_config": lambda c: load_scheduler_config(c.run / c.folder),
+    "namd.models.null_context.load_null": lambda c: load_null(c.run / c.folder),
+    "namd.inference.sampler.load_context_encoder": lambda c: load_context_encoder(c.run / c.folder),
+    "namd.inference.sampler.FollowUpSampler.from_run": lambda c: FollowUpSampler.from_run(
+        RunDir(c.run), methods.get(methods.REFERENCE).uses, c.finished.config),
+    "namd.models.evaluator.load_evaluator": lambda c: load_evaluator(c.run / c.folder),
+    "namd.models.calibration.load_calibration": lambda c: load_calibration(c.run / c.folder),
+    "namd.evaluation.evaluate.load_samples": lambda c: evaluate.load_samples(
+        c.run / c.folder, c.finished.pairs, "test", c.finished.crop_size),
+    "namd.evaluation.report.inputs.Context.metrics": lambda c: Context(
+        RunDir(c.run), c.finished.config).metrics(),
+    "namd.evaluation.report.inputs.Context.per_nodule": lambda c: Context(
+        RunDir(c.run), c.finished.config).per_nodule(),
+    "namd.evaluation.report.inputs.Context.samples": lambda c: Context(
+        RunDir(c.run), c.finished.config).samples(c.folder),
+    "namd.evaluation.report.build.stage_reports_html": lambda c: stage_reports_html(RunDir(c.run)),
+}
+
+CASES = [(s.folder, f, damage, reader) for s in contracts() if s.folder in FOLDERS
+         for f in s.writes for damage in DAMAGES for reader in f.readers]
+
+
+def _id(case: tuple[str, RunFile, str, str]) -> str:
+    folder, f, damage, reader = case
+    return f"{folder or 'RUN'}/{f.pattern}-{damage}-{reader.rsplit('.', 2)[-2]}.{reader.rsplit('.', 1)[-1]}"
+
+
+def _build(out: Path) -> None:
+    assert main(["demo", "--out", str(out), "--jobs", "1", "--methods", "namd", *SMALL]) == 0
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Finished:
+    """One finished tiny run (no ablations), shared by xdist workers through a file lock."""
+    from filelock import FileLock
+
+    shared = os.environ.get("PYTEST_XDIST_WORKER") is not None
+    root = tmp_path_factory.getbasetemp().parent if shared else tmp_path_factory.getbasetemp()
+    out = root / "contract" / "run"
+    with FileLock(str(root / "contract.lock")):
+        if not (root / "contract" / "built").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            _build(out)
+            (root / "contract" / "built").touch()
+    config = load_config(base=RunDir(out).saved_config())
+    cohort = Cohort(out / "cohort")
+    return Finished(out, config, evaluate.test_pairs(cohort, "test")[0], cohort.crop_size, _snapshot(out))
+
+
+def _snapshot(run: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+
+
+def _copy(finished: Finished, tmp_path: Path) -> Path:
+    """The finished run as hard links (fast); damage replaces files, never writes into them.
+    Lock files (RUN/.locks) are written in place by whoever locks, so they are not linked."""
+    run = tmp_path / "run"
+    shutil.copytree(finished.path, run, copy_function=os.link, ignore=shutil.ignore_patterns(LOCKS))
+    return run
+
+
+def _files(run: Path, folder: str, pattern: str) -> list[Path]:
+    base = run / folder
+    return sorted(p for p in base.rglob("*") if p.is_file()
+                  and fnmatch(p.relative_to(base).as_posix(), pattern))
+
+
+def _leftovers(run: Path) -> list[str]:
+    return [str(p) for p in run.rglob("*") if LEFTOVER.search(p.name)]
+
+
+@pytest.mark.parametrize("folder,file,damage,reader", CASES, ids=[_id(c) for c in CASES])
+def test_damaged_file(finished, tmp_path, folder, file, damage, reader):
+    run = _copy(finished, tmp_path)
+    targets = _files(run, folder, file.pattern)
+    assert targets, f"the finished run has no {folder}/{file.pattern}"
+    for path in targets:
+        DAMAGES[damage](path)
+    before = sorted(p.name for p in run.iterdir())
+    call = READERS[reader]
+    if file.rebuilt:
+        store = call(Case(run, folder, finished))
+        assert isinstance(store, LatentStore) and check_safetensors(targets[0])  # rebuilt whole
+    elif damage == "deleted" and reader in file.absent_ok:
+        result = call(Case(run, folder, finished))
+        assert result is False or result is None or result == "" or (
+            isinstance(result, tuple) and str(result[1]).startswith("not run"))  # None: no calibration
+    else:
+        with pytest.raises(RunFileError) as info:
+            call(Case(run, folder, finished))
+        message = str(info.value)
+        assert "\n" not in message and " — " in message
+        assert any(str(p) in message for p in targets), message
+        assert any(word in info.value.remedy for word in ("namd ", "restore", "delete"))
+    assert sorted(p.name for p in run.iterdir()) == before  # no stage folder made or removed
+    assert not _leftovers(run)
+
+
+def test_every_file_of_the_run_is_in_the_contract(finished):
+    by_folder = {s.folder: s for s in contracts()}
+    unknown = []
+    for path in sorted(p for p in finished.path.rglob("*") if p.is_file()):
+        rel = path.relative_to(finished.path)
+        folder = rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in by_folder else ""
+        inner = rel.relative_to(folder).as_posix() if folder else rel.as_posix()
+        if not any(fnmatch(inner, f.pattern) for f in by_folder[folder].writes):
+            unknown.append(str(rel))
+    assert not unknown
+    for folder in FOLDERS:  # every folder of the matrix is there, with its read files
+        for f in by_folder[folder].writes:
+            if f.readers:
+                assert _files(finished.path, folder, f.pattern), (folder, f.pattern)
+
+
+def test_every_reader_named_by_the_contract_exists():
+    names = {r for s in contracts() for f in s.writes for r in (*f.readers, *f.absent_ok, *f.unchecked)}
+    for name in names:
+        parts = name.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+                break
+            except ImportError:
+                continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        assert callable(obj), name
+    assert {r for s in contracts() for f in s.writes for r in f.readers} <= set(READERS)
+
+
+def test_every_file_a_stage_reads_is_written_by_another():
+    for stage in contracts():
+        for read in stage.reads:  # "folder/pattern" ("*" for any folder), or a file of RUN
+            folder, pattern = read.split("/", 1) if "/" in read else ("", read)
+            writers = [s for s in contracts() if fnmatch(s.folder, folder) and bool(s.folder) == bool(folder)]
+            assert writers, (stage.folder, read)
+            assert any(fnmatch(pattern, f.pattern) or fnmatch(f.pattern, pattern)
+                       for s in writers for f in s.writes), (stage.folder, read)
+
+
+def test_readme_states_the_size_of_the_matrix():
+    files = {(c[0], c[1].pattern) for c in CASES}
+    text = (Path(__file__).parents[2] / "docs" / "reliability.md").read_text()
+    section = text.split("## The damage matrix")[1].split("\n## ")[0]
+    assert f"{len(CASES)} cases" in section and f"{len(files)} files" in section
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("", "empty"),
+    ("data: [1,\n", "not valid YAML"),
+    ("- a list\n", "holds a YAML list, not a mapping"),
+    ("data:\n  crop_size: many\n", "not a valid namd config (config field data.crop_size"),
+])
+def test_a_bad_config_yaml_says_what_is_wrong(finished, tmp_path, text, problem):
+    run = _copy(finished, tmp_path)
+    (run / "config.yaml").unlink()
+    (run / "config.yaml").write_text(text)
+    with pytest.raises(RunFileError, match=re.escape(f"{run / 'config.yaml'}: {problem}")):
+        resolve_config(_args(), RunDir(run))
+
+
+def test_cli_says_one_line_and_exits_1_traceback_only_with_v(finished, tmp_path, capsys):
+    run = _copy(finished, tmp_path)
+    weights = run / "cond" / "unet" / "diffusion_pytorch_model.safetensors"
+    _truncate(weights)
+    assert main(["sample", "--run", str(run), "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(weights) in err
+    assert f"namd train cond --run {run} --overwrite" in err
+    assert RunDir(run).is_done("samples") and not _leftovers(run)  # the old samples stay
+    with pytest.raises(RunFileError) as info:
+        main(["-v", "sample", "--run", str(run), "--overwrite"])
+    assert info.value.__traceback__ is not None and info.value.path == weights
+
+
+def test_demo_on_a_damaged_run_is_one_line(finished, tmp_path, capsys):
+    run = _copy(finished, tmp_path)
+    _garbage(run / "vae" / "run_info.json")  # never "not done", which would retrain over it
+    assert main(["demo", "--out", str(run), "--jobs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "vae/run_info.json: not text" in err
+    _delete(run / "config.yaml")  # a run whose stages ran with a config cannot lose it
+    assert main(["demo", "--out", str(run), "--jobs", "1"]) == 1
+    assert "config.yaml: missing, though stage(s) vae" in capsys.readouterr().err
+    assert not (run / "config.yaml").exists()
+
+
+def test_report_on_a_corrupt_input_is_an_error(finished, tmp_path, capsys):
+    run = _copy(finished, tmp_path)
+    index = (run / "report" / "index.html").stat().st_ino
+    (run / "eval" / "metrics.json").unlink()
+    (run / "eval" / "metrics.json").write_text('{"rows": [')
+    assert main(["report", "--run", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metrics.json: not valid JSON" in err
+    assert f"namd evaluate --run {run}" in err
+    assert (run / "report" / "index.html").stat().st_ino == index and not _leftovers(run)
+
+
+def test_report_missing_optional_input_stays_a_note(finished, tmp_path):
+    run = _copy(finished, tmp_path)
+    shutil.rmtree(run / "eval")  # not run (yet): the section says which command makes it
+    section = build_section(Context(RunDir(run), finished.config), "table", "t", section_table)
+    assert section.status == "missing" and f"namd evaluate --run {run}" in section.body
+    (run / "vae" / "report.json").unlink()
+    assert stage_reports_html(RunDir(run)) == ""
+
+
+def test_the_finished_run_was_never_written_into(finished):
+    """Every case damaged its own copy: the hard-linked originals are as the demo left them."""
+    assert _snapshot(finished.path) == finished.snapshot
