@@ -114,7 +114,7 @@ def compare(root: Path, cohort: Path, overrides: list[str], variants: tuple[bool
     out = {}
     for no_align in variants:
         start, cpu = time.perf_counter(), time.process_time()
-        stage = run_stage(config, run, argparse.Namespace(no_align=no_align, resume=False, overwrite=False))
+        stage = run_stage(config, run, method="no_align" if no_align else "namd")
         report = json.loads((stage / "report.json").read_text())
         report.update(wall_s=time.perf_counter() - start, cpu_s=time.process_time() - cpu)
         out["no_align" if no_align else "aligned"] = report
@@ -131,7 +131,7 @@ def pretrain(root: Path, cohort: Path, overrides: list[str], steps: int, lr: flo
             f"vae.train.val_every={max(1, steps // 3)}", f"vae.train.checkpoint_every={steps}"]
     run, config = _run(root, cohort, over)
     start = time.perf_counter()
-    stage = run_stage(config, run, argparse.Namespace(no_align=True, resume=False, overwrite=False))
+    stage = run_stage(config, run, method="no_align")
     report = json.loads((stage / "report.json").read_text())
     report.update(steps=steps, lr=lr, wall_s=time.perf_counter() - start)
     return stage / "autoencoder", report

@@ -17,7 +17,7 @@ import pytest
 from namd.cli.main import main
 from namd.cohort.ehr import EHR
 from namd.cohort.store import CohortWriter
-from namd.config import VAEConfig, load_config, save_config
+from namd.config import VAEConfig, load_config, methods, save_config
 from namd.evaluation.report.build import BUILDERS, build_report
 from namd.evaluation.report.inputs import Context
 from namd.evaluation.schema import SCHEMA_VERSION
@@ -184,7 +184,8 @@ def make_run(root: Path) -> RunDir:
         save_trained_vae(build_vae(vae_cfg), run.stage(stage), 1.0)
         (run.stage(stage) / "report.json").write_text(json.dumps(
             {"stage": stage, "knn_r2_diameter": 0.7 - seed / 2, "split": "val"}))
-        write_run_info(run.stage(stage), config, seed, stage=stage, complete=True)
+        trained = methods.stage_config(config, methods.owner(stage)[1])  # as that stage trains
+        write_run_info(run.stage(stage), trained, seed, stage=stage, complete=True)
     from namd.cohort.store import Cohort
 
     cohort = Cohort(run.stage("cohort"))

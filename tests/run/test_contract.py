@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from helpers import SMALL
 
 from namd.cli.main import main
@@ -212,6 +214,85 @@ def test_damaged_file(finished, tmp_path, folder, file, damage, reader):
     assert not _leftovers(run)
 
 
+def _flip(path: Path) -> None:
+    """One bit of the last value changed: a safetensors file that still parses."""
+    data = bytearray(path.read_bytes())
+    path.unlink()
+    data[-3] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _nan(path: Path) -> None:
+    """A NaN in place of the first value of an array that still loads."""
+    arr = np.array(np.load(path))
+    path.unlink()
+    arr.flat[0] = np.nan
+    np.save(path, arr)
+
+
+def _reorder(path: Path) -> None:
+    """The rows of a CSV table reversed, its header kept: a table that still parses."""
+    lines = path.read_text().splitlines(keepends=True)
+    path.unlink()
+    path.write_text(lines[0] + "".join(reversed(lines[1:])))
+
+
+def _edit_json(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    """A JSON file with one value changed so that it still parses."""
+    def damage(path: Path) -> None:
+        data = json.loads(path.read_text())
+        path.unlink()
+        change(data)
+        path.write_text(json.dumps(data))
+    return damage
+
+
+# Damage that parses (issue 27): each reader must still refuse it, naming the file.
+MEANING: dict[str, Callable[[Path], None]] = {
+    "flipped": _flip, "nan": _nan, "reordered": _reorder,
+    "inverted": _edit_json(lambda d: d.update(method="platt", status="ok", intercept=0.0,
+                                              slope=-abs(float(d.get("slope") or 1.0)))),
+    "non-finite": _edit_json(lambda d: d.update(n_test=float("nan"))),
+}
+
+
+def _meaning_damages(folder: str, f: RunFile) -> list[str]:
+    """The damages that parse which apply to a file of the contract."""
+    if f.kind == "safetensors" and f.readers:
+        return ["flipped"]
+    if f.kind == "npy" and f.readers:
+        return ["nan"]
+    return {"index.csv": ["reordered"], "calibration.json": ["inverted"],
+            "metrics.json": ["non-finite"]}.get(f.pattern, [])
+
+
+PARSING = [(s.folder, f, damage, reader) for s in contracts() if s.folder in FOLDERS
+           for f in s.writes for damage in _meaning_damages(s.folder, f) for reader in f.readers]
+
+
+@pytest.mark.parametrize("folder,file,damage,reader", PARSING, ids=[_id(c) for c in PARSING])
+def test_damage_that_parses_is_refused(finished, tmp_path, folder, file, damage, reader):
+    """A flipped byte, a NaN, reordered rows, an inverted calibration, a non-finite metric:
+    files that parse but mean something else are refused in one line naming them (a damaged
+    cache is rebuilt), never read as if they were what namd wrote."""
+    run = _copy(finished, tmp_path)
+    targets = _files(run, folder, file.pattern)
+    assert targets, f"the finished run has no {folder}/{file.pattern}"
+    for path in targets:
+        MEANING[damage](path)
+    call = READERS[reader]
+    if file.rebuilt:
+        store = call(Case(run, folder, finished))
+        assert isinstance(store, LatentStore) and bool(torch.isfinite(store.latents).all())
+        return
+    with pytest.raises(RunFileError) as info:
+        call(Case(run, folder, finished))
+    message = str(info.value)
+    assert "\n" not in message and " — " in message
+    assert any(str(p) in message for p in targets), message
+    assert not _leftovers(run)
+
+
 def test_every_file_of_the_run_is_in_the_contract(finished):
     by_folder = {s.folder: s for s in contracts()}
     unknown = []
@@ -259,6 +340,8 @@ def test_readme_states_the_size_of_the_matrix():
     text = (Path(__file__).parents[2] / "docs" / "reliability.md").read_text()
     section = text.split("## The damage matrix")[1].split("\n## ")[0]
     assert f"{len(CASES)} cases" in section and f"{len(files)} files" in section
+    parsing = {(c[0], c[1].pattern) for c in PARSING}
+    assert f"{len(parsing)} files, {len(PARSING)} cases" in section
 
 
 @pytest.mark.parametrize("text,problem", [

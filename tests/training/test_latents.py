@@ -76,6 +76,20 @@ def test_cache_is_rebuilt_when_the_vae_changes(tmp_path):
     assert third.fingerprint != second.fingerprint
 
 
+def test_a_cache_changed_after_it_was_written_is_rebuilt_not_used(tmp_path):
+    """A flipped byte in the latents parses; the recorded sha256 of the latents catches it."""
+    cohort = _cohort(tmp_path / "cohort")
+    _vae(tmp_path / "vae", seed=0)
+    path = latents.cache_path(tmp_path, "vae")
+    first = latents.load_or_build(path, cohort, tmp_path / "vae", WINDOW)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x40  # inside the last latent value
+    path.unlink()
+    path.write_bytes(bytes(data))
+    again = latents.load_or_build(path, cohort, tmp_path / "vae", WINDOW)
+    assert torch.equal(again.latents, first.latents)  # encoded anew, not read with the flip
+
+
 def test_cache_errors(tmp_path):
     cohort = _cohort(tmp_path / "cohort", n=2)
     with pytest.raises(RunFileError, match="latent_scale.json: missing.*`namd train vae"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -64,6 +65,8 @@ def is_missing(value: Any) -> bool:
         return True
     if isinstance(value, str):
         return value.strip().upper() in MISSING_CODES
+    if isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real):
+        return False  # a complex value is refused by _kind_problem, not cast here
     try:  # any real number type (float, numpy float32/64...) that is NaN
         return math.isnan(value)
     except TypeError:
@@ -112,10 +115,40 @@ def record_id(row: Mapping[str, Any]) -> str | None:
     return ident if is_missing(nodule) else f"{ident}/{str(nodule).strip()}"
 
 
+def _kind_problem(value: Any) -> str | None:
+    """What a value is when it can never be a code or a number, whatever it holds, else None.
+
+    Python would read `true` as 1 (gender 1 = male) and a complex number as its real part, so a
+    boolean, a complex number or any other object (a list, bytes, an array) is refused by kind;
+    strings ('12.5', NLST's CSV text) and real numbers (numpy's included) are parsed."""
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    if isinstance(value, bool) or kind == "b":
+        return "a boolean"
+    if kind == "c" or (isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real)):
+        return "a complex number"
+    if kind in ("i", "u", "f") and getattr(value, "ndim", 0) == 0:
+        return None
+    if isinstance(value, (str, numbers.Number)) and kind is None:
+        return None
+    return f"of type {type(value).__name__}"
+
+
+def _expected(name: str) -> str:
+    """What field `name` holds: its codes or its range."""
+    if name in CATEGORICAL:
+        return "a code: " + ", ".join(f"{k} ({v})" for k, v in CATEGORICAL[name].items())
+    lo, hi = CONTINUOUS[name]
+    return f"a number from {lo:g} to {hi:g}"
+
+
 def _parse_field(name: str, value: Any, record: str) -> float | int | None:
     """Parse and range-check one field; raise EHRError naming record, field and value."""
     if is_missing(value):
         return None
+    problem = _kind_problem(value)
+    if problem:
+        raise EHRError(f"record {record}: field {name} = {value!r} is {problem}, not a code or "
+                       f"number; give {_expected(name)} (null = missing)")
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -20,11 +20,25 @@ ROTATIONS = (0, 45, 90, 135, 180)  # paper: random rotations of 45, 90, 135, 180
 HU_RANGE = (-2000.0, 4000.0)  # values a CT crop in HU can plausibly hold (air -1000, bone < 3000)
 
 
+def dtype_problem(values: np.ndarray) -> str | None:
+    """Why an array's dtype cannot hold image values, or None: only real numbers (integers and
+    floats) can. Complex values would be cast to their real part, booleans to 0 and 1, and an
+    object array may hold anything, so each is refused by name instead of read silently."""
+    dtype = np.asarray(values).dtype
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):  # bool is neither
+        return f"crop has dtype {dtype}: expected real numbers (integers or floats)"
+    return None
+
+
 def hu_problem(values: np.ndarray) -> str | None:
-    """Why `values` cannot be CT values in HU (not finite numbers, or outside HU_RANGE), or
-    None when they can: garbage pixels (e.g. +-32,000) must stop ingestion and prediction."""
+    """Why `values` cannot be CT values in HU (not real numbers, not finite, or outside
+    HU_RANGE), or None when they can: garbage pixels (e.g. +-32,000) must stop ingestion and
+    prediction."""
     values = np.asarray(values)
-    if not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
+    problem = dtype_problem(values)
+    if problem:
+        return problem
+    if not np.isfinite(values).all():
         return "crop must hold finite numbers (HU)"
     lo, hi = HU_RANGE
     if values.min() < lo or values.max() > hi:
@@ -58,11 +72,12 @@ def unit_to_hu(x: np.ndarray | torch.Tensor, window: tuple[float, float]):
     return (clip(x, -1.0, 1.0) + 1.0) / 2.0 * (hi - lo) + lo
 
 
-def grey_to_hu(grey: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Windowed 8-bit grey values (0 -> window low, 255 -> window high) back to HU: the only
-    reading a `windowed_uint8` crop allows (the authors' JPEG format)."""
+def grey_to_hu(grey: np.ndarray, window: tuple[float, float], top: float = 255.0) -> np.ndarray:
+    """Windowed grey values (0 -> window low, `top` -> window high) back to HU: the only
+    reading a `windowed_uint8` crop allows (the authors' JPEG format; top 1 for an image
+    scaled to 0..1)."""
     lo, hi = window
-    return lo + np.asarray(grey, dtype=np.float64) / 255.0 * (hi - lo)
+    return lo + np.asarray(grey, dtype=np.float64) / top * (hi - lo)
 
 
 def rotate(x: torch.Tensor, degrees: torch.Tensor | list[int]) -> torch.Tensor:

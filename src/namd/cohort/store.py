@@ -206,6 +206,14 @@ class Cohort:
             if chunk.ndim != 3 or chunk.shape[1:] != (self.crop_size, self.crop_size):
                 raise CohortFileError(path, f"holds shape {chunk.shape}, not (n, {self.crop_size}, "
                                       f"{self.crop_size}) crops", writer="cohort")
+            if chunk.dtype != np.float32:
+                raise CohortFileError(path, f"holds {chunk.dtype} values, not the float32 HU namd "
+                                      "writes (overwritten with other data?)", writer="cohort")
+            bad = np.flatnonzero(~np.isfinite(chunk).all(axis=(1, 2)))
+            if len(bad):
+                first = number * self.chunk + int(bad[0])
+                raise CohortFileError(path, f"{len(bad)} crop(s) hold non-finite values (NaN or "
+                                      f"infinity), the first crop_index {first}", writer="cohort")
             self._chunks[number] = chunk
         return self._chunks[number]
 

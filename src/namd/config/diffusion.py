@@ -119,3 +119,52 @@ class SamplingConfig(Section):
     seed: int = 23
     split: Literal["train", "val", "test"] = "test"
     grids: int = Field(6, ge=0, description="nodules drawn as PNG grids")
+
+
+def steps_fit(cfg: SamplingConfig, steps: int, num_train_timesteps: int) -> bool:
+    """Whether `steps` sampler steps stay inside a schedule of `num_train_timesteps` (T).
+
+    The rule is diffusers' own timestep arithmetic (0.42), so no sampler indexes past the
+    schedule (an IndexError deep in the loop otherwise, or t = -1 read silently as the last
+    timestep): DDIM 'leading' takes t = i * (T // steps) + steps_offset for i < steps, which
+    must stay <= T - 1 (with the default offset 1: steps <= T - 1); DDIM 'linspace' rounds
+    steps points of linspace(0, T - 1), distinct for steps <= T; DDIM 'trailing' takes
+    round(arange(T, 0, -T / steps)) - 1, whose float steps sometimes give one timestep more,
+    -1 (e.g. 499 of 1,000), so it is computed as diffusers computes it; DPM-Solver++ rounds
+    steps + 1 points of linspace(0, T - 1), distinct only for steps <= T - 1.
+    """
+    T = num_train_timesteps
+    if steps < 1 or steps > T:
+        return False
+    if cfg.scheduler == "dpmsolver++":
+        return steps <= T - 1
+    if cfg.timestep_spacing == "leading":
+        return (steps - 1) * (T // steps) + cfg.steps_offset <= T - 1
+    if cfg.timestep_spacing == "trailing":
+        import numpy as np
+
+        t = np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1
+        return len(t) == steps and int(t.min()) >= 0
+    return True
+
+
+def max_sampling_steps(cfg: SamplingConfig, num_train_timesteps: int) -> int:
+    """The most sampler steps `cfg`'s scheduler and spacing allow over T training timesteps."""
+    return next((s for s in range(num_train_timesteps, 0, -1)
+                 if steps_fit(cfg, s, num_train_timesteps)), 0)
+
+
+def check_sampling_steps(cfg: SamplingConfig, num_train_timesteps: int) -> None:
+    """Refuse sampler steps outside the schedule in one line saying the allowed range; called
+    where a config is about to sample (predict, sample, the API, serve), before any model work."""
+    if steps_fit(cfg, cfg.steps, num_train_timesteps):
+        return
+    top = max_sampling_steps(cfg, num_train_timesteps)
+    how = ("dpmsolver++" if cfg.scheduler == "dpmsolver++"
+           else f"ddim with {cfg.timestep_spacing!r} spacing" + (
+               f" and steps_offset {cfg.steps_offset}" if cfg.timestep_spacing == "leading" else ""))
+    what, gaps = (("exceeds", "") if cfg.steps > top else
+                  ("does not fit", ", though not every count below that"))
+    allowed = f"1 to {top} steps{gaps}" if top else "no step count (lower sampling.steps_offset)"
+    raise ValueError(f"sampling.steps = {cfg.steps} {what} the schedule: {how} over "
+                     f"{num_train_timesteps} training timesteps allows {allowed}")

@@ -28,6 +28,21 @@ DIFFUSION = "namd.training.diffusion"
 SAMPLE_NAMD = "namd.inference.sample_stage:run_sample_stage"
 
 
+# What NAMD's stages mean something under (Stage.depends, Stage.ignores): the VAE its crop
+# geometry, HU window and every VAE field but the report's; the prior the VAE's latents, the
+# noise schedule, its U-Net and its own training (not the text encoder: its null context has
+# only the encoder's shape, and a cond stage may start from it with another encoder); the
+# conditional model the crop geometry, the text encoder and every diffusion field but the
+# prior's training and the latent cache's batch.
+VAE_DEPENDS = (("data", "vae"), ("vae.report_knn_k", "vae.report_folds", "vae.report_grid",
+                                 "vae.report_tsne_max"))
+PRIOR_DEPENDS = (("data", "diffusion.num_train_timesteps", "diffusion.beta_start",
+                  "diffusion.beta_end", "diffusion.beta_schedule", "diffusion.prediction_type",
+                  "diffusion.unet", "diffusion.prior"), ())
+COND_DEPENDS = (("data", "text", "diffusion"), ("diffusion.prior", "diffusion.encode_batch"))
+EVALUATOR_DEPENDS = (("data", "evaluator"), ())
+
+
 def folder(kind: str, method: str) -> str:
     """The run folder of a method's stage: the bare kind for NAMD (RUN/vae, RUN/samples), else
     kind_method (RUN/vae_no_align, RUN/samples_null_context)."""
@@ -43,6 +58,11 @@ class Stage:
     needs: tuple[str, ...]  # folders whose files it reads
     module: str  # defines run_stage(config, run, *, method, resume, overwrite[, stage])
     help: str = ""
+    # the config fields (dotted prefixes, less `ignores`) its outputs mean something under:
+    # a reader refuses a config that differs from the stage's own there (RunDir.agree)
+    depends: tuple[str, ...] = ("data",)
+    ignores: tuple[str, ...] = ()
+    config: Mapping[str, Any] = field(default_factory=dict)  # dotted field -> its value here
 
 
 @dataclass(frozen=True)
@@ -145,24 +165,45 @@ def owner(stage_folder: str) -> tuple[Method, Stage | None] | None:
     return None
 
 
-def _namd_chain(name: str, label: str, about: str = "", **flags: bool) -> Method:
+def depends_of(stage_folder: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(depends, ignores) of a trained stage folder: a method's stage, or the evaluator."""
+    if stage_folder == "evaluator":
+        return EVALUATOR_DEPENDS
+    found = owner(stage_folder)
+    if found is None or found[1] is None:
+        return None
+    return found[1].depends, found[1].ignores
+
+
+def stage_config(config: Any, stage: Stage) -> Any:
+    """The run's config as `stage` trains under it: with the stage's own values (the no-align
+    VAE's vae.align = false) set and validated; the run's config itself when it sets none."""
+    if not stage.config:
+        return config
+    from namd.config import validated_update
+
+    return validated_update(config, stage.config)
+
+
+def _namd_chain(name: str, label: str, about: str = "",
+                vae_config: Mapping[str, Any] | None = None) -> Method:
     """NAMD or an ablation that trains its own VAE -> prior -> conditional U-Net."""
     vae, prior, cond = (folder(k, name) for k in ("vae", "prior", "cond"))
     trains = (Stage("vae", vae, ("cohort",), "namd.training.vae",
-                    "the nodule-aligned VAE (paper 3.2)"),
-              Stage("prior", prior, (vae,), DIFFUSION, "the unconditional U-Net prior (Equation 9)"),
+                    "the nodule-aligned VAE (paper 3.2)", *VAE_DEPENDS, config=vae_config or {}),
+              Stage("prior", prior, (vae,), DIFFUSION, "the unconditional U-Net prior (Equation 9)",
+                    *PRIOR_DEPENDS),
               Stage("cond", cond, (prior,), DIFFUSION,
-                    "the conditional U-Net with LLM context (Equation 10)"))
-    return Method(name, label, trains, {"vae": vae, "prior": prior, "cond": cond}, flags=flags,
-                  about=about)
+                    "the conditional U-Net with LLM context (Equation 10)", *COND_DEPENDS))
+    return Method(name, label, trains, {"vae": vae, "prior": prior, "cond": cond}, about=about)
 
 
 register(_namd_chain("namd", "NAMD (generated follow-up)"))
 register(_namd_chain("no_align", "NAMD without L_align / L_pred",
-                     "Without L_align (the paper's ablation)", no_align=True))
+                     "Without L_align (the paper's ablation)", {"vae.align": False}))
 register(Method(
     "null_context", "NAMD with null context (image only)",
     (Stage("cond", "cond_null_context", ("prior",), DIFFUSION,
-           "the conditional U-Net with LLM context (Equation 10)"),),
+           "the conditional U-Net with LLM context (Equation 10)", *COND_DEPENDS),),
     {"vae": "vae", "prior": "prior", "cond": "cond_null_context"},
     flags={"null_context": True}, about="With image-only conditioning (null context)"))

@@ -24,8 +24,11 @@ from namd.config import NamdConfig, methods
 from namd.evaluation import baselines, fidelity, gap_closure, growth, metrics, quality, variance
 from namd.evaluation.baseline_use import BASELINE_USE_FILE
 from namd.evaluation.calibration_metrics import calibration_block
+from namd.evaluation.freshness import check_samples_newer_than_weights, evaluated_inputs
 from namd.evaluation.rows import COPY_REFERENCE, generated, image_rows, quality_rows, rows, vae_of
 from namd.evaluation.schema import SCHEMA_VERSION
+from namd.evaluation.table_text import k_differs
+from namd.inference.sample_stage import check_pair_order
 from namd.models.calibration import Calibration, calibration_status
 from namd.models.device import resolve_device
 from namd.models.evaluator import MalignancyViT, load_evaluator, predict
@@ -80,6 +83,8 @@ def load_samples(folder: Path, pairs: pd.DataFrame, split: str,
     missing = [c for c in INDEX_COLUMNS if c not in index.columns]
     if missing:
         raise RunFileError(index_path, f"lacks column(s) {', '.join(missing)}", writer="samples")
+    check_pair_order(index_path, index["pair_id"], info)  # rows still describe samples.npy's
+    check_samples_newer_than_weights(folder, info, split)
     splits = set(index["split"].astype(str))
     if splits != {split}:
         return None, f"not run: {folder} holds split(s) {sorted(splits)}, not {split!r}", {}
@@ -226,6 +231,23 @@ def score_images(run: RunDir, cohort: Cohort, inp: Inputs, split: str
     return scored, feats, crops_of
 
 
+def check_finite_scores(scored: dict[str, Scored], evaluator_dir: Path) -> None:
+    """Refuse, in one line, a row whose probabilities hold NaN or inf: the image rows' come from
+    the evaluator (their crops were checked finite), so its weights are named; a clinical row
+    names itself. Every number metrics.json reports is then computed from finite scores."""
+    for name, s in scored.items():
+        if s.runs is None or np.isfinite(s.runs).all():
+            continue
+        bad = f"{int((~np.isfinite(s.runs)).sum())} of {s.runs.size}"
+        if name in image_rows():
+            raise RunFileError(evaluator_dir, f"the evaluator gives NaN or inf probabilities "
+                               f"({bad}) on the crops of row {name}: its weights are damaged or "
+                               "diverged", writer="evaluator")
+        raise ValueError(f"row {name}: {bad} of its scores are NaN or inf (its inputs in "
+                         f"{evaluator_dir.parent / 'cohort'} or its fit) — check the cohort's "
+                         "records, then re-run `namd evaluate`")
+
+
 def calibrate(scored: dict[str, Scored], calibration: Calibration | None) -> dict[str, np.ndarray]:
     """Calibrate every image row's probabilities per sample, in place (before any mean over K);
     returns the raw runs (K, N) of those rows."""
@@ -299,6 +321,9 @@ def image_quality_blocks(inp: Inputs, scored: dict[str, Scored], feats: dict[str
 def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
     """Compute every row, image quality and the variance analysis; write RUN/eval."""
     cohort = Cohort(run.require("cohort", "evaluate"))
+    inputs = evaluated_inputs(run)  # before reading: a stage re-run meanwhile makes it stale
+    for stage in ("evaluator", *vae_folders()):  # the judge and the VAE copies' VAEs
+        run.agree(config, stage)
     model, window, ev_info = load_evaluator(run.stage("evaluator"))  # says how to train it
     calibration, cal_status = calibration_status(run.stage("evaluator"))
     model = model.to(resolve_device(None))
@@ -309,10 +334,12 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
                  config.sampling.max_batch)
     inp.vae_copies = vae_copies(run, inp.real["baseline"], window)
     scored, feats, crops_of = score_images(run, cohort, inp, split)
+    check_finite_scores(scored, run.stage("evaluator"))  # before any fit uses them
     raw = calibrate(scored, calibration)
     reference = scored["real_baseline"].runs[0]
     scored.update(clinical_rows(cohort, pairs, split, reference, model, window, inp.batch,
                                 config.eval.seed, calibration))
+    check_finite_scores(scored, run.stage("evaluator"))
     copy_ref = scored[COPY_REFERENCE].runs
     ref = scored[methods.REFERENCE].runs
     namd_mean = None if ref is None else ref.mean(axis=0)
@@ -351,13 +378,14 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
                                          {n: scored[n].runs for n in raw},
                                          {n: scored[n].status for n in image_rows()}),
     })
+    result["k_differs"] = k_differs(result)
     out = run.stage("eval")
     real_diameter = quality.diameters_mm(inp.real["followup"], inp.spacing)
     table = nodule_table(pairs, scored, per_crop, real_diameter)
     atomic_write_text(out / "per_nodule.csv", table.to_csv(index=False))
     atomic_write_json(out / "metrics.json", result)
     run.mark_done("eval", config, config.eval.seed, split=split,
-                  outputs=["metrics.json", "per_nodule.csv"])
+                  outputs=["metrics.json", "per_nodule.csv"], inputs=inputs)
     return result
 
 

@@ -136,9 +136,24 @@ def _detached(mask: np.ndarray, search_px: int) -> np.ndarray:
     yy, xx = np.ogrid[:h, :w]
     near = mask & (np.hypot(yy - (h - 1) / 2.0, xx - (w - 1) / 2.0) <= search_px)
     radius = max(1, int(round(0.6 * float(depth[near].max())))) if near.any() else 1
-    disc = np.hypot(*np.ogrid[-radius:radius + 1, -radius:radius + 1]) <= radius
-    core = _central_component(ndimage.binary_opening(mask, structure=disc), search_px)
+    core = _central_component(disc_opening(mask, radius), search_px)
     return mask if core is None else core
+
+
+def disc_opening(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary opening of `mask` by the disc hypot(dy, dx) <= `radius`, outside the crop False.
+
+    Equal to `ndimage.binary_opening(mask, structure=disc)` (tested) but in time independent of
+    the radius: erosion keeps the pixels farther than `radius` from any False pixel, dilation
+    the pixels within `radius` of a kept one, both by Euclidean distance transforms. The
+    structuring-element version costs H W radius^2: a crop whose tissue fills it (all 0 HU
+    samples) gave radius ~27 and 0.3 s per 64 x 64 crop, which made `namd evaluate` hang.
+    """
+    padded = np.pad(np.asarray(mask, dtype=bool), 1)  # the crop's outside is background
+    eroded = ndimage.distance_transform_edt(padded) > radius
+    if not eroded.any():
+        return np.zeros(np.shape(mask), dtype=bool)
+    return (ndimage.distance_transform_edt(~eroded) <= radius)[1:-1, 1:-1]
 
 
 def nodule_diameter_mm(crop: np.ndarray, spacing_mm: float,
@@ -151,6 +166,8 @@ def nodule_diameter_mm(crop: np.ndarray, spacing_mm: float,
     The fixed threshold only finds the nodule; its edge is then placed at half the contrast
     between the nodule (median HU inside) and the lung around it (median HU of the pixels below
     the threshold), which keeps the size unbiased by smoothing and by the nodule's density.
+    A crop with no lung at all (tissue everywhere, e.g. a sample of all 0 HU) measures the
+    crop's own extent, the largest size it can show, so its diameter error is large, not hidden.
     """
     raw = np.asarray(crop, dtype=np.float64)
     smooth = ndimage.gaussian_filter(raw, smooth_px)

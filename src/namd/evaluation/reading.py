@@ -10,6 +10,7 @@ from typing import Any
 
 from namd.config import methods
 from namd.evaluation.rows import row_label
+from namd.evaluation.table_text import k_differs
 
 SIGNIFICANCE = 0.05  # the level at which a paired test's p-value is called significant
 FEW_POSITIVES = 30  # below this many malignant test nodules, CIs are flagged as wide
@@ -206,6 +207,12 @@ def reading(metrics: dict[str, Any], facts: dict[str, Any]) -> list[str]:
     out = [f"The test set holds {metrics.get('n_test')} nodules ({n_mal} malignant); generated "
            f"rows are scored over K = {metrics.get('k')} samples per nodule. CIs are "
            f"{boot.get('level', 0.95):.0%} bootstrap confidence intervals over nodules."]
+    differs = k_differs(metrics)
+    if differs:
+        which = ", ".join(f"{row_label(n)} ran with K = {k}" for n, k in differs.items())
+        out.append(f"Not comparable as they stand: {which}, not K = {metrics.get('k')}; "
+                   "its mean ± std over K and its mean-of-K score "
+                   "differ in meaning from the other generated rows'.")
     if isinstance(n_mal, int) and n_mal < FEW_POSITIVES:
         out.append(f"With fewer than {FEW_POSITIVES} malignant nodules the confidence intervals "
                    "are wide: differences inside them are not resolved.")

@@ -1,10 +1,36 @@
-"""The comparison table of `namd evaluate` as text (what the command prints)."""
+"""The comparison table of `namd evaluate` as text (what the command prints), and which of its
+generated rows were sampled with another K than the reference method (their mean +- std over K
+and mean-of-K probability are then not comparable with its)."""
 
 from __future__ import annotations
 
+from namd.evaluation.rows import generated
+
+
+def k_differs(result: dict) -> dict[str, int]:
+    """Generated rows that ran with another K than the table's (metrics.json "k": the reference
+    method's K, or sampling.k when it did not run): row name -> its K."""
+    reference = result.get("k")
+    return {row["name"]: row["k"] for row in result.get("rows", [])
+            if row.get("name") in generated() and row.get("status") == "ok"
+            and row.get("k") is not None and row.get("k") != reference}
+
+
+def k_note(result: dict) -> str:
+    """One line saying which rows ran with another K than the table's, '' when none."""
+    differs = k_differs(result)
+    if not differs:
+        return ""
+    rows = ", ".join(f"{name} K = {k}" for name, k in differs.items())
+    return (f"* K differs from the table's K = {result.get('k')}: {rows}; their mean +- std over "
+            "K and mean-of-K scores are not comparable with the other rows' (sample them with "
+            "the same --k)")
+
 
 def format_table(result: dict) -> str:
-    """The comparison table as text (the paper's Table 1, as far as this run goes)."""
+    """The comparison table as text (the paper's Table 1, as far as this run goes); rows sampled
+    with another K than the table's are marked * and named below it."""
+    differs = k_differs(result)
     lines = [f"namd evaluate: split {result['split']}, {result['n_test']} nodules "
              f"({result['n_malignant']} malignant), K = {result['k']}",
              f"{'row':<19} {'k':>3}  {'AUROC mean+-std [95% CI]':<29} {'AUPRC mean+-std [95% CI]':<29}"
@@ -19,9 +45,11 @@ def format_table(result: dict) -> str:
         iq = result["image_quality"].get(row["name"], {})
         ssim = f"{iq['ssim']['mean']:.3f}" if iq.get("status") == "ok" else ""
         fd = f"{iq['frechet_evaluator']:.3g}" if iq.get("status") == "ok" else ""
-        lines.append(f"{row['name']:<19} {row['k']:>3}  {cells[0]:<29} {cells[1]:<29} {test:<20} "
+        k = f"{row['k']}*" if row["name"] in differs else str(row["k"])
+        lines.append(f"{row['name']:<19} {k:>3}  {cells[0]:<29} {cells[1]:<29} {test:<20} "
                      f"{ssim:>6} {fd:>8}")
-    return "\n".join(lines)
+    note = k_note(result)
+    return "\n".join(lines + ([note] if note else []))
 
 
 def _metric_cell(block: dict) -> str:

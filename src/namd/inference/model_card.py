@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 
 from namd.cohort.store import Cohort
-from namd.evaluation.schema import read_metrics
+from namd.evaluation.freshness import read_current_metrics
+from namd.evaluation.schema import TABLE_FIELDS
 from namd.run.layout import RunDir
 from namd.run.provenance import atomic_write_text
 
@@ -41,13 +42,17 @@ def cohort_section(run: RunDir) -> str:
 
 
 def metrics_section(run: RunDir) -> str:
-    """Table 1 of RUN/eval/metrics.json (mean ± std [CI] per row), or 'not evaluated'."""
+    """Table 1 of RUN/eval/metrics.json (mean ± std [CI] per row), or 'not evaluated'; metrics
+    that lack what the table states, hold a non-finite number or are older than a stage they
+    describe are refused in one line (a card never states numbers of other weights)."""
     path = run.stage("eval") / "metrics.json"
     if not path.is_file():
         return "Not evaluated (no eval/metrics.json in the run).\n"
     from namd.evaluation.report.html import fmt_stat
+    from namd.evaluation.table_text import k_differs, k_note
 
-    metrics = read_metrics(path)
+    metrics = read_current_metrics(run, TABLE_FIELDS)
+    differs = k_differs(metrics)
     level = (metrics.get("bootstrap") or {}).get("level", 0.95)
     lines = [f"Split {metrics.get('split', 'test')}: {metrics.get('n_test')} nodules, "
              f"{metrics.get('n_malignant')} malignant; [{level:.0%} CI] bootstrap over nodules.", "",
@@ -56,8 +61,11 @@ def metrics_section(run: RunDir) -> str:
         if row.get("status", "ok") != "ok":
             lines.append(f"| {row.get('name')} | {row.get('status')} | |")
         else:
-            lines.append(f"| {row.get('name')} | {fmt_stat(row.get('auroc'))} | {fmt_stat(row.get('auprc'))} |")
-    return "\n".join(lines) + "\n"
+            mark = f" (K = {differs[row['name']]} *)" if row.get("name") in differs else ""
+            lines.append(f"| {row.get('name')}{mark} | {fmt_stat(row.get('auroc'))} | "
+                         f"{fmt_stat(row.get('auprc'))} |")
+    note = k_note(metrics)
+    return "\n".join(lines + (["", note] if note else [])) + "\n"
 
 
 def plot_curve(log_csv: Path, out: Path, title: str) -> bool:

@@ -7,8 +7,9 @@ malignancy estimate they support, from a trained run (the Python API behind `nam
 
 Every number (k, steps) goes through the typed config, and provenance records the values
 used. A patient's K initial noises come from its id (`key`) or, without one, from a hash of
-its crop, so two patients never share them. A crop that looks like a windowed 8-bit image
-(whole numbers within 0..255) is refused where HU are expected, unless units say so.
+its crop, so two patients never share them. A crop that looks windowed (every value
+within 0..255 or 0..1, whatever its dtype: a lung crop in HU always has values below 0) is
+refused where HU are expected, unless units say so (windowed_uint8, windowed_unit).
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from namd.config import (
     save_config,
     validated_update,
 )
+from namd.config.diffusion import check_sampling_steps
 from namd.inference.prediction import Prediction, baseline_hu, crop_digest
 from namd.inference.sampler import FollowUpSampler, load_context_encoder
 from namd.models.calibration import CALIBRATION_FILE, load_calibration
@@ -193,6 +194,7 @@ class NAMDPipeline:
         files = run_files(run, dirs)
         hashes = {rel: file_sha256(src) for rel, src in files.items()}
         sampler = FollowUpSampler.from_run(run, dirs, config, dev)
+        run.agree(config, "evaluator")
         model, window, info = load_evaluator(run.stage("evaluator"))
         return cls(sampler, model.to(dev), window, config, method, files, hashes, info,
                    load_calibration(run.stage("evaluator")), run)
@@ -230,10 +232,13 @@ class NAMDPipeline:
     # -- sampling ---------------------------------------------------------------------------
     def sampling_config(self, k: int | None = None, steps: int | None = None,
                         seed: int | None = None) -> SamplingConfig:
-        """config.sampling with k, steps, seed (None = keep) validated like any config value."""
+        """config.sampling with k, steps, seed (None = keep) validated like any config value,
+        its steps inside the noise schedule (before any model work)."""
         changes = {f"sampling.{name}": v for name, v in (("k", k), ("steps", steps), ("seed", seed))
                    if v is not None}
-        return (validated_update(self.config, changes) if changes else self.config).sampling
+        config = validated_update(self.config, changes) if changes else self.config
+        check_sampling_steps(config.sampling, config.diffusion.num_train_timesteps)
+        return config.sampling
 
     def seed_keys(self, crops: np.ndarray, keys: Sequence[str | None] | None) -> list[str]:
         """Each patient's seed key: its id, else 'crop-sha256:<32 hex>' of its crop."""
@@ -277,10 +282,14 @@ class NAMDPipeline:
     def __call__(self, baselines_hu: Any, ehrs: Sequence[EHR], k: int | None = None,
                  num_inference_steps: int | None = None, seed: int | None = None,
                  keys: Sequence[str | None] | None = None) -> np.ndarray:
-        """K virtual one-year follow-ups per baseline: (N, K, H, W) float32 HU."""
+        """K virtual one-year follow-ups per baseline: (N, K, H, W) float32 HU, every value
+        finite (else a one-line error naming the weights that made them)."""
+        from namd.inference.finite import check_samples
+
         cfg = self.sampling_config(k, num_inference_steps, seed)
         crops = self._crops(baselines_hu)
-        return self._sample(crops, list(ehrs), self.seed_keys(crops, keys), cfg)
+        samples = self._sample(crops, list(ehrs), self.seed_keys(crops, keys), cfg)
+        return check_samples(samples, self.files, self.run)
 
     # -- scoring ----------------------------------------------------------------------------
     def probabilities(self, hu: np.ndarray) -> np.ndarray:
@@ -301,14 +310,19 @@ class NAMDPipeline:
                 num_inference_steps: int | None = None, seed: int | None = None,
                 keys: Sequence[str | None] | None = None, units: str = "HU") -> list[Prediction]:
         """One Prediction per patient: the evaluator on its baseline and on its K follow-ups
-        (each sample's probability calibrated before the mean over K)."""
+        (each sample's probability calibrated before the mean over K); a sample or probability
+        that is not finite is a one-line error naming the weights, never "p = nan"."""
+        from namd.inference.finite import check_probabilities, check_samples
+
         cfg = self.sampling_config(k, num_inference_steps, seed)
         crops, ehrs = self._crops(baselines, units), list(ehrs)
         ids = list(keys) if keys is not None else [None] * len(crops)
-        samples = self._sample(crops, ehrs, self.seed_keys(crops, ids), cfg)
+        samples = check_samples(self._sample(crops, ehrs, self.seed_keys(crops, ids), cfg),
+                                self.files, self.run)
         n, kk, h, w = samples.shape
-        p_base = self.probabilities(crops)
-        p_follow = self.probabilities(samples.reshape(n * kk, h, w)).reshape(n, kk)
+        p_base = check_probabilities(self.probabilities(crops), self.files, self.run)
+        p_follow = check_probabilities(self.probabilities(samples.reshape(n * kk, h, w)),
+                                       self.files, self.run).reshape(n, kk)
         out = []
         for i, ehr in enumerate(ehrs):
             brock = brock_probability(ehr)
@@ -325,10 +339,16 @@ class NAMDPipeline:
     # -- saving -----------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path, overwrite: bool = False) -> Path:
         """Write the model folder (atomically): the loaded files, byte for byte and checked
-        against the sha256s taken at load, config.yaml, the model card and model_index.json."""
+        against the sha256s taken at load, config.yaml, the model card and model_index.json.
+        Without `overwrite` a folder that another writer published meanwhile is never replaced:
+        this call then fails with a one-line FileExistsError (atomic_dir's final rename)."""
+        from namd.inference.finite import check_weights
         from namd.inference.model_card import write_model_card
 
         folder = Path(folder)
+        check_weights({"unet/": self.sampler.unet, "vae/": self.sampler.vae,
+                       "evaluator/": self.evaluator, "context_encoder/": self.sampler.encoder},
+                      self.files, self.run)
         with atomic_dir(folder, overwrite=overwrite) as tmp:
             for rel, src in self.files.items():
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)

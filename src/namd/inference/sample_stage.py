@@ -11,11 +11,12 @@ The evaluation reads exactly these files.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,12 @@ import pandas as pd
 import torch
 
 from namd.cohort.store import Cohort
-from namd.config import NamdConfig
+from namd.config import NamdConfig, methods
 from namd.config.methods import Method
 from namd.inference.sampler import FollowUpSampler, pairs_to_sample
+from namd.run.contract import RunFileError
 from namd.run.layout import RunDir
-from namd.run.provenance import atomic_dir, progress
+from namd.run.provenance import RUN_INFO, atomic_dir, progress
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ SAMPLES_FILE = "samples.npy"
 INDEX_FILE = "index.csv"
 GRID_DIR = "grids"
 INDEX_COLUMNS = ("pair_id", "patient_id", "split", "label", "baseline_index", "followup_index")
+ORDER_KEY = "pair_order_sha256"  # run_info.json: index.csv's row order, checked by its readers
+FINITE_BLOCK = 64  # nodules checked for non-finite samples at a time (bounded memory)
 
 
 def index_frame(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -145,6 +149,7 @@ def write_sample_stage(config: NamdConfig, run: RunDir, method: Method, cohort: 
         fill(arr)
         arr.flush()
         seconds = time.perf_counter() - start
+        check_finite_samples(arr, index, out, run, info)
         index.to_csv(tmp / INDEX_FILE, index=False)
         _write_grids(tmp / GRID_DIR, cohort, index, arr, config, config.sampling.grids)
         del arr
@@ -153,8 +158,61 @@ def write_sample_stage(config: NamdConfig, run: RunDir, method: Method, cohort: 
              seconds, crops / seconds)
     run.mark_done(method.samples, config, config.sampling.seed, method=method.name,
                   n_nodules=len(pairs), k=k, shape=[len(pairs), k, size, size],
-                  seconds=seconds, crops_per_second=crops / seconds, **info)
+                  seconds=seconds, crops_per_second=crops / seconds,
+                  pair_order_sha256=pair_order_digest(index["pair_id"]), **info)
     return out
+
+
+def pair_order_digest(pair_ids: Iterable[object]) -> str:
+    """sha256 of the pair ids in row order: run_info.json records it, so an index.csv whose rows
+    were reordered (each row then describes another nodule's samples) is refused on read."""
+    return hashlib.sha256("\n".join(str(p) for p in pair_ids).encode()).hexdigest()
+
+
+def check_pair_order(index_path: Path, pair_ids: Iterable[object], info: dict) -> None:
+    """RunFileError when index.csv's rows are not in the order `namd sample` wrote them with
+    samples.npy (its run_info.json's pair_order_sha256); a folder from a namd that kept no
+    digest is not checked."""
+    expected = info.get(ORDER_KEY)
+    if expected is None:
+        return
+    if pair_order_digest(pair_ids) != expected:
+        raise RunFileError(index_path, "its rows are not in the order samples.npy was written in "
+                           f"({ORDER_KEY} of {RUN_INFO} differs): each row would describe another "
+                           "nodule's samples", writer="samples")
+
+
+def check_finite_samples(samples: np.ndarray, index: pd.DataFrame, out: Path, run: RunDir,
+                         info: dict) -> None:
+    """RunFileError naming the sample folder and the weights that made the samples when any
+    decoded sample is NaN or infinite (checked a nodule block at a time, before anything is
+    published), so a damaged or diverged model never writes samples that look finished."""
+    bad = 0
+    first: tuple[int, int] | None = None
+    for s in range(0, len(samples), FINITE_BLOCK):
+        ok = np.isfinite(samples[s:s + FINITE_BLOCK]).all(axis=(2, 3))
+        bad += int((~ok).sum())
+        if first is None and not ok.all():
+            i, k = np.argwhere(~ok)[0]
+            first = (s + int(i), int(k))
+    if first is None:
+        return
+    folders = [str(info[key]) for key in ("cond_dir", "vae_dir") if info.get(key)]
+    made_by = " and ".join(str(run.stage(f)) for f in folders) or "the method's model folders"
+    raise RunFileError(out, f"{bad} of {samples.shape[0] * samples.shape[1]} decoded samples hold "
+                       f"NaN or inf (first: pair {index['pair_id'].iloc[first[0]]}, sample "
+                       f"{first[1] + 1}); nothing was written",
+                       f"the weights in {made_by} are damaged or diverged: retrain the damaged "
+                       f"one{_retrain_hint(run, folders[:1])}, then sample again")
+
+
+def _retrain_hint(run: RunDir, folders: list[str]) -> str:
+    """' (e.g. `namd train cond --run RUN --overwrite`)' for the first trained folder, or ''."""
+    found = methods.owner(folders[0]) if folders else None
+    if found is None or found[1] is None:
+        return ""
+    argv = "".join(f" {a}" for a in found[0].argv)
+    return f" (e.g. `namd train {found[1].kind} --run {run.path}{argv} --overwrite`)"
 
 
 def _write_grids(folder: Path, cohort: Cohort, index: pd.DataFrame, samples: np.ndarray,

@@ -29,6 +29,7 @@ import namd.models.context as context_module
 import namd.models.context_factory as context_factory
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig, SamplingConfig, TextConfig
+from namd.config.diffusion import check_sampling_steps
 from namd.models.context_factory import ENCODER_FILE, PROMPTS_FILE
 from namd.models.schedules import load_scheduler_config, model_output, sampling_scheduler
 from namd.models.unet import load_unet
@@ -45,7 +46,6 @@ from namd.run.layout import RunDir
 from namd.run.provenance import RUN_INFO, progress
 
 log = logging.getLogger(__name__)
-
 
 
 def sample_seed(seed: int, key: str, k: int) -> int:
@@ -172,6 +172,8 @@ class FollowUpSampler:
         cond_dir, vae_dir = run.require(dirs["cond"], "sample"), run.require(dirs["vae"], "sample")
         if not run.is_done(dirs["cond"]):
             raise RunFileError(cond_dir / RUN_INFO, "missing or not complete: the stage did not finish")
+        for stage in (dirs["vae"], dirs["cond"]):  # the config means what they were trained under
+            run.agree(config, stage)
         info = read_json(cond_dir / RUN_INFO)
         schedule = load_scheduler_config(cond_dir)
         unet = load_unet(cond_dir, device)
@@ -184,6 +186,11 @@ class FollowUpSampler:
                       tuple(config.data.window_hu), device)
         sampler.condition_dropout = float(info.get("condition_dropout") or 0.0)
         return sampler
+
+    @property
+    def train_timesteps(self) -> int:
+        """T of the schedule the U-Net was trained with (its stage's scheduler_config.json)."""
+        return int(self.schedule.get("num_train_timesteps", 1000))
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -205,7 +212,9 @@ class FollowUpSampler:
         return Conditioning(list(keys), z1, ctx, null)
 
     def generate(self, cond: Conditioning, cfg: SamplingConfig, show_progress: bool = True) -> torch.Tensor:
-        """(N, K, C, h, w) latents of the virtual follow-ups."""
+        """(N, K, C, h, w) latents of the virtual follow-ups; steps outside the stage's saved
+        schedule are refused before the first U-Net call."""
+        check_sampling_steps(cfg, self.train_timesteps)
         if cfg.guidance_scale != 1.0 and self.null_only:
             log.warning("guidance_scale %.2f has no effect: this model's context is always null",
                         cfg.guidance_scale)

@@ -9,8 +9,10 @@ Brier score and ECE.
 
 The validation split can hold few malignant crops: the fit keeps scikit-learn's L2 penalty on
 the slope (C = PLATT_C), which pulls the slope towards 0 (less confident, never more), and the
-note says so. Without a malignant or a benign label no calibration is fitted; the status says
-why and `apply` is the identity.
+note says so. Without a malignant or a benign label no calibration is fitted, nor when the
+fitted slope is not positive (the evaluator ranks the validation crops backwards: a map with
+that slope would invert every probability); the status says why and `apply` is the identity.
+A stored fit is read back only with a positive slope and a method this module implements.
 
 Stored as RUN/evaluator/calibration.json; `load_calibration` returns None when there is none.
 """
@@ -30,6 +32,7 @@ CALIBRATION_FILE = "calibration.json"
 PLATT_C = 1.0  # inverse L2 strength of the slope (scikit-learn's default): a modest shrinkage
 FEW_POSITIVES = 30  # below this many malignant validation crops the note warns about the fit
 EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] before the logit
+METHODS = ("platt", "none")  # what `evaluator.calibration` can ask for; only platt is fitted
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -91,13 +94,17 @@ def fit_platt(p_raw: np.ndarray, y: np.ndarray, c: float = PLATT_C) -> Calibrati
         return not_fitted("platt", f"the validation split has no {missing} crop "
                           f"({n} labelled, {n_pos} malignant)", n, n_pos)
     model = LogisticRegression(C=c, solver="lbfgs").fit(logit(p_raw)[:, None], y.astype(int))
+    slope = float(model.coef_[0, 0])
+    if not slope > 0:  # a map that flattens or inverts the evaluator's ranking is no calibration
+        return not_fitted("platt", f"the fitted slope is {slope:.3g}: on the validation split "
+                          "the evaluator ranks benign crops as high as malignant ones or higher, "
+                          "so no monotonic calibration exists; probabilities stay raw", n, n_pos)
     note = f"1-D logistic regression on logit(p), L2 on the slope with C = {c:g}"
     if n_pos < FEW_POSITIVES:
         note += (f"; only {n_pos} malignant validation crops (fewer than {FEW_POSITIVES}): the "
                  "penalty pulls the slope towards 0, so the fit errs towards less confident "
                  "probabilities, and it stays rough")
-    return Calibration("platt", float(model.coef_[0, 0]), float(model.intercept_[0]), n, n_pos,
-                       note=note)
+    return Calibration("platt", slope, float(model.intercept_[0]), n, n_pos, note=note)
 
 
 def _number(value: object, path: Path, key: str) -> float:
@@ -108,14 +115,39 @@ def _number(value: object, path: Path, key: str) -> float:
 
 
 def read_calibration(path: Path) -> Calibration:
-    """The Calibration stored in `path`, checked; RunFileError when missing or damaged."""
+    """The Calibration stored in `path`, checked for syntax and meaning: a method this namd
+    implements, and for a fit ("ok") Platt's finite coefficients with a positive slope (a slope
+    <= 0 would flatten or invert every probability); RunFileError when missing or damaged."""
     data = read_json(path, "evaluator", keys=("method", "n", "n_pos", "status"))
-    status = str(data["status"])
+    method, status = data["method"], data["status"]
+    if method not in METHODS:
+        raise RunFileError(path, f"method {method!r} is not one this namd implements "
+                           f"({', '.join(METHODS)})", writer="evaluator")
+    if not isinstance(status, str) or not (status == "ok" or status.startswith("not fitted")):
+        raise RunFileError(path, f"status {status!r} is neither 'ok' nor 'not fitted: <why>'",
+                           writer="evaluator")
     coefs = (None, None)
     if status == "ok":
+        if method != "platt":
+            raise RunFileError(path, f"status 'ok' with method {method!r}: only 'platt' is "
+                               "fitted", writer="evaluator")
         coefs = tuple(_number(data.get(k), path, k) for k in ("slope", "intercept"))
-    return Calibration(str(data["method"]), *coefs, int(_number(data["n"], path, "n")),
-                       int(_number(data["n_pos"], path, "n_pos")), status, str(data.get("note", "")))
+        if coefs[0] <= 0:
+            raise RunFileError(path, f"slope {coefs[0]:g} is not positive: it would flatten or "
+                               "invert every probability", writer="evaluator")
+    n, n_pos = (_count(data[k], path, k) for k in ("n", "n_pos"))
+    if n_pos > n:
+        raise RunFileError(path, f"n_pos {n_pos} exceeds n {n}", writer="evaluator")
+    return Calibration(method, *coefs, n, n_pos, status, str(data.get("note", "")))
+
+
+def _count(value: object, path: Path, key: str) -> int:
+    """A whole number >= 0 of calibration.json, else RunFileError."""
+    number = _number(value, path, key)
+    if number < 0 or number != int(number):
+        raise RunFileError(path, f"{key} must be a whole number >= 0, is {value!r}",
+                           writer="evaluator")
+    return int(number)
 
 
 def load_calibration(evaluator_dir: Path) -> Calibration | None:

@@ -98,7 +98,8 @@ def predict(model: MalignancyViT, hu: np.ndarray, window: tuple[float, float],
 def load_evaluator(stage_dir: Path) -> tuple[MalignancyViT, tuple[float, float], dict]:
     """The trained evaluator of a run (best validation-AUROC weights), its HU window and its
     run_info; the architecture is rebuilt from the config the stage was trained with. Every
-    file is checked first: RunFileError naming the one that is missing or damaged."""
+    file is checked first, the weights against the sha256 the stage recorded: RunFileError
+    naming the one that is missing or damaged."""
     stage_dir = Path(stage_dir)
     info_path = stage_dir / RUN_INFO
     info = read_json(info_path, "evaluator", keys=("config", "image_size"))

@@ -19,6 +19,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from namd.config import DiffusionConfig, SamplingConfig
+from namd.config.diffusion import check_sampling_steps
 from namd.run.contract import read_json, reading
 
 SCHEDULER_DIR = "scheduler"
@@ -65,9 +66,7 @@ def sampling_scheduler(train_config: dict[str, Any], cfg: SamplingConfig) -> Sch
         sched = DPMSolverMultistepScheduler.from_config(
             train_config, algorithm_type="dpmsolver++", solver_order=cfg.solver_order,
             timestep_spacing="linspace", steps_offset=0)  # diffusers' defaults for this solver
-    if cfg.steps > sched.config.num_train_timesteps:
-        raise ValueError(f"sampling.steps = {cfg.steps} exceeds the {sched.config.num_train_timesteps} "
-                         "training timesteps")
+    check_sampling_steps(cfg, int(sched.config.num_train_timesteps))  # else an IndexError mid-loop
     sched.set_timesteps(cfg.steps)
     return sched
 

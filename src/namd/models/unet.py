@@ -218,7 +218,8 @@ def save_unet(unet: UNet2DConditionModel, stage_dir: Path) -> Path:
 
 def load_unet(stage_dir: Path, device: str | torch.device = "cpu") -> UNet2DConditionModel:
     """The exported U-Net of a finished prior or cond stage, frozen, in eval mode (its files
-    checked first: RunFileError naming the one that is missing or damaged)."""
+    checked first, the weights against the sha256 the stage recorded: RunFileError naming the
+    one that is missing or damaged)."""
     folder = Path(stage_dir) / MODEL_DIR
     read_json(folder / "config.json")
     check_safetensors(folder / DIFFUSERS_WEIGHTS)

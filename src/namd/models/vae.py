@@ -24,7 +24,14 @@ from diffusers import AutoencoderKL
 
 from namd.cohort.imaging import hu_to_unit, unit_to_hu
 from namd.config import VAEConfig
-from namd.run.contract import DIFFUSERS_WEIGHTS, RunFileError, check_safetensors, read_json, reading
+from namd.run.contract import (
+    DIFFUSERS_WEIGHTS,
+    RunFileError,
+    check_recorded_sha256,
+    check_safetensors,
+    read_json,
+    reading,
+)
 from namd.run.provenance import atomic_write_json, hash_files
 
 SCALE_FILE = "latent_scale.json"
@@ -228,14 +235,18 @@ def build_vae_from_config(cfg: VAEConfig) -> AutoencoderKL:
 
 
 def vae_fingerprint(vae_dir: Path) -> str:
-    """SHA-256 of a VAE stage's autoencoder folder and scale factor. A hash of bytes cannot
-    tell damage from retraining: the VAE's reader checks the files (load_trained_vae)."""
+    """SHA-256 of a VAE stage's autoencoder folder and scale factor: it changes when the VAE is
+    retrained. Damage is told apart first: weights whose sha256 differs from the one the stage
+    recorded are a RunFileError naming the file (never "the VAE changed after ...")."""
     vae_dir = Path(vae_dir)
     files = [p for p in (vae_dir / MODEL_DIR).glob("*") if p.is_file()] + [vae_dir / SCALE_FILE]
     missing = [p for p in [*files, vae_dir / MODEL_DIR] if not p.exists()]
     if missing:
         raise RunFileError(missing[0], f"missing: {vae_dir} is not a finished `namd train vae` "
                            "stage", writer="vae")
+    for path in files:
+        if path.suffix == ".safetensors":
+            check_recorded_sha256(path, "vae")
     digest = hashlib.sha256()
     hash_files(files, digest)
     return digest.hexdigest()

@@ -26,7 +26,8 @@ from namd.run.provenance import RUN_INFO
 
 CONFIG_FILE = "config.yaml"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
-MAX_DETAIL = 240  # characters of a parser's own message kept in the one-line error
+MAX_DETAIL = 480  # characters of the problem and of the remedy kept in the one-line error (paths of a
+# run in a deep folder make a remedy long; a library parser's message can be longer still)
 
 
 class RunFileError(ValueError):
@@ -379,16 +380,19 @@ def load_npy(path: Path, writer: str | None = None, mmap_mode: str | None = "r")
 
 def check_safetensors(path: Path, writer: str | None = None) -> dict[str, str]:
     """Check a safetensors file without loading its tensors (header, and that the data covers
-    it whole); returns its metadata."""
+    it whole; then its sha256, when its stage recorded one: `check_recorded_sha256`); returns
+    its metadata."""
     from safetensors import SafetensorError, safe_open
 
     path = require(path, writer)
     try:
         with safe_open(str(path), framework="pt") as fh:
-            return dict(fh.metadata() or {})
+            metadata = dict(fh.metadata() or {})
     except (SafetensorError, OSError) as exc:
         raise RunFileError(path, f"not a readable safetensors file (cut short or overwritten? "
                            f"{exc})", writer=writer) from None
+    check_recorded_sha256(path, writer)
+    return metadata
 
 
 def load_safetensors(path: Path, writer: str | None = None) -> dict[str, Any]:
@@ -413,3 +417,56 @@ def reading(path: Path, writer: str | None = None) -> Iterator[None]:
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise RunFileError(path, f"could not be read ({type(exc).__name__}: {exc})",
                            writer=writer) from exc
+
+
+# -- the sha256 a stage recorded of each weight file it wrote (run_info.json) -------------------
+def recorded_weight_files(name: str, folder: Path) -> list[Path]:
+    """The weight files (*.safetensors) of stage folder `folder` whose sha256 its run_info.json
+    records: every one but the stage's own resume state, i.e. the files that only match
+    patterns of its contract no reader reads (checkpoints/last/; checkpoints/best/ too except
+    the evaluator's, which inference reads), and hidden temporary or aside copies."""
+    from fnmatch import fnmatchcase
+
+    folder, table = Path(folder), by_folder()
+    writes = table[name].writes if name in table else _internal()
+
+    def recorded(rel: str) -> bool:
+        matched = [f for f in writes if fnmatchcase(rel, f.pattern)]
+        return not matched or any(f.readers for f in matched)
+
+    files = (p for p in folder.rglob("*.safetensors") if p.is_file())
+    return sorted(p for p in files if not any(part.startswith(".") for part in
+                                              p.relative_to(folder).parts)
+                  and recorded(p.relative_to(folder).as_posix()))
+
+
+def _writer_command(path: Path, writer: str | None) -> str:
+    """`namd train cond` (with its --method flag): the command that wrote a stage's file."""
+    found = stage_of(path, writer)
+    if found is None:
+        return "namd"
+    stage, folder = found
+    return stage.command.replace(" --run {run}", "").format(run="RUN", dir=folder)
+
+
+def check_recorded_sha256(path: Path, writer: str | None = None) -> None:
+    """Refuse a weight file whose sha256 differs from the one its stage folder's run_info.json
+    recorded when the stage wrote it (`weights_sha256`, namd.run.layout.RunDir.mark_done): one
+    flipped byte parses, so only its hash tells. A file the record does not list, or a stage
+    folder of an older namd that records none, is read as before. Hashed once per process and
+    file state (file_sha256 caches by path, size and mtime)."""
+    from namd.run.provenance import WEIGHTS_KEY, file_sha256, stage_info_of
+
+    path = Path(path)
+    info = stage_info_of(path)
+    if info is None:
+        return
+    recorded = read_json(info, writer).get(WEIGHTS_KEY) or {}
+    if not isinstance(recorded, dict):
+        raise RunFileError(info, f"{WEIGHTS_KEY} is not an object", writer=writer)
+    expected = recorded.get(path.relative_to(info.parent).as_posix())
+    if expected is not None and file_sha256(path) != expected:
+        raise RunFileError(path, f"its sha256 differs from the one recorded when "
+                           f"`{_writer_command(path, writer)}` wrote it (damaged or replaced)",
+                           f"restore it from a backup, or {remedy_for(path, writer)}, then the "
+                           "stages after it")

@@ -21,6 +21,40 @@ from namd.run.provenance import RUN_INFO, write_run_info
 RENAMED = {"cond_null": "cond_null_context", "samples_null": "samples_null_context"}
 
 
+def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
+    """Dotted field -> value of a nested config dict, below `prefix`."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def _at(tree: dict[str, Any], dotted: str) -> Any:
+    """The value (or sub-dict) at a dotted path of a nested dict; None when absent."""
+    for part in dotted.split("."):
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(part)
+    return tree
+
+
+def config_difference(now: dict[str, Any], then: dict[str, Any], depends: tuple[str, ...],
+                      ignores: tuple[str, ...] = ()) -> tuple[str, Any, Any] | None:
+    """The first field under `depends` (but not under `ignores`) whose value differs between
+    two config dicts, with both values; None when they agree. A field the older config lacks
+    (added to namd since) is not a difference."""
+    for prefix in depends:
+        a, b = _flatten(_at(now, prefix), prefix), _flatten(_at(then, prefix), prefix)
+        for field in sorted(a):
+            if any(field == i or field.startswith(f"{i}.") for i in ignores) or field not in b:
+                continue
+            if a[field] != b[field]:
+                return field, a[field], b[field]
+    return None
+
+
 def stages() -> tuple[str, ...]:
     """Every stage folder a run can hold, in the order they are made: the cohort, each method's
     trained stages (namd.config.methods), the evaluator, each method's samples, eval, report."""
@@ -48,10 +82,43 @@ class RunDir:
         return bool(read_json(info, name).get("complete"))
 
     def mark_done(self, name: str, config: NamdConfig, seed: int | None, **extra: Any) -> None:
-        """Write the stage's run_info.json with `complete: true`."""
+        """Write the stage's run_info.json with `complete: true` and, under `weights_sha256`,
+        the sha256 of every weight file the stage wrote (its readers check them:
+        namd.run.contract.check_recorded_sha256). Hashed here, once, never while training."""
+        from namd.run.contract import recorded_weight_files
+        from namd.run.provenance import WEIGHTS_KEY, weights_sha256
+
         out = self.stage(name)
         out.mkdir(parents=True, exist_ok=True)
+        weights = weights_sha256(out, recorded_weight_files(name, out))
+        if weights:
+            extra = {**extra, WEIGHTS_KEY: weights}
         write_run_info(out, config, seed, stage=name, complete=True, **extra)
+
+    def agree(self, config: NamdConfig, name: str) -> None:
+        """Refuse, in one line, a config that differs from the one stage `name` was trained
+        with in a field its outputs depend on (namd.config.methods: Stage.depends): a run agrees
+        with itself, so an edited RUN/config.yaml or a --set never reinterprets trained files."""
+        deps = methods.depends_of(name)
+        path = self.stage(name) / RUN_INFO
+        if deps is None or not path.is_file():
+            return
+        trained = read_json(path, name).get("config")
+        if not isinstance(trained, dict):
+            return  # a stage recorded by a namd that kept no config: nothing to compare
+        maker = methods.owner(name)
+        if maker is not None and maker[1] is not None:
+            config = methods.stage_config(config, maker[1])  # as the stage itself trained
+        found = config_difference(config.model_dump(mode="json"), trained, *deps)
+        if found is not None:
+            field, now, then = found
+            argv = "".join(f" {a}" for a in maker[0].argv) if maker else ""
+            kind = maker[1].kind if maker and maker[1] else name
+            raise ConfigError(
+                f"{field} is {now!r} here but {self.stage(name)} was trained with {then!r} — "
+                f"use the value it was trained with (RUN/config.yaml, --set {field}=...), or "
+                f"retrain it (`namd train {kind} --run {self.path}{argv} --overwrite`) and the "
+                "stages after it")
 
     def require(self, name: str, needed_by: str) -> Path:
         """The stage folder, or a clear error telling which command makes it."""

@@ -9,6 +9,8 @@ value that could be an id replaced by a keyed hash; its `paths` entry says which
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import json
 import os
@@ -79,7 +81,7 @@ def _json_default(obj: Any) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(final: Path, overwrite: bool = False, reclaim: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary sibling name and move it into place on success.
 
     A crash or error leaves no half-written directory under the final name. Replacing an
@@ -87,6 +89,13 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     first moved aside to `.<name>.old`, the new one renamed in, then the old one removed: a
     process killed between the renames leaves the complete old folder at `.<name>.old`, which
     the next `atomic_dir` on `final` (or a reader such as `load_checkpoint`) moves back.
+
+    Without `overwrite`, a folder that appears under `final` while this one is built (a second
+    command writing the same new folder) is never replaced: this one ends in a FileExistsError
+    and is deleted, so of two writers exactly one succeeds (the rename itself refuses a
+    non-empty folder, so no check-then-rename window lets both through). `reclaim` first
+    deletes what killed writers of `final` left: `.<name>.pid<PID>-*.partial` folders whose
+    process no longer runs on this machine (for a folder the user names, `namd predict --out`).
     """
     final = Path(final)
     aside = final.with_name(f".{final.name}.old")
@@ -95,20 +104,61 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists (use --overwrite to replace it)")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    if reclaim:
+        reclaim_partials(final)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.pid{os.getpid()}-",
+                                suffix=".partial"))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; publish like a normal folder
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(aside, ignore_errors=True)  # left by a kill during a cleanup: stale
-            os.replace(final, aside)
-            os.replace(tmp, final)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        _publish(tmp, final, aside, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _publish(tmp: Path, final: Path, aside: Path, overwrite: bool) -> None:
+    """Rename the finished `tmp` to `final`: replacing an existing folder only with `overwrite`
+    (see `atomic_dir`), else a one-line FileExistsError when one appeared meanwhile."""
+    appeared = (f"{final} appeared while this command was writing it (another command writing "
+                "the same folder?); it was left as it is (use --overwrite to replace it)")
+    if final.exists() and not overwrite:
+        raise FileExistsError(appeared)
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)  # left by a kill during a cleanup: stale
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    try:
+        os.rename(tmp, final)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileExistsError(appeared) from None
+        raise
+
+
+def reclaim_partials(final: Path) -> list[Path]:
+    """Delete the `.<name>.pid<PID>-*.partial` siblings of `final` whose process is gone (killed
+    before it could clean up), and return them; those of running processes are left alone."""
+    final, removed = Path(final), []
+    for path in final.parent.glob(f".{glob.escape(final.name)}.pid*-*.partial"):
+        pid = path.name[len(final.name) + 5:].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def package_versions() -> dict[str, str]:
@@ -275,3 +325,24 @@ def file_sha256(path: Path) -> str:
         raise FileNotFoundError(f"{path}: missing (its sha256 cannot be checked)")
     stat = path.stat()
     return _cached_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+# -- the sha256 of the weight files a stage wrote, recorded in its run_info.json ----------------
+WEIGHTS_KEY = "weights_sha256"  # run_info.json: {path in the stage folder: sha256}
+STAGE_DEPTH = 3  # folders between a recorded weight file and its stage folder, at most
+
+
+def weights_sha256(folder: Path, files: Iterable[Path]) -> dict[str, str]:
+    """{path relative to `folder` (posix): sha256} of a stage's weight files, as its
+    run_info.json records them (`file_sha256`, so a reader in this process hashes no more)."""
+    folder = Path(folder)
+    return {Path(p).relative_to(folder).as_posix(): file_sha256(Path(p)) for p in sorted(files)}
+
+
+def stage_info_of(path: Path, depth: int = STAGE_DEPTH) -> Path | None:
+    """The run_info.json of the stage folder a file lies in (the nearest of its `depth`
+    parents that holds one), or None for a file outside any stage folder."""
+    for folder in list(Path(path).parents)[:depth]:
+        if (folder / RUN_INFO).is_file():
+            return folder / RUN_INFO
+    return None

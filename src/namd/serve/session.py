@@ -35,7 +35,11 @@ from namd.serve.views import (
 )
 
 log = logging.getLogger(__name__)
-MAX_K, MAX_STEPS = 200, 1000  # what one click may ask of a shared machine
+# what one click may ask of a shared machine: the form's ranges (steps also stay inside the
+# model's schedule: 999 of its 1,000 timesteps with DDIM's default spacing), and the estimated
+# time of the request (namd.inference.estimate) on this machine
+MAX_K, MAX_STEPS = 200, 1000
+MAX_SECONDS = 600
 KEEP_BUNDLES = 16
 Progress = Callable[[float, str], None]
 
@@ -108,6 +112,7 @@ class Session:
         self.default_seed = int(pipe.config.sampling.seed)
         self.window = tuple(float(v) for v in pipe.config.data.window_hu)
         self._bundles: list[Path] = []
+        self._cost: tuple[Any] | None = None  # the model's cost for the estimate, counted once
 
     # -- scans ------------------------------------------------------------------------------
     def add_scan(self, path: str | Path, name: str | None = None) -> tuple[str, LoadedScan]:
@@ -157,11 +162,35 @@ class Session:
 
     # -- predictions ------------------------------------------------------------------------
     def sampling(self, k: Any, steps: Any, seed: Any) -> tuple[int, int, int]:
-        """k, steps and seed from the form, checked as the page and the config allow."""
+        """k, steps and seed from the form, checked as the page, the config, the model's
+        schedule and the time bound (MAX_SECONDS, by the estimate) allow."""
+        from namd.config.diffusion import check_sampling_steps
+
         k, steps = _whole(k, "k", 1, MAX_K), _whole(steps, "steps", 1, MAX_STEPS)
         seed = _whole(seed, "seed", 0, 2 ** 63 - 1)
-        self.pipe.sampling_config(k, steps, seed)  # the config's own checks (ConfigError)
+        cfg = self.pipe.sampling_config(k, steps, seed)  # the config's own checks (ConfigError)
+        check_sampling_steps(cfg, self._train_timesteps())
+        est = self.estimate(cfg)
+        if est.seconds is not None and est.seconds > MAX_SECONDS:
+            raise ValueError(f"k = {k} with {steps} steps is too long for this page ({est.line()}; "
+                             f"one prediction may take {MAX_SECONDS // 60} min): lower k or steps")
         return k, steps, seed
+
+    def estimate(self, cfg: Any) -> Any:
+        """The estimated time, memory and disk of one prediction with sampling config `cfg`."""
+        from namd.inference.estimate import Request, estimate, safe_model_cost
+
+        if self._cost is None:
+            self._cost = (safe_model_cost(getattr(self.pipe, "files", {})),)
+        device = str(getattr(getattr(self.pipe, "sampler", None), "device", "cpu"))
+        request = Request(1, cfg.k, cfg.steps, int(self.pipe.config.data.crop_size),
+                          cfg.guidance_scale != 1.0, cfg.max_batch, samples_in_memory=True)
+        return estimate(request, self._cost[0], device)
+
+    def _train_timesteps(self) -> int:
+        """T of the schedule the model's U-Net was trained with."""
+        sampler = getattr(self.pipe, "sampler", None)
+        return int(getattr(sampler, "train_timesteps", self.pipe.config.diffusion.num_train_timesteps))
 
     def predict(self, baseline: Baseline, ehr: EHR, k: Any, steps: Any, seed: Any,
                 progress: Progress | None = None) -> Result:

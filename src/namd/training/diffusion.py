@@ -369,6 +369,8 @@ def run_stage(config: NamdConfig, run: RunDir, *, stage: str, method: str = meth
     tcfg: TrainConfig = getattr(config.diffusion, stage)
     out = _check_out(run, name, resume=resume, overwrite=overwrite)
     acc = Accelerator(mixed_precision=tcfg.mixed_precision)
+    for read in (dirs["vae"], *((dirs["prior"],) if stage == "cond" else ())):
+        run.agree(config, read)  # the stages it builds on were trained under this config
     store = _latent_store(config, run, dirs["vae"], acc)
     cohort = Cohort(run.require("cohort", f"train {stage}"))
     if stage == "prior":  # its null context needs only (m, D): the language model stays unloaded

@@ -119,6 +119,20 @@ def _fingerprint(vae_fp: str, cohort_fp: str, window: tuple[float, float],
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _payload_sha256(latents: torch.Tensor) -> str:
+    """sha256 of the cached latents' bytes: a cache whose values were changed after it was
+    written (a flipped byte parses) is rebuilt, never trained on."""
+    return hashlib.sha256(latents.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _payload_ok(path: Path, latents: torch.Tensor) -> bool:
+    """Whether the latents match the sha256 their cache recorded (a cache written before namd
+    recorded it has none and is taken as it is)."""
+    with safe_open(str(path), framework="pt") as fh:
+        recorded = (fh.metadata() or {}).get("sha256")
+    return recorded is None or recorded == _payload_sha256(latents)
+
+
 def _read_fingerprint(path: Path) -> str | None:
     """The fingerprint stored in a cache file, or None when unreadable (then rebuilt)."""
     try:
@@ -142,15 +156,20 @@ def load_or_build(path: Path, cohort_dir: Path, vae_dir: Path, window: tuple[flo
     scale = read_scale_factor(vae_dir)
     stored = _read_fingerprint(path) if path.is_file() else None
     if stored == key:
-        log.info("latent cache %s is up to date", path)
         with reading(path, "cache"):
-            return LatentStore(load_safetensors(path, "cache")["latents"], tuple(rotations), scale, key)
+            cached = load_safetensors(path, "cache")["latents"]
+        if _payload_ok(path, cached):
+            log.info("latent cache %s is up to date", path)
+            return LatentStore(cached, tuple(rotations), scale, key)
+        stored = "damaged"
     if path.is_file():
         log.info("latent cache %s is %s: rebuilding", path, "unreadable" if stored is None else
-                 "stale (VAE, cohort or settings changed)")
+                 "damaged (its latents differ from their recorded sha256)" if stored == "damaged"
+                 else "stale (VAE, cohort or settings changed)")
     vae, scale = load_trained_vae(vae_dir, device)
     latents = encode_cohort(Cohort(cohort_dir), vae, tuple(window), tuple(rotations), batch, device)
-    meta = {"fingerprint": key, "rotations": ",".join(map(str, rotations)),
+    meta = {"fingerprint": key, "sha256": _payload_sha256(latents),
+            "rotations": ",".join(map(str, rotations)),
             "vae_dir": str(vae_dir), "cohort_dir": str(cohort_dir), "unscaled": "true"}
     atomic_write_bytes(path, save({"latents": latents}, metadata=meta))
     return LatentStore(latents, tuple(rotations), scale, key)

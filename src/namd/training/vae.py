@@ -163,14 +163,6 @@ def _prepare_stage_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
                               "or --overwrite to start again")
 
 
-def stage_config(config: NamdConfig, no_align: bool) -> NamdConfig:
-    """The run's config with vae.align switched off for the ablation (a copy)."""
-    config = config.model_copy(deep=True)
-    if no_align:
-        config.vae.align = False
-    return config
-
-
 def run_stage(config: NamdConfig, run: RunDir, *, method: str = methods.REFERENCE,
               resume: bool = False, overwrite: bool = False) -> Path:
     """Train (or resume, or skip when finished) the VAE stage and write its folder.
@@ -184,8 +176,9 @@ def run_stage(config: NamdConfig, run: RunDir, *, method: str = methods.REFERENC
     from namd.training.trainer import Trainer
 
     spec = methods.get(method)
-    config = stage_config(config, bool(spec.flags.get("no_align")))
-    cfg, name = config.vae, spec.stage("vae").folder
+    stage = spec.stage("vae")
+    config = methods.stage_config(config, stage)  # the no-align VAE: vae.align = false
+    cfg, name = config.vae, stage.folder
     out = run.stage(name)
     if run.is_done(name) and not overwrite:
         log.info("%s: already finished (use --overwrite to retrain)", out)

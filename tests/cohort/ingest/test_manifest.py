@@ -152,7 +152,7 @@ def test_split_must_be_constant_per_patient(cohort_inputs, cfg, build):
 
 def test_hash_ids_replaces_every_supplied_id(cohort_inputs, cfg, build, monkeypatch):
     tmp_path, rows = cohort_inputs
-    monkeypatch.setenv("NAMD_HASH_KEY", "a secret")
+    monkeypatch.setenv("NAMD_HASH_KEY", "a secret of 16+ bytes")  # shorter keys are refused
     _run(tmp_path, rows, cfg, build, hash_ids=True)
     _run(tmp_path, rows, cfg, build, name="again", hash_ids=True)
     m = Cohort(tmp_path / "out").manifest

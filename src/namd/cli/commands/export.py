@@ -25,9 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the method once (on the CPU) and save it."""
+    """Load the method once (on the CPU) and save it. Of two exports into the same new folder
+    exactly one succeeds: the other's final rename is refused (namd.run.provenance.atomic_dir)."""
+    from pathlib import Path
+
     from namd.inference.pipeline import NAMDPipeline
 
+    if Path(args.out).exists() and not args.overwrite:  # before minutes of loading
+        raise FileExistsError(f"{args.out} already exists (use --overwrite to replace it)")
     pipe = NAMDPipeline.from_run(args.run, args.method, device="cpu")
     out = pipe.save_pretrained(args.out, overwrite=args.overwrite)
     print(f"export: {args.method} model {pipe.model_hash[:16]} -> {out}")

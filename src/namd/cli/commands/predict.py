@@ -13,9 +13,15 @@ command with its paths relative to the working folder, or hashed with --hash-ids
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from namd.config import methods
+
+GRID_MAX = 40  # follow-ups drawn in grid.png: 4 rows of 10 stay readable (1,760 x 935 px)
 
 
 def add_model_args(p: argparse.ArgumentParser, run_help: str) -> None:
@@ -42,12 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--center", nargs=3, type=float, metavar=("X", "Y", "Z"),
                    help="nodule centre in world mm (LPS), with --image")
     p.add_argument("--voxel", action="store_true", help="--center is a voxel index (column, row, slice)")
-    p.add_argument("--units", choices=("HU", "windowed_uint8"), default="HU",
-                   help="what --crop holds: HU (default) or grey values 0..255 of an image already "
-                        "windowed with the run's data.window_hu")
+    p.add_argument("--units", choices=("HU", "windowed_uint8", "windowed_unit"), default="HU",
+                   help="what --crop holds: HU (default), or grey values 0..255 (windowed_uint8) "
+                        "or 0..1 (windowed_unit) of an image already windowed with the run's "
+                        "data.window_hu")
     p.add_argument("--k", type=int, default=None, help="number of virtual follow-ups (default: config)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: config)")
-    p.add_argument("--out", default=None, help="folder for prediction.json, samples.npy, grid.png")
+    p.add_argument("--out", default=None, help="folder for prediction.json, samples.npy, grid.png "
+                                              f"(the first {GRID_MAX} follow-ups), written atomically")
     p.add_argument("--hash-ids", action="store_true",
                    help="run_info.json stores keyed hashes of the paths and ids of the command "
                         "(key from $NAMD_HASH_KEY, else random)")
@@ -68,11 +76,16 @@ def _baseline_crop(args: argparse.Namespace, config) -> tuple:
         raise ValueError("--image needs --center X Y Z")
     if args.units != "HU":
         raise ValueError("--units applies to --crop; an --image is read in HU")
+    from namd.inference.prediction import looks_windowed
     from namd.inference.scan import crop_nodule_flagged
 
     x, y, z = args.center
     space = "voxel" if args.voxel else "world"
     crop, flags = crop_nodule_flagged(args.image, (x, y, z), space, config=config)
+    if looks_windowed(crop):  # read in HU, so not windowed: nothing below 0 HU, no lung in it
+        raise ValueError(f"{args.image}: the crop at --center {x:g} {y:g} {z:g} ({space}) holds "
+                         f"{crop.min():.0f}..{crop.max():.0f} HU, no lung or air below 0 HU: check "
+                         "the centre (world mm, LPS; --voxel for a voxel index)")
     return crop, {"input": "image", "center": [x, y, z], "space": space, "flags": flags}
 
 
@@ -96,21 +109,40 @@ def _config(args: argparse.Namespace):
     return with_sampling(load_config(base=saved), args.k, args.steps)
 
 
+def _estimate(args: argparse.Namespace, config) -> str:
+    """The request's estimated time, memory and disk (namd.inference.estimate), from the
+    model's files before any of them loads."""
+    from namd.inference.estimate import (
+        Request,
+        estimate,
+        folder_model_files,
+        run_model_files,
+        safe_model_cost,
+    )
+    from namd.models.device import resolve_device
+    from namd.run.layout import RunDir
+
+    files = (folder_model_files(Path(args.model)) if args.model
+             else run_model_files(RunDir(args.run), dict(methods.get(args.method).uses)))
+    s = config.sampling
+    request = Request(1, s.k, s.steps, config.data.crop_size, s.guidance_scale != 1.0,
+                      s.max_batch, samples_in_memory=True)
+    return estimate(request, safe_model_cost(files), str(resolve_device(args.device))).line()
+
+
 def run(args: argparse.Namespace) -> int:
     """Predict, print the estimate, and write the outputs when --out is given."""
-    import numpy as np
-
     from namd.cohort.ingest.build import IdHasher
     from namd.inference.patient import load_patient
     from namd.inference.pipeline import NAMDPipeline
     from namd.inference.prediction import baseline_hu
-    from namd.inference.sample_stage import save_grid
-    from namd.run.provenance import atomic_dir, atomic_write_json, recorded_paths, write_run_info
 
+    hasher = IdHasher() if args.hash_ids else None  # a weak key stops before any input is read
     config = _config(args)
     ehr, ident = load_patient(args.ehr)
     raw, baseline = _baseline_crop(args, config)
     crop = baseline_hu(raw, config, args.crop or "the crop cut from --image", args.units)
+    print(_estimate(args, config), flush=True)
     if args.model:
         pipe = NAMDPipeline.from_pretrained(args.model, device=args.device)
     else:
@@ -124,14 +156,48 @@ def run(args: argparse.Namespace) -> int:
     if result.brock is not None:
         print(f"Brock model (no image):                p = {result.brock:.3f}")
     if args.out:
-        with (recorded_paths(hasher=IdHasher() if args.hash_ids else None) as paths,
-              atomic_dir(args.out, overwrite=True) as tmp):
-            atomic_write_json(tmp / "prediction.json", {**result.as_json(), "baseline": baseline})
-            np.save(tmp / "samples.npy", result.samples)
-            save_grid(tmp / "grid.png", crop, None, result.samples, tuple(config.data.window_hu),
-                      f"virtual follow-ups, p = {result.p_followup_mean:.2f}")
-            write_run_info(tmp, config, config.sampling.seed, stage="predict",
-                           run=paths.path(args.run or args.model), seed_from=result.seed_from,
-                           model_sha256=pipe.model_hash, method=pipe.method)
+        _write_outputs(args, config, pipe, result, crop, baseline, hasher)
         print(f"outputs: {args.out}")
     return 0
+
+
+def _write_outputs(args: argparse.Namespace, config, pipe, result, crop, baseline: dict,
+                   hasher=None) -> None:
+    """OUT/prediction.json, samples.npy, grid.png (the first GRID_MAX follow-ups) and
+    run_info.json, all or nothing: built in a partial folder that SIGTERM and Ctrl-C delete,
+    renamed into place at the end; partial folders of killed earlier runs are deleted first."""
+    import numpy as np
+
+    from namd.inference.sample_stage import save_grid
+    from namd.run.provenance import atomic_dir, atomic_write_json, recorded_paths, write_run_info
+
+    shown = result.samples[:GRID_MAX]
+    which = f"{len(shown)}" if len(shown) == result.k else f"the first {len(shown)} of {result.k}"
+    with (recorded_paths(hasher=hasher) as paths,
+          terminate_as_exit(), atomic_dir(args.out, overwrite=True, reclaim=True) as tmp):
+        atomic_write_json(tmp / "prediction.json", {**result.as_json(), "baseline": baseline})
+        np.save(tmp / "samples.npy", result.samples)
+        save_grid(tmp / "grid.png", crop, None, shown, tuple(config.data.window_hu),
+                  f"virtual follow-ups ({which}), p = {result.p_followup_mean:.2f}")
+        write_run_info(tmp, config, config.sampling.seed, stage="predict",
+                       run=paths.path(args.run or args.model), seed_from=result.seed_from,
+                       model_sha256=pipe.model_hash, method=pipe.method)
+
+
+@contextlib.contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """Within the block SIGTERM raises SystemExit(143) instead of killing the process at once,
+    so the `finally` and `except` clauses run (atomic_dir deletes its partial folder), as they
+    do for Ctrl-C. Only the main thread may set signal handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -4,9 +4,11 @@ Crops are nodule-centred 2D axial slices in HU at the config's crop size and pix
 (data.crop_size, data.pixel_spacing_mm); the rules are in docs/data-sources.md. By default
 the first bad record stops the command and nothing is written; with --on-error skip bad
 records are left out and listed in OUT/skipped.csv. The cohort appears under OUT only when
-it is complete; it holds no DICOM identifiers. --hash-ids also hashes the ids you supplied
-and the paths of the command line that OUT/run_info.json records (without it, those paths are
-written relative to the working folder).
+it is complete; it holds no DICOM patient tags or UIDs. --hash-ids also hashes the ids you
+supplied and the paths of the command line that OUT/run_info.json records (without it, those
+paths are written relative to the working folder), and copies no DICOM free text: series are
+named by kernel (when it is a known kernel name) and geometry, not by description or number.
+$NAMD_HASH_KEY, when set, must be at least 16 bytes.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ def _common() -> argparse.ArgumentParser:
                         help="stop at the first bad record (default, nothing written) or skip "
                              "bad records and list them in OUT/skipped.csv")
     common.add_argument("--hash-ids", action="store_true",
-                        help="store keyed hashes of the ids, and of the paths in run_info.json "
-                             "(key from $NAMD_HASH_KEY, else random)")
+                        help="store keyed hashes of the ids, and of the paths in run_info.json, "
+                             "and no DICOM free text (key from $NAMD_HASH_KEY, at least 16 "
+                             "bytes, else random)")
     common.add_argument("--workers", type=int, default=None,
                         help="worker processes for crop extraction (0 = in this process; "
                              "default: up to 4)")
@@ -76,12 +79,13 @@ def run(args: argparse.Namespace) -> int:
     from namd.cohort.ingest.build import IdHasher
     from namd.run.provenance import recorded_paths
 
+    hasher = IdHasher() if args.hash_ids else None  # a weak $NAMD_HASH_KEY stops us here
     config = resolve_config(args)
     workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
-    with recorded_paths(hasher=IdHasher() if args.hash_ids else None):
+    with recorded_paths(hasher=hasher):  # one key for the ids, run_info's paths and skipped.csv
         summary, errors = prepare(args.source, vars(args), config, out=Path(args.out),
                                   on_error=args.on_error, hash_ids=args.hash_ids, workers=workers,
-                                  overwrite=args.overwrite)
+                                  overwrite=args.overwrite, hasher=hasher)
     print(format_summary(Path(args.out), summary))
     if errors.skipped:
         print(f"skipped {len(errors.skipped)} record(s):", file=sys.stderr)

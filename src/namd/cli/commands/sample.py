@@ -58,11 +58,32 @@ def _sample(args: argparse.Namespace, run_dir: RunDir) -> Path:
     """Resolve the config (flags override sampling.*) and write the samples folder."""
     from namd.cli.options import resolve_config
     from namd.config import SamplingConfig
+    from namd.config.diffusion import check_sampling_steps
     from namd.models.device import resolve_device
 
     config = resolve_config(args, run_dir)
     updates = {field: getattr(args, flag) for flag, field in FLAGS.items() if getattr(args, flag) is not None}
     config.sampling = SamplingConfig.model_validate({**config.sampling.model_dump(), **updates})
+    check_sampling_steps(config.sampling, config.diffusion.num_train_timesteps)
     device = resolve_device(args.device)
     method = methods.get(args.method)
+    if args.overwrite or not run_dir.stage(method.samples).exists():
+        print(_estimate(config, run_dir, method, str(device)), flush=True)
     return method.sample_function()(config, run_dir, method, overwrite=args.overwrite, device=device)
+
+
+def _estimate(config, run_dir: RunDir, method, device: str) -> str:
+    """The estimated time, memory and disk of sampling the split (namd.inference.estimate),
+    from the cohort's pair count and the method's networks, before any of them loads; the
+    samples are memory-mapped, so they count on disk, not in memory."""
+    from namd.cohort.store import Cohort
+    from namd.inference.estimate import Request, estimate, run_model_files, safe_model_cost
+    from namd.inference.sampler import pairs_to_sample
+
+    s, uses = config.sampling, dict(method.uses)
+    nodules = len(pairs_to_sample(Cohort(run_dir.require("cohort", "sample")), s.split))
+    cost = (safe_model_cost(run_model_files(run_dir, uses)) if {"cond", "vae"} <= set(uses)
+            else None)
+    request = Request(nodules, s.k, s.steps, config.data.crop_size, s.guidance_scale != 1.0,
+                      s.max_batch, samples_in_memory=False)
+    return estimate(request, cost, device, grids=min(s.grids, nodules)).line()

@@ -21,10 +21,16 @@ from namd.cohort.ehr import EHR
 from namd.cohort.ingest.errors import ErrorLog, IngestError
 from namd.cohort.ingest.parallel import CropRequest, CropResult
 from namd.cohort.store import CohortWriter, assign_splits
-from namd.run.provenance import atomic_write_json, write_run_info
+from namd.run.errors import UsageError
+from namd.run.provenance import PathPolicy, atomic_write_json, write_run_info
 
 REPORT = "ingest_report.json"
 HASH_KEY_ENV = "NAMD_HASH_KEY"
+# The shortest key accepted: 16 bytes (128 bits, the usual floor for a symmetric secret; NIST
+# SP 800-107 asks an HMAC key for at least the security wanted). Patient ids are few and
+# guessable, so whoever has or can search the key can hash every candidate id and match them:
+# an empty or short key makes the hashes reversible.
+MIN_KEY_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -65,19 +71,35 @@ class IdHasher:
     """Keyed hashes (HMAC-SHA256, 16 hex digits) of the ids the user supplied.
 
     The key comes from $NAMD_HASH_KEY, so that cohorts prepared separately stay linkable;
-    without it a random key is used and never stored (the ids cannot be traced back).
+    without it a random key is used and never stored (the ids cannot be traced back). A key
+    that is set but weak (`check_key`) is refused before any work, never used.
     """
 
     def __init__(self, key: str | None = None):
         key = key if key is not None else os.environ.get(HASH_KEY_ENV)
         self.keyed = key is not None
-        self._key = key.encode() if key is not None else os.urandom(32)
+        self._key = check_key(key) if key is not None else os.urandom(32)
 
     def __call__(self, value: str) -> str:
         """The hashed id (empty stays empty)."""
         if not value:
             return value
         return hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def check_key(key: str) -> bytes:
+    """The key's bytes; an empty key, one under MIN_KEY_BYTES bytes or one character repeated
+    is a one-line UsageError (a guessable key makes the hashes reversible by enumeration)."""
+    raw = key.encode()
+    if len(raw) < MIN_KEY_BYTES or len(set(key)) < 2:
+        what = ("is empty" if not raw else "is one character repeated" if len(set(key)) < 2
+                else f"is {len(raw)} bytes, under the {MIN_KEY_BYTES} a key needs")
+        raise UsageError(f"${HASH_KEY_ENV} {what}: whoever guesses it can recompute the hashed "
+                         f"ids — set it "
+                         f"to a secret of at least {MIN_KEY_BYTES} random bytes (e.g. `python -c "
+                         f"\"import secrets; print(secrets.token_hex(32))\"`), or unset it for a "
+                         f"random key that is never stored")
+    return raw
 
 
 def drop_incomplete(entries: list[Entry], results: dict[str, CropResult],
@@ -132,7 +154,8 @@ def write_cohort(entries: list[Entry], results: dict[str, CropResult], *, out: P
         summary = _report(entries, results, errors, source, units, hasher, extra)
         atomic_write_json(writer.tmp / REPORT, summary)
         if errors.policy == "skip":
-            errors.write(writer.tmp, redact=hasher is not None)
+            errors.write(writer.tmp, redact=hasher is not None,
+                         hash_path=PathPolicy(Path.cwd(), hasher).path if hasher else None)
         write_run_info(writer.tmp, config, config.ingest.split_seed, stage="cohort", complete=True,
                        source=source, units=units, n_crops=len(entries))
         writer.close()

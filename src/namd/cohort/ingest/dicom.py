@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -39,6 +40,15 @@ _TAGS = ["SOPClassUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality", "Imag
          "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
          "Rows", "Columns", "SliceThickness", "ConvolutionKernel", "SeriesDescription",
          "SeriesNumber", "RescaleSlope", "RescaleIntercept"]
+# ConvolutionKernel words that name a reconstruction filter and nothing else; under --hash-ids a
+# kernel made of anything else is withheld (it is free text a person could have typed a name
+# into). Codes: Siemens (B30f, Br40d, I31f, Qr40 with an optional strength digit: "Br40d 3"),
+# Canon / Toshiba (FC51, FL04), Philips letters (B, C, L, YA, UB, EC); words: GE and others.
+_KERNEL_CODE = re.compile(r"[A-Z][a-z]?\d{2}[a-z]?|F[CL]\d{2}|[A-EL]|Y[A-F]|U[A-D]|E[A-C]|\d")
+_KERNEL_WORDS = frozenset({"STANDARD", "SOFT", "LUNG", "BONE", "BONEPLUS", "DETAIL", "CHEST",
+                           "EDGE", "SMOOTH", "SHARP", "SHARPER", "ULTRA", "HD", "BODY", "HEAD",
+                           "MEDIASTINUM", "LUNGS", "STND", "STD"})
+KERNEL_WITHHELD = "withheld"
 
 
 @dataclass
@@ -75,11 +85,30 @@ class Series:
         """True when the checks found nothing that makes the series unsafe to crop from."""
         return not self.problems
 
-    def label(self) -> str:
-        """How the series is named in provenance (no UIDs: they are DICOM identifiers)."""
+    def label(self, redact: bool = False) -> str:
+        """How the series is named in provenance (no UIDs: they are DICOM identifiers).
+
+        `redact` (--hash-ids): no SeriesDescription (free text) and no SeriesNumber (an
+        integer a site may fill with anything), and the kernel only when `safe_kernel` knows
+        it; what is left is geometry and counts, which name no one."""
         thick = f"{self.thickness:g} mm" if self.thickness else f"{self.step:.3g} mm step"
+        if redact:
+            return (f"DICOM series, kernel {safe_kernel(self.kernel) or '?'}, {thick}, "
+                    f"{len(self.slices)} slices")
         return (f"DICOM series #{self.number if self.number is not None else '?'} "
                 f"'{self.description}' kernel {self.kernel or '?'}, {thick}, {len(self.slices)} slices")
+
+
+def safe_kernel(kernel: str) -> str:
+    """The kernel as written when every word of it is a filter code or name (`_KERNEL_CODE`,
+    `_KERNEL_WORDS`; at most three words), "withheld" when it holds anything else, "" when
+    there is none: the one DICOM text field that --hash-ids keeps, because the kernel decides
+    how a crop looks and a checked kernel cannot carry a name or a record number."""
+    words = kernel.split()
+    if not words:
+        return ""
+    known = all(_KERNEL_CODE.fullmatch(w) or w.upper() in _KERNEL_WORDS for w in words)
+    return " ".join(words) if known and len(words) <= 3 else KERNEL_WITHHELD
 
 
 def _read_header(path: Path) -> pydicom.Dataset | None:

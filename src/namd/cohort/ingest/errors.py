@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,15 +111,19 @@ class ErrorLog:
         """Number of skipped records by category."""
         return dict(Counter(s.category for s in self.skipped))
 
-    def to_csv(self, redact: bool = False) -> str:
+    def to_csv(self, redact: bool = False, hash_path: Callable[[str], str] | None = None) -> str:
         """The skipped records as CSV text (file, line, field, record, category, reason).
 
-        `redact` (with --hash-ids) leaves out record and reason, which may hold the ids."""
+        `redact` (with --hash-ids) leaves out record and reason, which may hold the ids;
+        `hash_path` (`namd prepare --hash-ids` gives it) writes each file as a keyed hash, since
+        its folders may be named after a patient (with the run_info.json hasher, the hash of
+        that path in the recorded command)."""
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(["file", "line", "field", "record", "category", "reason"])
         for s in self.skipped:
-            writer.writerow([s.file, "" if s.line is None else s.line, s.field,
+            file = hash_path(s.file) if hash_path and s.file else s.file
+            writer.writerow([file, "" if s.line is None else s.line, s.field,
                              "" if redact else s.record, s.category, "" if redact else s.reason])
         return buf.getvalue()
 
@@ -133,6 +138,7 @@ class ErrorLog:
             out.append(f"  ... and {len(self.skipped) - limit} more")
         return out
 
-    def write(self, out_dir: Path, redact: bool = False) -> None:
-        """Write skipped.csv into the (not yet published) output directory."""
-        atomic_write_text(Path(out_dir) / SKIPPED_CSV, self.to_csv(redact))
+    def write(self, out_dir: Path, redact: bool = False,
+              hash_path: Callable[[str], str] | None = None) -> None:
+        """Write skipped.csv into the (not yet published) output directory (see `to_csv`)."""
+        atomic_write_text(Path(out_dir) / SKIPPED_CSV, self.to_csv(redact, hash_path))

@@ -8,7 +8,8 @@ The dialect is recognised from the columns (docs/data-sources.md):
   DLCS:   patient-id, nodule_id, ct_nifti_file, coordX, coordY, coordZ, w, h, d, Malignant_lbl;
           images at `ct_nifti_file` relative to the image root.
 Coordinates are world millimetres in the frame SimpleITK reports for the image (LPS).
-Diameters are not mapped to SCT_LONG_DIA (a different measurement); they go to provenance.
+Diameters are not mapped to SCT_LONG_DIA (a different measurement); they go to provenance,
+as numbers (a cell that is not one is an error, never text copied into the cohort).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from namd.cohort.ingest.tables import (
     Table,
     cell,
     ehr_from_row,
+    parse_float,
     parse_id,
     parse_label,
     position_from_row,
@@ -113,15 +115,15 @@ def read_luna(annotations: str | Path, images: str | Path, errors: ErrorLog,
             label = parse_label(table, line, label_col, cell(row, label_col))
             ehr = ehr_from_row(table, line, {"age": cell(row, age_col),
                                              "gender": _gender(table, line, gender_col, row)}, record)
+            size = parse_float(table, line, size_col, cell(row, size_col), required=False)
         except IngestError as err:
             errors.report(err.within(table.path, line))
             continue
         key = f"row{line}"
-        size = cell(row, size_col)
         is_dicom_dir = image.is_dir()
         entries.append(Entry(key, patient, nodule, "unpaired", 0, label, ehr, image=_rel(image, root),
                              record=f"{table.name} line {line}",
-                             note=f"diameter {size} mm" if size else ""))
+                             note=f"diameter {size:g} mm" if size is not None else ""))
         requests.append(CropRequest(key, str(image), position,
                                     series_uid=uid if is_dicom_dir and uid else None,
                                     file=table.name, line=line, record=record))

@@ -8,10 +8,10 @@ table spelt almost like an EHR field (`sct_long_dai`) is an error (tables.check_
 
 Positions: NLST gives only lobe and sct_slice_num, so in-plane centres come from a positions
 CSV keyed by (pid, study_yr, sct_ab_num) with LUNA16-style coordX, coordY[, coordZ] (world
-mm) or x, y with space=voxel, and optional seriesuid, diameter_mm. The slice is sct_slice_num
-matched to the DICOM InstanceNumber when known (checked against coordZ if both are given),
-else the slice nearest coordZ. Exams: an exams CSV (pid, study_yr, path[, series_uid]) or
-the folder IMAGES/<pid>/T<study_yr>. Pairing and labels: see nlst_pairing.
+mm) or x, y with space=voxel, and optional seriesuid, diameter_mm (a number). The slice is
+sct_slice_num matched to the DICOM InstanceNumber when known (checked against coordZ if both
+are given), else the slice nearest coordZ. Exams: an exams CSV (pid, study_yr, path[,
+series_uid]) or the folder IMAGES/<pid>/T<study_yr>. Pairing and labels: see nlst_pairing.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from namd.cohort.ingest.tables import (
     cell,
     check_ehr_columns,
     ehr_from_row,
+    parse_float,
     parse_id,
     parse_int,
     parse_label,
@@ -210,9 +211,10 @@ def read_positions(path: str | Path, nodules: dict[str, Nodule], exams: dict[tup
                 raise IngestError(f"exam not found: {image}", table.path, line, "path",
                                   category="missing image")
             uid = cell(row, uid_col) or exam_uid
-            size = cell(row, size_col)
+            size = parse_float(table, line, size_col, cell(row, size_col), required=False)
             placed[key] = replace(nodule, position=pos, image=str(image), image_text=text,
-                                  series_uid=uid, note=f"diameter {size} mm" if size else "",
+                                  series_uid=uid,
+                                  note=f"diameter {size:g} mm" if size is not None else "",
                                   pos_line=line)
         except IngestError as err:
             errors.report(err.within(table.path, line))

@@ -58,13 +58,15 @@ class CropResult:
 
 @dataclass(frozen=True)
 class VolumeSettings:
-    """What a worker needs besides the requests: crop geometry and the series rules."""
+    """What a worker needs besides the requests: crop geometry, the series rules, and whether
+    the volume's description may quote DICOM free text (`redact`: not under --hash-ids)."""
 
     geometry: CropGeometry
     tolerance: float = 0.05
     max_tilt_degrees: float = 5.0
     avoid_kernels: tuple[str, ...] = ()
     agreement_mm: float = 10.0
+    redact: bool = False
 
 
 def _in_request(err: IngestError, req: CropRequest) -> IngestError:
@@ -81,7 +83,7 @@ def process_volume(image: str, series_uid: str | None, requests: list[CropReques
     an IngestError (so one bad nodule or scan does not take the others with it)."""
     try:
         volume = open_volume(image, series_uid, settings.tolerance, settings.max_tilt_degrees,
-                             settings.avoid_kernels)
+                             settings.avoid_kernels, settings.redact)
     except IngestError as err:
         return [], [_in_request(err, r) for r in requests]
     results, errors = [], []

@@ -124,14 +124,16 @@ class ImageVolume(Volume):
 
 
 class DicomVolume(Volume):
-    """A checked DICOM series whose slices are read one at a time, on demand."""
+    """A checked DICOM series whose slices are read one at a time, on demand; `redact`
+    (--hash-ids) names it without its free-text tags (`Series.label`)."""
 
-    def __init__(self, series: Series, source: str, reason: str):
+    def __init__(self, series: Series, source: str, reason: str, redact: bool = False):
         first = series.slices[0]
         o = first.orientation
         direction = np.column_stack([o[:3], o[3:], normal_of(o)])
         rows, cols = first.shape
-        super().__init__(source, f"{series.label()} ({reason})", (cols, rows, len(series.slices)),
+        self.label = series.label(redact)
+        super().__init__(source, f"{self.label} ({reason})", (cols, rows, len(series.slices)),
                          first.position.copy(), np.array([*first.spacing, series.step or 1.0]),
                          direction, list(series.repairs))
         self.series = series
@@ -146,7 +148,7 @@ class DicomVolume(Volume):
         """Slice index whose InstanceNumber is `instance`."""
         if instance not in self._instances:
             lo, hi = min(self._instances, default=0), max(self._instances, default=0)
-            raise IngestError(f"no slice with InstanceNumber {instance} in {self.series.label()} "
+            raise IngestError(f"no slice with InstanceNumber {instance} in {self.label} "
                               f"(instances {lo}-{hi})", self.source, field="slice number",
                               category="coordinate outside volume")
         return self._instances[instance]
@@ -300,8 +302,10 @@ def read_image_file(path: str | Path, max_tilt_degrees: float = 5.0) -> ImageVol
 
 
 def open_volume(path: str | Path, series_uid: str | None = None, tolerance: float = 0.05,
-                max_tilt_degrees: float = 5.0, avoid_kernels: tuple[str, ...] = ()) -> Volume:
-    """Open an image file, or choose and open one DICOM series of a folder (or a .dcm file)."""
+                max_tilt_degrees: float = 5.0, avoid_kernels: tuple[str, ...] = (),
+                redact: bool = False) -> Volume:
+    """Open an image file, or choose and open one DICOM series of a folder (or a .dcm file);
+    `redact` (--hash-ids): the volume's description holds no DICOM free text."""
     if is_image_file(path):
         if series_uid:
             raise IngestError("a series UID was given for a single image file", path,
@@ -309,4 +313,4 @@ def open_volume(path: str | Path, series_uid: str | None = None, tolerance: floa
         return read_image_file(path, max_tilt_degrees)
     series = scan_exam(path, tolerance, max_tilt_degrees)
     chosen, reason = choose_series(series, path, series_uid, avoid_kernels)
-    return DicomVolume(chosen, str(path), reason)
+    return DicomVolume(chosen, str(path), reason, redact)

@@ -35,6 +35,7 @@ from namd.evaluation.report.html import (
 )
 from namd.evaluation.report.inputs import Context, MissingInput, command_for
 from namd.evaluation.rows import row_label
+from namd.evaluation.schema import TABLE_FIELDS
 from namd.run.contract import RunFileError, read_json
 from namd.run.layout import RunDir, stages
 from namd.run.provenance import atomic_dir, atomic_write_bytes, atomic_write_text
@@ -64,7 +65,7 @@ def _p(text: str, cls: str = "") -> str:
 
 def section_table(ctx: Context) -> str:
     """The comparison table of metrics.json with how its intervals were made."""
-    m = ctx.metrics()
+    m = ctx.metrics(TABLE_FIELDS)
     boot = m.get("bootstrap") or {}
     level = boot.get("level", 0.95)
     how = []
@@ -278,7 +279,8 @@ def section_provenance(ctx: Context) -> str:
 
 def section_reading(ctx: Context) -> str:
     """The plain-language reading (built last: it uses what the figures measured)."""
-    items = "".join(f"<li>{html.escape(s)}</li>" for s in reading(ctx.metrics(), ctx.facts))
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in reading(ctx.metrics(TABLE_FIELDS),
+                                                                  ctx.facts))
     return f"<ul class=reading>{items}</ul>"
 
 
@@ -319,7 +321,8 @@ def build_section(ctx: Context, key: str, title: str, builder) -> Section:
 def build_report(run: RunDir, config: Any) -> tuple[Path, list[Section]]:
     """Write RUN/report (index.html, the PNGs, run_info.json); returns the page and its sections."""
     for stage in stages():  # every run_info.json the page summarises must be readable
-        run.is_done(stage)
+        if run.is_done(stage):
+            run.agree(config, stage)  # the figures redraw with this config: it must be theirs
     ctx = Context(run, config)
     order = [b for b in BUILDERS if b[0] != "reading"] + [BUILDERS[0]]  # reading uses the facts
     built = {key: build_section(ctx, key, title, fn) for key, title, fn in order}

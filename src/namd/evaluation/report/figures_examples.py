@@ -114,6 +114,13 @@ def load_samples(samples_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
     return samples, index
 
 
+def non_finite_count(samples: np.ndarray, block: int = 64) -> int:
+    """How many samples (N, K, H, W) hold a NaN or an infinity, read a block of nodules at a
+    time (a memory-mapped file is never loaded whole)."""
+    return int(sum((~np.isfinite(samples[s:s + block])).any(axis=(2, 3)).sum()
+                   for s in range(0, len(samples), block)))
+
+
 def example_arrays(pair_ids: list[str], samples: np.ndarray, index: pd.DataFrame, cohort,
                    where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Baseline crops, real follow-ups (n, H, W) and samples (n, K, H, W) of the given pairs."""

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from namd.evaluation.rows import row_label
+from namd.evaluation.table_text import k_differs, k_note
 from namd.run.layout import RunDir, stages
 from namd.run.provenance import RUN_INFO, package_versions
 
@@ -76,10 +77,12 @@ def results_table(metrics: dict[str, Any], level: float = 0.95) -> str:
     ci = f"[{level:.0%} CI]"
     head = (f"<tr><th>Row</th><th>AUROC mean ± std {ci}</th><th>AUPRC mean ± std {ci}</th>"
             "<th>AUROC / AUPRC of mean p</th><th>Δ vs real baseline (paired test)</th></tr>")
-    body = []
+    body, differs = [], k_differs(metrics)
     for row in metrics.get("rows", []):
         name = row.get("name", "?")
         label = f"{esc(row_label(name))}<br><span class=muted>{esc(name)}</span>"
+        if name in differs:
+            label += f' <span class="k-differs">K = {esc(differs[name])} *</span>'
         cls = ' class="namd"' if name == "namd" else ""
         if row.get("status", "ok") != "ok":
             body.append(f"<tr{cls}><td>{label}</td><td colspan=4 class=muted>"
@@ -98,7 +101,9 @@ def results_table(metrics: dict[str, Any], level: float = 0.95) -> str:
                     f"<td class=num>{esc(fmt_stat(row.get('auprc')))}</td>"
                     f"<td class=num>{esc(mean_p)}</td>"
                     f"<td class=num>{'<br>'.join(esc(d) for d in deltas)}</td></tr>")
-    return f"<table>{head}{''.join(body)}</table>"
+    note = k_note(metrics)
+    return (f"<table>{head}{''.join(body)}</table>"
+            + (f'<p class="missing">{esc(note)}</p>' if note else ""))
 
 
 QUALITY_COLUMNS = (("mae_hu", "MAE (HU) ↓"), ("psnr", "PSNR (dB) ↑"), ("ssim", "SSIM ↑"),
@@ -107,10 +112,14 @@ QUALITY_COLUMNS = (("mae_hu", "MAE (HU) ↓"), ("psnr", "PSNR (dB) ↑"), ("ssim
                    ("fid", "FID ↓"))
 
 
+# the measures every evaluated row has (LPIPS and FID may be "not computed: <why>")
+QUALITY_NUMBERS = ("mae_hu", "psnr", "ssim", "frechet_evaluator", "diameter_error_mm")
+
+
 def quality_table(quality: dict[str, Any]) -> str:
     """Image-quality metrics per generated row; 'not run' rows and 'not computed' notes shown."""
     head = "<tr><th>Row</th>" + "".join(f"<th>{esc(t)}</th>" for _, t in QUALITY_COLUMNS) + "</tr>"
-    rows = []
+    rows, absent = [], []
     for name, values in quality.items():
         values = values or {}
         if values.get("status", "ok") != "ok":
@@ -118,13 +127,17 @@ def quality_table(quality: dict[str, Any]) -> str:
                         f" class=muted>{esc(values['status'])}</td></tr>")
             continue
         cells = []
+        absent += [f"{row_label(name)}: {key}" for key in QUALITY_NUMBERS
+                   if fmt_stat(values.get(key), None) == "–"]
         for key, _ in QUALITY_COLUMNS:
             text = fmt_stat(values.get(key), None)
             if key in ("frechet_evaluator", "fid") and isinstance(values.get(f"{key}_std"), int | float):
                 text += f" ± {fmt_stat(values[f'{key}_std'], None)}"
             cells.append(f"<td class=num>{esc(text)}</td>")
         rows.append(f"<tr><td>{esc(row_label(name))}</td>{''.join(cells)}</tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
+    note = (f'<p class="missing">No finite value in metrics.json (shown –): '
+            f"{esc('; '.join(absent))}.</p>" if absent else "")
+    return f"<table>{head}{''.join(rows)}</table>{note}"
 
 
 def baseline_use_table(blocks: dict[str, Any]) -> str:

@@ -17,11 +17,13 @@ import pandas as pd
 
 from namd.cohort.store import Cohort
 from namd.config import methods
+from namd.evaluation.freshness import check_fresh
 from namd.evaluation.report import figures as F
 from namd.evaluation.report import figures_examples as FX
-from namd.evaluation.schema import read_metrics
-from namd.run.contract import RunFileError, load_npy, read_csv
+from namd.evaluation.schema import read_metrics, require_fields
+from namd.run.contract import RunFileError, load_npy, read_csv, read_json
 from namd.run.layout import RunDir
+from namd.run.provenance import RUN_INFO
 
 COMMANDS = {"eval": "namd evaluate --run {run}", "cohort": "namd synth --out {run}/cohort"}
 
@@ -73,17 +75,21 @@ class Context:
             raise MissingInput(path, stage, self.run)
         return path
 
-    def metrics(self) -> dict[str, Any]:
-        """RUN/eval/metrics.json (read once)."""
+    def metrics(self, need: tuple[str, ...] = ()) -> dict[str, Any]:
+        """RUN/eval/metrics.json (read once), checked for meaning (namd.evaluation.schema) and
+        to be newer than every stage it describes; with the top-level fields `need`."""
+        path = self.run.stage("eval") / "metrics.json"
         if "metrics" not in self._cache:
-            self._cache["metrics"] = read_metrics(self.need(self.run.stage("eval") / "metrics.json",
-                                                            "eval"))
+            self._cache["metrics"] = read_metrics(self.need(path, "eval"))
+            check_fresh(self.run)
+        require_fields(path, self._cache["metrics"], need)
         return self._cache["metrics"]
 
     def per_nodule(self) -> pd.DataFrame:
-        """RUN/eval/per_nodule.csv, checked (read once)."""
+        """RUN/eval/per_nodule.csv, checked (read once), and newer than what it describes."""
         if "per_nodule" not in self._cache:
             path = self.need(self.run.stage("eval") / "per_nodule.csv", "eval")
+            check_fresh(self.run)
             read_csv(path, "eval")  # whole and parseable; then the table's own checks
             try:
                 self._cache["per_nodule"] = F.load_per_nodule(path)
@@ -92,16 +98,26 @@ class Context:
         return self._cache["per_nodule"]
 
     def samples(self, stage: str) -> tuple[np.ndarray, pd.DataFrame]:
-        """samples.npy (memory-mapped) and index.csv of a sample stage, checked."""
+        """samples.npy (memory-mapped) and index.csv of a sample stage, checked: whole, rows in
+        the order `namd sample` wrote them, every sample finite."""
         folder = self.need(self.run.stage(stage), stage)
         npy, csv = self.need(folder / "samples.npy", stage), self.need(folder / "index.csv", stage)
         load_npy(npy, stage)
         read_csv(csv, stage)
         try:
-            return FX.load_samples(folder)
+            samples, index = FX.load_samples(folder)
         except ValueError as exc:
             path = npy if str(exc).startswith(str(npy)) else csv
             raise RunFileError(path, str(exc).removeprefix(f"{path}: ")) from None
+        info_path = folder / RUN_INFO
+        info = read_json(info_path, stage) if info_path.is_file() else {}
+        from namd.inference.sample_stage import check_pair_order
+
+        check_pair_order(csv, index["pair_id"], info)
+        bad = FX.non_finite_count(samples)
+        if bad:
+            raise RunFileError(npy, f"{bad} samples hold NaN or inf", writer=stage)
+        return samples, index
 
     def metrics_or_none(self) -> dict[str, Any] | None:
         """metrics.json when present (a damaged one is an error, not None)."""
