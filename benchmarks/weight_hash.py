@@ -1,7 +1,7 @@
 """What checking a run's weight files by sha256 costs at the paper preset's sizes (issue 27).
 
 A finished stage records the sha256 of each weight file it wrote (`RunDir.mark_done`), and every
-reader checks a file against that record (`namd.run.contract.check_recorded_sha256`), hashing
+reader checks a file against that record (`namd.run.readers.check_recorded_sha256`), hashing
 it once per process and file state (`file_sha256` caches by path, size and mtime). This writes
 temporary files of the sizes the paper preset's networks save (fp32 safetensors: the SD1.5 VAE,
 the prior's and the cond stage's U-Nets, the evaluator; counted on the meta device) in a run
@@ -37,8 +37,9 @@ import torch
 from _results import machine, publish, start_load
 
 from namd.run import provenance
-from namd.run.contract import DIFFUSERS_WEIGHTS, check_recorded_sha256
+from namd.run.contract import DIFFUSERS_WEIGHTS
 from namd.run.provenance import RUN_INFO, WEIGHTS_KEY, file_sha256, weights_sha256
+from namd.run.readers import check_recorded_sha256
 
 CHUNK = 1 << 26  # 64 MiB of random bytes per write
 

@@ -38,8 +38,9 @@ from namd.models.probe import load_probe
 from namd.models.schedules import load_scheduler_config
 from namd.models.unet import load_unet
 from namd.models.vae import load_trained_vae
-from namd.run.contract import RunFile, RunFileError, check_safetensors, contracts
+from namd.run.contract import RunFile, RunFileError, contracts
 from namd.run.layout import RunDir
+from namd.run.readers import check_safetensors
 from namd.training.latents import LatentStore, cache_path, load_or_build
 
 # The folders of a run without ablations (the ablation folders hold the same files, read by

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from namd.cohort.ehr import EHR, EHR_FIELDS
-from namd.run.contract import RunFileError, load_npy, read_csv, read_json
+from namd.run.contract import RunFileError
 from namd.run.provenance import atomic_dir, atomic_write_json
+from namd.run.readers import load_npy, read_csv, read_json
 
 FORMAT_VERSION = 1
 CHUNK = 1024

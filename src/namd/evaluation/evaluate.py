@@ -32,9 +32,10 @@ from namd.inference.sample_stage import check_pair_order
 from namd.models.calibration import Calibration, calibration_status
 from namd.models.device import resolve_device
 from namd.models.evaluator import MalignancyViT, load_evaluator, predict
-from namd.run.contract import RunFileError, load_npy, read_csv, read_json
+from namd.run.contract import RunFileError
 from namd.run.layout import RunDir
 from namd.run.provenance import RUN_INFO, atomic_write_json, atomic_write_text, progress
+from namd.run.readers import load_npy, read_csv, read_json
 
 log = logging.getLogger(__name__)
 

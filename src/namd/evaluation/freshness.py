@@ -19,9 +19,10 @@ from typing import Any
 
 from namd.config import methods
 from namd.evaluation.schema import read_metrics
-from namd.run.contract import RunFileError, read_json
+from namd.run.contract import RunFileError
 from namd.run.layout import RunDir
 from namd.run.provenance import RUN_INFO
+from namd.run.readers import read_json
 
 INPUTS_KEY = "inputs"  # RUN/eval/run_info.json: {stage folder: time_utc of its run_info | null}
 METRICS_FILE = "metrics.json"

@@ -8,7 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from namd.run.contract import RunFileError, read_json
+from namd.run.contract import RunFileError
+from namd.run.readers import read_json
 
 # 1: the first schema; 2: rows, sample folders and the variance block named after the methods of
 # the table (namd.config.methods): namd_no_align -> no_align, namd_null_context -> null_context,

@@ -38,8 +38,8 @@ from namd.models.vae_data import (
     split_source,
     training_statistics,
 )
-from namd.run.contract import read_json
 from namd.run.provenance import atomic_write_bytes, atomic_write_json, progress
+from namd.run.readers import read_json
 
 REPORT_FILE = "report.json"
 TSNE_FILE = "tsne.png"

@@ -49,15 +49,10 @@ from namd.models.unet import MODEL_DIR as UNET_DIR
 from namd.models.unet import load_unet
 from namd.models.vae import MODEL_DIR as VAE_DIR
 from namd.models.vae import SCALE_FILE, load_autoencoder
-from namd.run.contract import (
-    CONFIG_FILE,
-    DIFFUSERS_WEIGHTS,
-    RunFileError,
-    read_json,
-    read_yaml,
-)
+from namd.run.contract import CONFIG_FILE, DIFFUSERS_WEIGHTS, RunFileError
 from namd.run.layout import RunDir
 from namd.run.provenance import RUN_INFO, atomic_dir, atomic_write_json, file_sha256
+from namd.run.readers import read_json, read_yaml
 
 INDEX_FILE = "model_index.json"
 LM_FILE = "language_model.json"  # in context_encoder/: the frozen LM by name and weight sha256s

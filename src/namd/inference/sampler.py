@@ -41,9 +41,10 @@ from namd.models.vae import (
     to_network,
     vae_fingerprint,
 )
-from namd.run.contract import RunFileError, load_safetensors, read_json, reading
+from namd.run.contract import RunFileError
 from namd.run.layout import RunDir
 from namd.run.provenance import RUN_INFO, progress
+from namd.run.readers import load_safetensors, read_json, reading
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from namd.run.contract import RunFileError, read_json
+from namd.run.contract import RunFileError
 from namd.run.provenance import atomic_write_json
+from namd.run.readers import read_json
 
 CALIBRATION_FILE = "calibration.json"
 PLATT_C = 1.0  # inverse L2 strength of the slope (scikit-learn's default): a modest shrinkage

@@ -22,8 +22,9 @@ from transformers import ViTConfig, ViTModel
 from namd.cohort.imaging import hu_to_unit
 from namd.config import EvaluatorConfig
 from namd.run.checkpoint import load_best
-from namd.run.contract import RunFileError, check_safetensors, read_json, reading
+from namd.run.contract import RunFileError
 from namd.run.provenance import RUN_INFO
+from namd.run.readers import check_safetensors, read_json, reading
 
 MODULE = "vit"  # name of the evaluator's weights in its stage checkpoints
 

@@ -74,7 +74,7 @@ def save_null(context: Tensor, stage_dir: Path) -> None:
 def load_null(stage_dir: Path) -> Tensor | None:
     """Stage 1's saved null context (1, m, D); None for a prior saved before the file existed,
     which trained on zeros of the context encoder's shape."""
-    from namd.run.contract import load_safetensors
+    from namd.run.readers import load_safetensors
 
     path = Path(stage_dir) / NULL_FILE
     if not path.is_file():

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from namd.run.checkpoint import load_module, save_module
-from namd.run.contract import check_safetensors, reading
+from namd.run.readers import check_safetensors, reading
 
 PROBE_FILE = "probe.safetensors"
 

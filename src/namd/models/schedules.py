@@ -20,7 +20,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from namd.config import DiffusionConfig, SamplingConfig
 from namd.config.diffusion import check_sampling_steps
-from namd.run.contract import read_json, reading
+from namd.run.readers import read_json, reading
 
 SCHEDULER_DIR = "scheduler"
 

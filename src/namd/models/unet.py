@@ -21,8 +21,9 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 
 from namd.config import UNetConfig
-from namd.run.contract import DIFFUSERS_WEIGHTS, check_safetensors, read_json, reading
+from namd.run.contract import DIFFUSERS_WEIGHTS
 from namd.run.provenance import atomic_dir
+from namd.run.readers import check_safetensors, read_json, reading
 
 log = logging.getLogger(__name__)
 

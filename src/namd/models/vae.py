@@ -24,15 +24,9 @@ from diffusers import AutoencoderKL
 
 from namd.cohort.imaging import hu_to_unit, unit_to_hu
 from namd.config import VAEConfig
-from namd.run.contract import (
-    DIFFUSERS_WEIGHTS,
-    RunFileError,
-    check_recorded_sha256,
-    check_safetensors,
-    read_json,
-    reading,
-)
+from namd.run.contract import DIFFUSERS_WEIGHTS, RunFileError
 from namd.run.provenance import atomic_write_json, hash_files
+from namd.run.readers import check_recorded_sha256, check_safetensors, read_json, reading
 
 SCALE_FILE = "latent_scale.json"
 MODEL_DIR = "autoencoder"

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from namd.run.contract import load_safetensors, read_json
 from namd.run.provenance import atomic_dir, atomic_write_json
+from namd.run.readers import load_safetensors, read_json
 
 STATE = "state.json"
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from namd.config import ConfigError, NamdConfig, load_config, methods
-from namd.run.contract import CONFIG_FILE, RunFileError, read_json, read_yaml
+from namd.run.contract import CONFIG_FILE, RunFileError
 from namd.run.provenance import RUN_INFO, write_run_info
+from namd.run.readers import read_json, read_yaml
 
 # folders of older namd versions -> what they are called now (docs/metrics-schema.md)
 RENAMED = {"cond_null": "cond_null_context", "samples_null": "samples_null_context"}
@@ -84,9 +85,9 @@ class RunDir:
     def mark_done(self, name: str, config: NamdConfig, seed: int | None, **extra: Any) -> None:
         """Write the stage's run_info.json with `complete: true` and, under `weights_sha256`,
         the sha256 of every weight file the stage wrote (its readers check them:
-        namd.run.contract.check_recorded_sha256). Hashed here, once, never while training."""
-        from namd.run.contract import recorded_weight_files
+        namd.run.readers.check_recorded_sha256). Hashed here, once, never while training."""
         from namd.run.provenance import WEIGHTS_KEY, weights_sha256
+        from namd.run.readers import recorded_weight_files
 
         out = self.stage(name)
         out.mkdir(parents=True, exist_ok=True)

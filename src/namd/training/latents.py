@@ -38,8 +38,9 @@ from namd.models.vae import (
     to_network,
     vae_fingerprint,
 )
-from namd.run.contract import RunFileError, load_safetensors, reading
+from namd.run.contract import RunFileError
 from namd.run.provenance import atomic_write_bytes, hash_files, progress
+from namd.run.readers import load_safetensors, reading
 
 log = logging.getLogger(__name__)
 

@@ -59,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     from namd.cli.graph import run_pipeline
     from namd.cli.options import resolve_config
     from namd.evaluation.table_text import format_table
-    from namd.run.contract import read_json
     from namd.run.errors import StageFailed
     from namd.run.layout import RunDir
+    from namd.run.readers import read_json
 
     run_dir = RunDir(args.out)
     from namd.config.preflight import check_pipeline

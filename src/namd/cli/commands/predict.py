@@ -93,8 +93,8 @@ def _config(args: argparse.Namespace):
     """The model's config with --k / --steps applied: checked before any model loads."""
     from namd.config import load_config
     from namd.inference.prediction import with_sampling
-    from namd.run.contract import read_yaml
     from namd.run.layout import RunDir
+    from namd.run.readers import read_yaml
 
     if args.run:
         saved = RunDir(args.run).saved_config()

@@ -36,9 +36,10 @@ from namd.evaluation.report.html import (
 from namd.evaluation.report.inputs import Context, MissingInput, command_for
 from namd.evaluation.rows import row_label
 from namd.evaluation.schema import TABLE_FIELDS
-from namd.run.contract import RunFileError, read_json
+from namd.run.contract import RunFileError
 from namd.run.layout import RunDir, stages
 from namd.run.provenance import atomic_dir, atomic_write_bytes, atomic_write_text
+from namd.run.readers import read_json
 
 log = logging.getLogger(__name__)
 

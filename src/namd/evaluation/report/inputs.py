@@ -21,9 +21,10 @@ from namd.evaluation.freshness import check_fresh
 from namd.evaluation.report import figures as F
 from namd.evaluation.report import figures_examples as FX
 from namd.evaluation.schema import read_metrics, require_fields
-from namd.run.contract import RunFileError, load_npy, read_csv, read_json
+from namd.run.contract import RunFileError
 from namd.run.layout import RunDir
 from namd.run.provenance import RUN_INFO
+from namd.run.readers import load_npy, read_csv, read_json
 
 COMMANDS = {"eval": "namd evaluate --run {run}", "cohort": "namd synth --out {run}/cohort"}
 
