@@ -189,8 +189,8 @@ def test_metrics_without_what_the_tables_state_are_refused(tmp_path, capsys, met
 def test_evaluate_records_what_it_read(evaluated):
     info = json.loads((evaluated.stage("eval") / "run_info.json").read_text())
     for folder in ("vae", "prior", "cond", "evaluator", "samples", "samples_null_context"):
-        now = json.loads((evaluated.stage(folder) / "run_info.json").read_text())["time_utc"]
-        assert info["inputs"][folder] == now
+        now = json.loads((evaluated.stage(folder) / "run_info.json").read_text())
+        assert info["inputs"][folder] == f"{now['time_utc']} (run {now['run_id'][:12]})"
     for folder in ("cohort", "samples_no_align", "cond_no_align"):  # no run_info.json
         assert info["inputs"][folder] is None
 
@@ -213,6 +213,18 @@ def test_metrics_older_than_the_samples_are_refused(evaluated, tmp_path, capsys)
     evaluate.evaluate_run(run, config)
     build_report(run, config)  # evaluated again: current
     assert "| namd |" in write_model_card(tmp_path / "card", run, CARD_DIRS, CARD_FACTS).read_text()
+
+
+def test_a_stage_made_again_within_the_same_second_is_told_apart(evaluated, tmp_path):
+    """run_info's time_utc has whole seconds; its run_id tells two runs of a stage apart."""
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(evaluated.path, run.path)
+    config = load_config(base=run.saved_config())
+    before = json.loads((run.stage("samples") / "run_info.json").read_text())
+    write_samples(run, config, "namd", 2)  # sampled again
+    edit_json(run.stage("samples") / "run_info.json", time_utc=before["time_utc"])  # same second
+    with pytest.raises(RunFileError, match=r"older than .*samples \(made again .*\(run [0-9a-f]{12}\)"):
+        Context(run, config).metrics()
 
 
 def test_a_stage_made_or_removed_after_evaluation_makes_metrics_stale(evaluated, tmp_path):

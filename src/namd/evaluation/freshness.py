@@ -36,16 +36,29 @@ def read_stages() -> tuple[str, ...]:
                                 "evaluator", *(m.samples for m in table))))
 
 
-def stage_identity(run: RunDir, folder: str) -> str | None:
-    """The `time_utc` of a finished stage's run_info.json (None when it is not finished): each
-    run of a stage writes a new one, so it tells one run of the stage from another."""
+def _finished_info(run: RunDir, folder: str) -> dict[str, Any] | None:
+    """A finished stage's run_info.json, None when it is not finished."""
     path = run.stage(folder) / RUN_INFO
     if not path.is_file():
         return None
     info = read_json(path, folder)
-    if not info.get("complete"):
+    return info if info.get("complete") else None
+
+
+def stage_time(run: RunDir, folder: str) -> str | None:
+    """When a finished stage finished (its run_info's `time_utc`), None when not finished."""
+    info = _finished_info(run, folder)
+    return None if info is None else str(info.get("time_utc") or "")
+
+
+def stage_identity(run: RunDir, folder: str) -> str | None:
+    """Which run of a stage is in the folder (None when it is not finished): its run_info's
+    `time_utc` and, where recorded, its `run_id` (two runs within one second differ too)."""
+    info = _finished_info(run, folder)
+    if info is None:
         return None
-    return str(info.get("time_utc") or "finished, time not recorded")
+    when = str(info.get("time_utc") or "finished, time not recorded")
+    return f"{when} (run {info['run_id'][:12]})" if info.get("run_id") else when
 
 
 def evaluated_inputs(run: RunDir) -> dict[str, str | None]:
@@ -76,8 +89,8 @@ def stale_input(run: RunDir, eval_info: dict[str, Any]) -> tuple[str, str] | Non
     if not isinstance(evaluated, str):
         return None  # nothing to compare with
     for folder in read_stages():
-        now = stage_identity(run, folder)
-        if now is not None and now > evaluated:  # ISO 8601 UTC strings sort by time
+        now = stage_time(run, folder)
+        if now and now > evaluated:  # ISO 8601 UTC strings sort by time
             return folder, f"finished {now}, after the evaluation of {evaluated}"
     return None
 
@@ -91,8 +104,8 @@ def check_samples_newer_than_weights(folder: Path, info: dict[str, Any], split: 
         return
     method, run = found[0], RunDir(Path(folder).parent)
     for used in dict.fromkeys(method.uses.values()):
-        now = stage_identity(run, used)
-        if now is not None and now > made:
+        now = stage_time(run, used)
+        if now and now > made:
             raise RunFileError(Path(folder) / RUN_INFO, f"the samples were made {made}, before "
                                f"{run.stage(used)} was trained again ({now}): they are not "
                                "those of its weights",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,14 @@ def vae_fingerprint(vae_dir: Path) -> str:
     for path in files:
         if path.suffix == ".safetensors":
             check_recorded_sha256(path, "vae")
+    states = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(files))
+    return _fingerprint_of(states)
+
+
+@lru_cache(maxsize=16)
+def _fingerprint_of(states: tuple[tuple[str, int, int], ...]) -> str:
+    """vae_fingerprint's digest, once per process per state (path, size, mtime) of the files:
+    every `NAMDPipeline.from_run` and sample stage compares it, the files rarely change."""
     digest = hashlib.sha256()
-    hash_files(files, digest)
+    hash_files([Path(s[0]) for s in states], digest)
     return digest.hexdigest()

@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -278,6 +279,7 @@ def write_run_info(out_dir: Path, config: Any, seed: int | None, **extra: Any) -
         "command": policy.command(_COMMAND.get() or sys.argv),
         "paths": policy.describe(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run_id": uuid.uuid4().hex,  # tells two runs of a stage apart within one second
         "seed": seed,
         "versions": package_versions(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
