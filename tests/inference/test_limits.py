@@ -23,7 +23,8 @@ import namd.inference.sample_stage
 from namd.cli.commands.predict import GRID_MAX, terminate_as_exit
 from namd.cli.main import main
 from namd.config import methods
-from namd.inference.estimate import Request, estimate, model_cost, run_model_files
+from namd.inference.estimate import Request, estimate, model_cost
+from namd.inference.pipeline import run_files
 from namd.run.provenance import atomic_dir, reclaim_partials
 
 
@@ -36,7 +37,7 @@ def inputs(tmp_path):
 
 @pytest.fixture(scope="module")
 def cost(tiny_run):
-    return model_cost(run_model_files(tiny_run, dict(methods.get(methods.REFERENCE).uses)))
+    return model_cost(run_files(tiny_run, dict(methods.get(methods.REFERENCE).uses)))
 
 
 # -- the estimate ----------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def warm_modules() -> tuple[str, ...]:
     them): the run's own stages and each method's stages and sample function (namd.config.methods)."""
     table = methods.METHODS.values()
     stages = [s.module for m in table for s in m.trains]
-    samplers = [m.sample.partition(":")[0] for m in table if isinstance(m.sample, str)]
+    samplers = [m.sample_module for m in table if m.sample_module]
     return tuple(dict.fromkeys((*BASE_MODULES, *stages, *samplers)))
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 

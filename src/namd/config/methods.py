@@ -97,13 +97,17 @@ class Method:
             return (self.uses["cond"],)
         return tuple(s.folder for s in self.trains[-1:]) or ("cohort",)
 
+    @property
+    def sample_module(self) -> str | None:
+        """The module of its sample function when named as "module:function" (else None)."""
+        return None if callable(self.sample) else self.sample.partition(":")[0]
+
     def sample_function(self) -> Callable[..., Any]:
         """The function that writes its sample folder:
         f(config, run, method, *, overwrite, device) -> the folder."""
         if callable(self.sample):
             return self.sample
-        module, _, name = self.sample.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(self.sample_module), self.sample.partition(":")[2])
 
     def stage(self, kind: str) -> Stage:
         """The stage of `kind` it trains, or a one-line error naming what it trains."""

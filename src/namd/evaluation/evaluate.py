@@ -27,7 +27,6 @@ from namd.evaluation.calibration_metrics import calibration_block
 from namd.evaluation.freshness import check_samples_newer_than_weights, evaluated_inputs
 from namd.evaluation.rows import COPY_REFERENCE, generated, image_rows, quality_rows, rows, vae_of
 from namd.evaluation.schema import SCHEMA_VERSION
-from namd.evaluation.table_text import k_differs
 from namd.inference.sample_stage import check_pair_order
 from namd.models.calibration import Calibration, calibration_status
 from namd.models.device import resolve_device
@@ -379,7 +378,6 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
                                          {n: scored[n].runs for n in raw},
                                          {n: scored[n].status for n in image_rows()}),
     })
-    result["k_differs"] = k_differs(result)
     out = run.stage("eval")
     real_diameter = quality.diameters_mm(inp.real["followup"], inp.spacing)
     table = nodule_table(pairs, scored, per_crop, real_diameter)

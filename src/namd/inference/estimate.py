@@ -192,33 +192,6 @@ def estimate(request: Request, cost: ModelCost | None, device: str = "cpu",
     return Estimate(r, seconds, memory, disk, str(device).split(":")[0])
 
 
-def run_model_files(run: Any, dirs: Mapping[str, str]) -> dict[str, Path]:
-    """A run's model files under their model-folder names, for `model_cost` (the paths only:
-    whatever is missing or damaged is reported by the loader that reads it)."""
-    from namd.models.context_factory import ENCODER_FILE
-    from namd.models.unet import MODEL_DIR as UNET_DIR
-    from namd.models.vae import MODEL_DIR as VAE_DIR
-    from namd.run.contract import DIFFUSERS_WEIGHTS
-
-    cond, vae = run.stage(dirs["cond"]), run.stage(dirs["vae"])
-    return {"unet/config.json": cond / UNET_DIR / "config.json",
-            f"unet/{DIFFUSERS_WEIGHTS}": cond / UNET_DIR / DIFFUSERS_WEIGHTS,
-            "vae/config.json": vae / VAE_DIR / "config.json",
-            f"vae/{DIFFUSERS_WEIGHTS}": vae / VAE_DIR / DIFFUSERS_WEIGHTS,
-            f"context_encoder/{ENCODER_FILE}": cond / ENCODER_FILE}
-
-
-def folder_model_files(folder: Path) -> dict[str, Path]:
-    """An exported model folder's files, for `model_cost`."""
-    from namd.models.context_factory import ENCODER_FILE
-    from namd.run.contract import DIFFUSERS_WEIGHTS
-
-    folder = Path(folder)
-    return {rel: folder / rel for rel in ("unet/config.json", f"unet/{DIFFUSERS_WEIGHTS}",
-                                          "vae/config.json", f"vae/{DIFFUSERS_WEIGHTS}",
-                                          f"context_encoder/{ENCODER_FILE}")}
-
-
 def safe_model_cost(files: Mapping[str, Path]) -> ModelCost | None:
     """`model_cost`, or None when a file it reads is missing or unreadable: the estimate is
     then printed without a time, and the loader that needs the file names it in one line."""
@@ -228,5 +201,4 @@ def safe_model_cost(files: Mapping[str, Path]) -> ModelCost | None:
         return None
 
 
-__all__ = ["Estimate", "ModelCost", "Request", "estimate", "folder_model_files", "model_cost",
-           "run_model_files", "safe_model_cost"]
+__all__ = ["Estimate", "ModelCost", "Request", "estimate", "model_cost", "safe_model_cost"]

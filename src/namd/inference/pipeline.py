@@ -49,7 +49,7 @@ from namd.models.unet import MODEL_DIR as UNET_DIR
 from namd.models.unet import load_unet
 from namd.models.vae import MODEL_DIR as VAE_DIR
 from namd.models.vae import SCALE_FILE, load_autoencoder
-from namd.run.contract import CONFIG_FILE, DIFFUSERS_WEIGHTS, RunFileError
+from namd.run.contract import CONFIG_FILE, DIFFUSERS_WEIGHTS, RunFileError, command_for
 from namd.run.layout import RunDir
 from namd.run.provenance import RUN_INFO, atomic_dir, atomic_write_json, file_sha256
 from namd.run.readers import read_json, read_yaml
@@ -68,18 +68,11 @@ def method_stages(run: RunDir, name: str) -> dict[str, str]:
     one-line error naming the folder and the command that makes it."""
     if name not in methods.loadable():
         raise ValueError(f"method must be one of {', '.join(methods.loadable())}, got {name!r}")
-    method = methods.get(name)
-    dirs = dict(method.uses)
-    for kind in ("vae", "cond"):
-        if not run.is_done(dirs[kind]):
-            maker = methods.owner(dirs[kind])
-            argv = " ".join(maker[0].argv) if maker else ""
-            raise FileNotFoundError(f"{run.stage(dirs[kind])} not found or not finished: the {name} "
-                                    f"model needs it (make it with `namd train {kind} --run "
-                                    f"{run.path}{' ' + argv if argv else ''}`)")
-    if not run.is_done("evaluator"):
-        raise FileNotFoundError(f"{run.stage('evaluator')} not found or not finished: the {name} "
-                                f"model needs it (make it with `namd train evaluator --run {run.path}`)")
+    dirs = dict(methods.get(name).uses)
+    for folder in (dirs["vae"], dirs["cond"], "evaluator"):
+        if not run.is_done(folder):
+            raise FileNotFoundError(f"{run.stage(folder)} not found or not finished: the {name} "
+                                    f"model needs it (make it with `{command_for(run.path, folder)}`)")
     return dirs
 
 

@@ -27,7 +27,7 @@ from namd.cohort.store import Cohort
 from namd.config import NamdConfig, methods
 from namd.config.methods import Method
 from namd.inference.sampler import FollowUpSampler, pairs_to_sample
-from namd.run.contract import RunFileError
+from namd.run.contract import RunFileError, command_for
 from namd.run.layout import RunDir
 from namd.run.provenance import RUN_INFO, atomic_dir, progress
 
@@ -211,8 +211,7 @@ def _retrain_hint(run: RunDir, folders: list[str]) -> str:
     found = methods.owner(folders[0]) if folders else None
     if found is None or found[1] is None:
         return ""
-    argv = "".join(f" {a}" for a in found[0].argv)
-    return f" (e.g. `namd train {found[1].kind} --run {run.path}{argv} --overwrite`)"
+    return f" (e.g. `{command_for(run.path, folders[0])} --overwrite`)"
 
 
 def _write_grids(folder: Path, cohort: Cohort, index: pd.DataFrame, samples: np.ndarray,

@@ -265,6 +265,12 @@ def stage_of(path: Path, writer: str | None = None) -> tuple[StageContract, Path
     return None
 
 
+def command_for(run: str | Path, folder: str) -> str:
+    """The command that makes stage folder `folder` of run `run`, as its contract says (a
+    method's stage carries its --method)."""
+    return by_folder()[folder].command.format(run=run, dir=Path(run) / folder)
+
+
 def remedy_for(path: Path, writer: str | None = None) -> str:
     """What to do about a missing or damaged run file: the command that writes it again.
 
@@ -283,7 +289,7 @@ def remedy_for(path: Path, writer: str | None = None) -> str:
     if stage.folder == "":
         return ("restore it (each stage's run_info.json holds the config it ran with, under "
                 "`config`) or start a new run")
-    command = stage.command.format(run=folder.parent, dir=folder)
+    command = command_for(folder.parent, stage.folder)
     if stage.folder == "cache":
         return f"delete it; `{command}` or `namd sample` builds it again"
     if not folder.exists():

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from namd.config import ConfigError, NamdConfig, load_config, methods
-from namd.run.contract import CONFIG_FILE, RunFileError
+from namd.run.contract import CONFIG_FILE, RunFileError, command_for
 from namd.run.provenance import RUN_INFO, write_run_info
 from namd.run.readers import read_json, read_yaml
 
@@ -113,13 +113,10 @@ class RunDir:
         found = config_difference(config.model_dump(mode="json"), trained, *deps)
         if found is not None:
             field, now, then = found
-            argv = "".join(f" {a}" for a in maker[0].argv) if maker else ""
-            kind = maker[1].kind if maker and maker[1] else name
             raise ConfigError(
                 f"{field} is {now!r} here but {self.stage(name)} was trained with {then!r} — "
                 f"use the value it was trained with (RUN/config.yaml, --set {field}=...), or "
-                f"retrain it (`namd train {kind} --run {self.path}{argv} --overwrite`) and the "
-                "stages after it")
+                f"retrain it (`{command_for(self.path, name)} --overwrite`) and the stages after it")
 
     def require(self, name: str, needed_by: str) -> Path:
         """The stage folder, or a clear error telling which command makes it."""

@@ -331,7 +331,6 @@ def file_sha256(path: Path) -> str:
 
 # -- the sha256 of the weight files a stage wrote, recorded in its run_info.json ----------------
 WEIGHTS_KEY = "weights_sha256"  # run_info.json: {path in the stage folder: sha256}
-STAGE_DEPTH = 3  # folders between a recorded weight file and its stage folder, at most
 
 
 def weights_sha256(folder: Path, files: Iterable[Path]) -> dict[str, str]:
@@ -339,12 +338,3 @@ def weights_sha256(folder: Path, files: Iterable[Path]) -> dict[str, str]:
     run_info.json records them (`file_sha256`, so a reader in this process hashes no more)."""
     folder = Path(folder)
     return {Path(p).relative_to(folder).as_posix(): file_sha256(Path(p)) for p in sorted(files)}
-
-
-def stage_info_of(path: Path, depth: int = STAGE_DEPTH) -> Path | None:
-    """The run_info.json of the stage folder a file lies in (the nearest of its `depth`
-    parents that holds one), or None for a file outside any stage folder."""
-    for folder in list(Path(path).parents)[:depth]:
-        if (folder / RUN_INFO).is_file():
-            return folder / RUN_INFO
-    return None

@@ -177,11 +177,12 @@ def check_recorded_sha256(path: Path, writer: str | None = None) -> None:
     flipped byte parses, so only its hash tells. A file the record does not list, or a stage
     folder of an older namd that records none, is read as before. Hashed once per process and
     file state (file_sha256 caches by path, size and mtime)."""
-    from namd.run.provenance import WEIGHTS_KEY, file_sha256, stage_info_of
+    from namd.run.provenance import RUN_INFO, WEIGHTS_KEY, file_sha256
 
     path = Path(path)
-    info = stage_info_of(path)
-    if info is None:
+    found = stage_of(path, writer)  # the contract folder the file lies in
+    info = found[1] / RUN_INFO if found is not None else None
+    if info is None or not info.is_file():
         return
     recorded = read_json(info, writer).get(WEIGHTS_KEY) or {}
     if not isinstance(recorded, dict):

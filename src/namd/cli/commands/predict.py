@@ -112,18 +112,14 @@ def _config(args: argparse.Namespace):
 def _estimate(args: argparse.Namespace, config) -> str:
     """The request's estimated time, memory and disk (namd.inference.estimate), from the
     model's files before any of them loads."""
-    from namd.inference.estimate import (
-        Request,
-        estimate,
-        folder_model_files,
-        run_model_files,
-        safe_model_cost,
-    )
+    from namd.inference.estimate import Request, estimate, safe_model_cost
+    from namd.inference.pipeline import run_files
     from namd.models.device import resolve_device
     from namd.run.layout import RunDir
 
-    files = (folder_model_files(Path(args.model)) if args.model
-             else run_model_files(RunDir(args.run), dict(methods.get(args.method).uses)))
+    folder = Path(args.model) if args.model else None  # an exported folder: its own file names
+    files = ({p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+             if folder else run_files(RunDir(args.run), dict(methods.get(args.method).uses)))
     s = config.sampling
     request = Request(1, s.k, s.steps, config.data.crop_size, s.guidance_scale != 1.0,
                       s.max_batch, samples_in_memory=True)

@@ -77,12 +77,13 @@ def _estimate(config, run_dir: RunDir, method, device: str) -> str:
     from the cohort's pair count and the method's networks, before any of them loads; the
     samples are memory-mapped, so they count on disk, not in memory."""
     from namd.cohort.store import Cohort
-    from namd.inference.estimate import Request, estimate, run_model_files, safe_model_cost
+    from namd.inference.estimate import Request, estimate, safe_model_cost
+    from namd.inference.pipeline import run_files
     from namd.inference.sampler import pairs_to_sample
 
     s, uses = config.sampling, dict(method.uses)
     nodules = len(pairs_to_sample(Cohort(run_dir.require("cohort", "sample")), s.split))
-    cost = (safe_model_cost(run_model_files(run_dir, uses)) if {"cond", "vae"} <= set(uses)
+    cost = (safe_model_cost(run_files(run_dir, uses)) if {"cond", "vae"} <= set(uses)
             else None)
     request = Request(nodules, s.k, s.steps, config.data.crop_size, s.guidance_scale != 1.0,
                       s.max_batch, samples_in_memory=False)

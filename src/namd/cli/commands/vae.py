@@ -31,14 +31,13 @@ def run_report(args: argparse.Namespace) -> int:
     from namd.cohort.store import Cohort
     from namd.config import NamdConfig, methods
     from namd.evaluation.vae_report import write_report
+    from namd.run.contract import command_for
     from namd.run.layout import RunDir
 
-    run, method = RunDir(args.run), methods.get(args.method)
-    name = method.uses["vae"]
+    run, name = RunDir(args.run), methods.get(args.method).uses["vae"]
     if not run.is_done(name):
-        argv = "".join(f" {a}" for a in method.argv)
         raise FileNotFoundError(f"{run.stage(name)} is not a finished VAE stage: run "
-                                f"`namd train vae --run {args.run}{argv}` first")
+                                f"`{command_for(args.run, name)}` first")
     info = json.loads((run.stage(name) / "run_info.json").read_text())
     config = NamdConfig.model_validate(info["config"])
     report = write_report(run.stage(name), Cohort(run.require("cohort", "vae report")), config, args.split)

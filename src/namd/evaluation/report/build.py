@@ -33,10 +33,10 @@ from namd.evaluation.report.html import (
     quality_table,
     results_table,
 )
-from namd.evaluation.report.inputs import Context, MissingInput, command_for
+from namd.evaluation.report.inputs import Context, MissingInput
 from namd.evaluation.rows import row_label
 from namd.evaluation.schema import TABLE_FIELDS
-from namd.run.contract import RunFileError
+from namd.run.contract import RunFileError, command_for
 from namd.run.layout import RunDir, stages
 from namd.run.provenance import atomic_dir, atomic_write_bytes, atomic_write_text
 from namd.run.readers import read_json
@@ -159,7 +159,7 @@ def section_latent(ctx: Context) -> str:
                        F.tsne_embed(F.encode_crops(unaligned, hu, window), seed)))
     else:
         note = (f"The unaligned VAE ({unaligned}) is missing, so only the aligned map is shown; "
-                f"make it with `{command_for(unaligned_dir).format(run=ctx.run.path)}`.")
+                f"make it with `{command_for(ctx.run.path, unaligned_dir)}`.")
     ctx.facts["tsne"] = {key: F.diameter_neighbour_ratio(emb, diameter)
                          for key, (_, emb) in zip(("aligned", "unaligned"), panels, strict=False)}
     body = ctx.figure("fig2_tsne.png", F.tsne_figure(panels, diameter, note),

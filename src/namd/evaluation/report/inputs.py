@@ -16,39 +16,21 @@ import numpy as np
 import pandas as pd
 
 from namd.cohort.store import Cohort
-from namd.config import methods
 from namd.evaluation.freshness import check_fresh
 from namd.evaluation.report import figures as F
 from namd.evaluation.report import figures_examples as FX
 from namd.evaluation.schema import read_metrics, require_fields
-from namd.run.contract import RunFileError
+from namd.run.contract import RunFileError, command_for
 from namd.run.layout import RunDir
 from namd.run.provenance import RUN_INFO
 from namd.run.readers import load_npy, read_csv, read_json
-
-COMMANDS = {"eval": "namd evaluate --run {run}", "cohort": "namd synth --out {run}/cohort"}
-
-
-def command_for(stage: str) -> str:
-    """The command that makes a stage folder ({run} stands for the run): the run's own stages
-    above, or the stage of a method of the table (namd.config.methods)."""
-    if stage in COMMANDS:
-        return COMMANDS[stage]
-    found = methods.owner(stage)
-    if found is None:
-        raise KeyError(f"no command makes {stage!r}")
-    method, trained = found
-    argv = "".join(f" {a}" for a in method.argv)
-    if trained is None:
-        return f"namd sample --run {{run}} --split test{argv}"
-    return f"namd train {trained.kind} --run {{run}}{argv}"
 
 
 class MissingInput(Exception):
     """An input file or stage that is not there yet; knows which command makes it."""
 
     def __init__(self, path: Path, stage: str, run: RunDir):
-        self.path, self.command = path, command_for(stage).format(run=run.path)
+        self.path, self.command = path, command_for(run.path, stage)
         super().__init__(f"{path} not found (made by `{self.command}`)")
 
     def html(self) -> str:
