@@ -1,4 +1,4 @@
-"""How well `namd.evaluation.quality.diameters_mm` measures nodules: the measured diameter of
+"""How well `namd.evaluation.measure` measures nodules: the measured longest diameter of
 real crops against the longest diameter their EHR records (synthetic cohort: the diameter the
 nodule was drawn with), for baselines and follow-ups, overall and by nodule type.
 
@@ -30,7 +30,7 @@ def errors(measured: np.ndarray, recorded: np.ndarray) -> dict:
 def run(cohort_dir: str, n: int, seed: int) -> dict:
     """Measure a random sample of the cohort's pairs."""
     from namd.cohort.store import Cohort
-    from namd.evaluation.quality import diameters_mm
+    from namd.evaluation.measure import measure
 
     cohort = Cohort(cohort_dir)
     pairs = cohort.pairs()
@@ -39,7 +39,7 @@ def run(cohort_dir: str, n: int, seed: int) -> dict:
     kinds = np.array([str(v) for v in pairs["SCT_PRE_ATT"]])
     out = {}
     for name, index, field in TIMEPOINTS:
-        measured = diameters_mm(cohort.images(pairs[index].to_numpy()), spacing)
+        measured = measure(cohort.images(pairs[index].to_numpy()), spacing).longest_mm
         recorded = pairs[field].to_numpy(float)
         out[name] = {"all": errors(measured, recorded),
                      **{f"SCT_PRE_ATT={k}": errors(measured[kinds == k], recorded[kinds == k])

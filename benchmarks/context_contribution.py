@@ -143,7 +143,7 @@ def versus(folder: Path, row: str, other: Path, other_row: str) -> dict:
 
 def ceiling(folder: Path, split: str) -> dict:
     """How much of the real growth gap the record predicts: the real one-year growth (mm, the
-    `growth` block's central size) regressed on the 13 fields (the ehr_logistic row's features,
+    `growth` block's size) regressed on the 13 fields (the ehr_logistic row's features,
     a ridge regression instead of the logistic) over the training pairs, and the malignant -
     benign gap of its prediction on the split. A generator that grew every follow-up by the
     growth its record predicts would add about this much gap to what the image gives."""
@@ -153,14 +153,13 @@ def ceiling(folder: Path, split: str) -> dict:
     from namd.config import load_config
     from namd.evaluation.baselines import ehr_model, ehr_table
     from namd.evaluation.evaluate import test_pairs
-    from namd.evaluation.growth import central_diameter_mm, label_difference
+    from namd.evaluation.growth import label_difference, nodule_size_mm
 
     ev = load_config(base=yaml.safe_load((folder / "config.yaml").read_text())).eval
     cohort = Cohort(folder / "cohort")
     def growth(pairs: pd.DataFrame) -> np.ndarray:
         spacing = pairs["pixel_spacing_mm"].to_numpy(dtype=np.float64)
-        size = [central_diameter_mm(cohort.images(pairs[f"{k}_index"]), spacing,
-                                    ev.growth_threshold_hu, ev.growth_radius_mm) for k in ("baseline", "followup")]
+        size = [nodule_size_mm(cohort.images(pairs[f"{k}_index"]), spacing) for k in ("baseline", "followup")]
         return size[1] - size[0]
     train = cohort.pairs("train")
     model = ehr_model(ev.seed)

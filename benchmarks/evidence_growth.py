@@ -4,9 +4,9 @@ malignant nodules should grow more than those of benign nodules, and the image-o
 
 Runs the pipeline's own commands in one run directory (finished stages are skipped, so an
 interrupted run continues): synth -> train vae -> train prior -> train cond -> train cond
---method null_context -> sample -> sample --method null_context. Then measures, on the test pairs, a simple
-nodule size of every crop (equivalent diameter of the tissue above a threshold near the crop
-centre) and reports per label the growth of the real follow-ups and of the generated ones
+--method null_context -> sample -> sample --method null_context. Then measures, on the test pairs, the
+growth section's nodule size of every crop (namd.evaluation.growth.nodule_size_mm) and reports
+per label the growth of the real follow-ups and of the generated ones
 (mean over the K samples), and how much of the malignant-benign gap remains without context.
 
     python benchmarks/evidence_growth.py --run runs/evidence [--preset tiny] [--set key=value]
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from _results import load_line, machine, publish, start_load
 
-from namd.evaluation.growth import central_diameter_mm, label_difference, paired_gap_ci
+from namd.evaluation.growth import SIZE, label_difference, nodule_size_mm, paired_gap_ci
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,7 +57,7 @@ def run_stages(run: Path, preset: str, overrides: list[str]) -> dict[str, float]
     return times
 
 
-def growth_table(run: Path, threshold_hu: float, radius_mm: float) -> dict:
+def growth_table(run: Path) -> dict:
     """Growth by label: real follow-up vs baseline, and generated (mean of K) vs the VAE
     reconstruction of the baseline (the same blur as generated crops), for both models."""
     import pandas as pd
@@ -76,7 +76,7 @@ def growth_table(run: Path, threshold_hu: float, radius_mm: float) -> dict:
     label = index["label"].to_numpy()
 
     def size(crops: np.ndarray) -> np.ndarray:
-        return central_diameter_mm(crops, spacing, threshold_hu, radius_mm)
+        return nodule_size_mm(crops, spacing)
 
     base_hu = cohort.images(index["baseline_index"])
     vae, scale = load_trained_vae(run / "vae")
@@ -141,8 +141,7 @@ def markdown(record: dict) -> str:
              + "".join(f" --set {o}" for o in record["overrides"]) + "`", "",
              f"Machine: {m['platform']}, {m['cpus']} CPUs. {load_line(m)} Stage seconds (0 = finished "
              f"by an earlier call): {record['stage_seconds']}.", "",
-             f"Size = equivalent diameter 2 sqrt(A / pi) of the tissue above {record['threshold_hu']:g} HU "
-             f"within {record['radius_mm']:g} mm of the crop centre. Growth of a real follow-up: size "
+             f"Size = {record.get('size', SIZE)}. Growth of a real follow-up: size "
              "minus the baseline's size; of a generated follow-up: mean size over its K samples minus "
              "the size of the baseline's VAE reconstruction (the same blur). Test split.", "",
              "| what | malignant (mm) | benign (mm) | malignant - benign (mm) [95% CI] |",
@@ -174,18 +173,16 @@ def main() -> None:
     parser.add_argument("--run", default="runs/evidence")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--threshold-hu", type=float, default=-400.0, help="tissue threshold")
-    parser.add_argument("--radius-mm", type=float, default=10.0, help="central disc radius")
     parser.add_argument("--out", default=str(HERE / "results" / "evidence_growth"))
     args = parser.parse_args()
     os.environ.setdefault("NAMD_NO_PROGRESS", "1")
     run = Path(args.run)
     before = start_load()
     times = run_stages(run, args.preset, args.overrides)
-    growth, sensitivity = growth_table(run, args.threshold_hu, args.radius_mm), context_sensitivity(run)
+    growth, sensitivity = growth_table(run), context_sensitivity(run)
     record = {"run": str(run), "preset": args.preset, "overrides": args.overrides,
               "stage_seconds": {k: round(v) for k, v in times.items()}, "machine": machine(before),
-              "threshold_hu": args.threshold_hu, "radius_mm": args.radius_mm,
+              "size": SIZE,
               "growth": growth, "context_sensitivity": sensitivity}
     publish(args.out, record, markdown)
 

@@ -34,7 +34,8 @@ def test_help_lists_the_commands(capsys):
 
 def test_synth_writes_cohort_sheet_and_run_info(synth_dir):
     assert sorted(p.name for p in synth_dir.iterdir()) == [
-        "cohort.json", "contact_sheet.png", "images", "manifest.csv", "run_info.json"]
+        "cohort.json", "contact_sheet.png", "images", "known_futures.csv", "known_futures.npy",
+        "manifest.csv", "run_info.json"]
     cohort = Cohort(synth_dir)
     assert len(cohort.pairs()) == 6 and (cohort.manifest.kind == "unpaired").sum() == 3
     info = json.loads((synth_dir / "run_info.json").read_text())

@@ -24,9 +24,12 @@ DATA = DataConfig()
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Cohort:
-    """A few hundred pairs: enough for the signal tests, a few seconds to make."""
+    """A few hundred pairs: enough for the signal tests, a few seconds to make (split 70/10/20,
+    no known futures: tests/cohort/test_known_futures.py has its own cohorts)."""
     out = tmp_path_factory.mktemp("synth") / "cohort"
-    return Cohort(generate_cohort(out, SynthConfig(pairs=320, unpaired=60, seed=11), DATA))
+    cfg = SynthConfig(pairs=320, unpaired=60, seed=11, split_fractions=(0.7, 0.1, 0.2),
+                      known_futures=0)
+    return Cohort(generate_cohort(out, cfg, DATA))
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +75,20 @@ def test_build_synthetic_cohort_is_a_finished_run_stage(tmp_path):
     assert (run.stage("cohort") / "contact_sheet.png").is_file()
     assert len(Cohort(run.stage("cohort")).pairs()) == 3
     assert [p.name for p in run.path.iterdir()] == ["cohort"]  # no staging leftovers
+
+
+def test_known_futures_leave_the_cohort_unchanged(tmp_path):
+    """Futures draw from streams of their own: with or without them, the same crops, manifest
+    and cohort.json (less its known_futures entry); without them, no futures files."""
+    kw = {"pairs": 12, "unpaired": 2, "split_fractions": (0.4, 0.1, 0.5)}
+    off, on = _small(tmp_path, "off", known_futures=0, **kw), _small(tmp_path, "on", known_futures=20, **kw)
+    assert (on.path / "known_futures.npy").is_file() and not (off.path / "known_futures.npy").exists()
+    assert not (off.path / "known_futures.csv").exists() and "known_futures" not in off.meta
+    assert (off.path / "manifest.csv").read_bytes() == (on.path / "manifest.csv").read_bytes()
+    for chunk in sorted((off.path / "images").iterdir()):
+        assert chunk.read_bytes() == (on.path / "images" / chunk.name).read_bytes(), chunk.name
+    assert {k: v for k, v in on.meta.items() if k != "known_futures"} == off.meta
+    assert on.meta["known_futures"]["reference"] == 20 and len(on.pairs("test")) > 0
 
 
 def test_existing_directory_is_not_overwritten(tmp_path):

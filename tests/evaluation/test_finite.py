@@ -198,7 +198,7 @@ def _metrics_file(run: RunDir, metrics: dict) -> None:
 
 def _ok_metrics() -> dict:
     stat = {"mean": 0.7, "std": 0.01, "ci95": [0.6, 0.8]}
-    return {"schema_version": 2, "split": "test", "n_test": 10, "n_malignant": 3, "k": 2,
+    return {"schema_version": 3, "split": "test", "n_test": 10, "n_malignant": 3, "k": 2,
             "rows": [{"name": "real_baseline", "status": "ok", "k": 1, "auroc": dict(stat),
                       "auprc": dict(stat)}]}
 

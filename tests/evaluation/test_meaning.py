@@ -166,10 +166,10 @@ def test_samples_older_than_their_retrained_weights_are_refused(evaluated, tmp_p
 
 @pytest.mark.parametrize("metrics, message", [
     ({}, "lacks schema_version, rows"),
-    ({"schema_version": 2, "rows": []}, "lacks split, which the tables state"),
-    ({"schema_version": 2, "rows": [], "split": "test", "n_test": 0, "n_malignant": 0, "k": 2},
+    ({"schema_version": 3, "rows": []}, "lacks split, which the tables state"),
+    ({"schema_version": 3, "rows": [], "split": "test", "n_test": 0, "n_malignant": 0, "k": 2},
      "n_test is 0, not a valid value"),
-    ({"schema_version": 2, "rows": [{"name": "namd"}], "split": "test"},
+    ({"schema_version": 3, "rows": [{"name": "namd"}], "split": "test"},
      "rows[0] is not an object with a name and a status"),
 ])
 def test_metrics_without_what_the_tables_state_are_refused(tmp_path, capsys, metrics, message):

@@ -1,14 +1,13 @@
-"""Image-quality measures: MAE / PSNR / SSIM, Frechet distance, nodule diameter, LPIPS/FID status."""
+"""Image-quality measures: MAE / PSNR / SSIM, Frechet distance, nodule diameter, and the
+perceptual part of the block (evaluator feature distance, LPIPS, FID; networks in test_perceptual)."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import numpy as np
 import pytest
 from scipy import linalg
 
-from namd.evaluation import quality
+from namd.evaluation import perceptual, quality
 
 WINDOW = (-1000.0, 400.0)
 
@@ -70,48 +69,6 @@ def test_frechet_distance_of_known_gaussians():
         quality.frechet_distance(a, rng.normal(size=(10, 4)))
 
 
-@pytest.mark.parametrize("ry,rx", [(8, 8), (12, 6), (4, 4)])
-def test_diameter_of_synthetic_nodules(ry, rx):
-    expected = 2 * max(ry, rx) * 0.7
-    clean = quality.nodule_diameter_mm(_nodule(ry, rx), 0.7)
-    assert clean == pytest.approx(expected, rel=0.1)
-    noisy = quality.nodule_diameter_mm(_nodule(ry, rx, noise=40.0, seed=ry), 0.7)
-    assert noisy == pytest.approx(expected, rel=0.15)
-    off_centre = quality.nodule_diameter_mm(_nodule(ry, rx, centre=(34.5, 29.5)), 0.7)
-    assert off_centre == pytest.approx(expected, rel=0.1)
-
-
-@pytest.mark.parametrize("width", [1, 2, 3])
-def test_diameter_ignores_attached_vessels(width):
-    """A vessel crossing the nodule, or a thin one touching it, is not measured with it (the
-    measure without the opening gave the vessel's length, about 45 mm here)."""
-    crossing = _nodule(6, 6)
-    crossing[31 - width // 2:31 - width // 2 + width, :] = 40.0
-    assert quality.nodule_diameter_mm(crossing, 0.7) == pytest.approx(12 * 0.7, rel=0.1)
-    if width <= 2:  # thicker vessels merging with the nodule's side widen it (a known limit)
-        touching = crossing.copy()
-        touching[:, 39:39 + width] = 40.0
-        assert quality.nodule_diameter_mm(touching, 0.7) == pytest.approx(12 * 0.7, rel=0.15)
-
-
-def test_diameter_is_zero_without_a_central_nodule():
-    assert quality.nodule_diameter_mm(np.full((64, 64), -850.0), 0.7) == 0.0
-    assert quality.nodule_diameter_mm(_nodule(3, 3, centre=(8, 8)), 0.7) == 0.0
-    crops = np.stack([_nodule(5, 5), _nodule(10, 10)])
-    d = quality.diameters_mm(np.stack([crops, crops], axis=1), np.array([0.7, 1.0]))
-    assert d.shape == (2, 2)
-    np.testing.assert_allclose(d[:, 0], [7.0, 20.0], rtol=0.1)
-
-
-def test_lpips_and_fid_are_not_computed_without_local_packages(monkeypatch):
-    real_find = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("lpips", "pytorch_fid") else real_find(name, *a))
-    status = quality.perceptual_status()
-    assert status["lpips"].startswith("not computed:") and "lpips" in status["lpips"]
-    assert status["fid"].startswith("not computed:") and "pytorch_fid" in status["fid"]
-
-
 def _variant(seed: int = 0):
     rng = np.random.default_rng(seed)
     real = np.stack([_nodule(r, r, noise=20, seed=r) for r in (4, 6, 8, 10)])
@@ -120,12 +77,12 @@ def _variant(seed: int = 0):
     return real, gen, rng.normal(size=(4, 3, 5)), rng.normal(size=(4, 5))
 
 
-def test_image_quality_block(monkeypatch):
-    monkeypatch.setattr(quality, "perceptual_status",
-                        lambda: {"lpips": "not computed: test", "fid": "not computed: test"})
+def test_image_quality_block_without_weight_files_says_why_lpips_and_fid_are_missing():
     real, gen, feats, real_feats = _variant()
     block, per_crop = quality.image_quality(gen, real, np.full(4, 0.7), WINDOW, feats, real_feats)
-    assert block["lpips"] == "not computed: test" and block["fid"] == "not computed: test"
+    assert block["lpips"] == perceptual.LPIPS_UNSET and "eval.lpips_weights is not set" in block["lpips"]
+    assert block["fid"] == perceptual.FID_UNSET and "eval.fid_weights is not set" in block["fid"]
+    assert not {"lpips_backbone", "fid_backbone", "fid_std"} & set(block) and "lpips" not in per_crop
     assert block["mae_hu"]["n"] == 12 and block["ssim"]["mean"] < 1.0
     # generated nodules are one pixel larger in radius: 2 px x 0.7 mm larger in diameter
     assert block["diameter_error_mm"]["mean"] == pytest.approx(1.4, abs=0.5)
@@ -133,26 +90,49 @@ def test_image_quality_block(monkeypatch):
     assert per_crop["diameter_error_mm"].shape == (4, 3)
 
 
-def test_image_quality_uses_lpips_when_available(monkeypatch):
-    monkeypatch.setattr(quality, "perceptual_status",
-                        lambda: {"lpips": None, "fid": "not computed: test"})
-    monkeypatch.setattr(quality, "lpips_distances", lambda g, r, w: np.full(g.shape[:2], 0.25))
+def test_the_evaluator_feature_distance_is_always_in_the_block():
     real, gen, feats, real_feats = _variant()
-    block, _ = quality.image_quality(gen, real, np.full(4, 0.7), WINDOW, feats, real_feats)
-    assert block["lpips"]["mean"] == pytest.approx(0.25)
+    block, per_crop = quality.image_quality(gen, real, np.full(4, 0.7), WINDOW, feats, real_feats)
+    expected = perceptual.evaluator_feature_distance(feats, real_feats)
+    np.testing.assert_allclose(per_crop["evaluator_feature_distance"], expected)
+    assert block["evaluator_feature_distance"] == quality.run_summary(expected)
+    assert 0.2 < block["evaluator_feature_distance"]["mean"] < 1.8  # random features: near 1
+    same, _ = quality.image_quality(gen, real, np.full(4, 0.7), WINDOW,
+                                    np.repeat(real_feats[:, None], 3, axis=1), real_feats)
+    assert same["evaluator_feature_distance"]["mean"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_image_quality_uses_lpips_when_its_network_is_loaded(monkeypatch):
+    nets = perceptual.PerceptualNets({"lpips": None, "fid": perceptual.FID_UNSET}, lpips=object())
+    monkeypatch.setattr(perceptual, "lpips_distances",
+                        lambda nets, g, r, w: np.full(g.shape[:2], 0.25))
+    real, gen, feats, real_feats = _variant()
+    block, per_crop = quality.image_quality(gen, real, np.full(4, 0.7), WINDOW, feats, real_feats,
+                                            nets)
+    assert block["lpips"]["mean"] == pytest.approx(0.25) and block["lpips"]["n"] == 12
+    assert block["lpips_backbone"] == "vgg16 (lpips v0.1 heads)"
+    assert per_crop["lpips"].shape == (4, 3) and block["fid"] == perceptual.FID_UNSET
 
 
 def test_fid_is_reported_as_mean_and_std_over_the_k_runs(monkeypatch):
-    """Table 1 gives FID as mean +- std over the K runs: both come from the K per-run FIDs."""
-    monkeypatch.setattr(quality, "perceptual_status", lambda: {"lpips": "not computed: test", "fid": None})
+    """Table 1 gives FID as mean +- std over the K runs: both come from the K per-run FIDs, each
+    against the real follow-ups' features, which are computed once for every row."""
+    nets = perceptual.PerceptualNets({"lpips": perceptual.LPIPS_UNSET, "fid": None},
+                                     inception=object())
     calls = []
 
-    def features(crops, window):  # a stand-in Inception: call 0 = the real crops, call j = run j, shifted by j
-        calls.append(len(calls))
-        return np.random.default_rng(calls[-1]).normal(size=(len(crops), 3)) + calls[-1]
+    def features(nets, crops, window):  # a stand-in Inception: generated run j shifted by j
+        calls.append(len(crops))
+        out = np.random.default_rng(len(calls)).normal(size=(len(crops), 3))
+        if len(crops) == 12:  # the N x K generated crops, flattened with k fastest
+            out += np.tile(np.arange(1.0, 4.0), 4)[:, None]
+        return out
 
-    monkeypatch.setattr(quality, "inception_features", features)
+    monkeypatch.setattr(perceptual, "inception_features", features)
     real, gen, feats, real_feats = _variant()
-    block, _ = quality.image_quality(gen, real, np.full(4, 0.7), WINDOW, feats, real_feats)
+    block, _ = quality.image_quality(gen, real, np.full(4, 0.7), WINDOW, feats, real_feats, nets)
     assert block["fid_std"] > 0.5  # runs shifted by 1, 2, 3 from the reference: FIDs far apart
     assert block["fid"] > block["fid_std"]
+    assert block["fid_backbone"] == "inception-v3 (pytorch-fid 2015-12-05 weights)"
+    quality.image_quality(gen, real, np.full(4, 0.7), WINDOW, feats, real_feats, nets)
+    assert calls == [12, 4, 12]  # the real follow-ups' features: once

@@ -100,7 +100,7 @@ def make_metrics(n_mal: int, namd: float = 0.80, base: float = 0.70,
                                   "mean_of_k_mae_to_vae_copy": 1.07, "nearest_own_followup_share": 0.91,
                                   "per_sample_mae_hu": 95.0, "spread_over_k_hu": 33.0, "k": K,
                                   "n": N_TEST}},
-            "growth": GROWTH, "gap_closure": GAP_CLOSURE,
+            "growth": GROWTH, "gap_closure": GAP_CLOSURE, "known_futures": KNOWN_FUTURES,
             "probability": "calibrated (Platt, validation split)",
             "calibration": CALIBRATION}
 
@@ -121,6 +121,9 @@ GROWTH = {"size": "equivalent diameter 2 sqrt(A / pi) of the tissue above -400 H
                                  **gap(0.4, 1.9, 0.8, 3.0), "benign_minus_real_benign_mm": 0.3},
                         "no_align": {"status": "not run: samples_no_align not found"},
                         "null_context": {"status": "not run: samples_null_context not found"}}}
+
+
+KNOWN_FUTURES = {"status": "not available: a test cohort; only a simulator knows other futures"}
 
 
 # NAMD's mean-probability AUROC 0.81 (row: auroc + 0.01) between baseline 0.70, follow-up 0.85

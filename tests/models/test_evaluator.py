@@ -76,3 +76,24 @@ def test_bad_geometry_and_missing_stage_are_clear_errors(tmp_path):
         build_evaluator(EvaluatorConfig(width=30, heads=4), 32)
     with pytest.raises(RunFileError, match="run_info.json: missing — make it: `namd train evaluator"):
         load_evaluator(tmp_path)
+
+
+def test_an_ensemble_averages_independent_members():
+    cfg = _tiny().model_copy(update={"members": 3})
+    torch.manual_seed(0)
+    model = build_evaluator(cfg, 32).eval()
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        each = model.member_logits(x)
+        assert each.shape == (3, 4)
+        assert not torch.allclose(each[0], each[1])  # each member from its own initial weights
+        torch.testing.assert_close(model(x), each.mean(0))
+        assert model.features(x).shape == (4, 3 * 32) and model.feature_dim == 96
+    hu = np.random.default_rng(1).uniform(-1000, 400, (5, 32, 32)).astype(np.float32)
+    p, f = predict(model, hu, (-1000.0, 400.0), batch_size=2, with_features=True)
+    with torch.no_grad():
+        manual = torch.sigmoid(model.member_logits(to_input(hu, (-1000.0, 400.0))).mean(0)).numpy()
+    np.testing.assert_allclose(p, manual, rtol=1e-5)
+    assert f.shape == (5, 96)
+    single = build_evaluator(_tiny(), 32)  # members = 1 keeps the single ViT's layout and keys
+    assert "head.weight" in single.state_dict() and "members.2.head.weight" in model.state_dict()

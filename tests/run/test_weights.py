@@ -24,7 +24,7 @@ from namd.run.provenance import RUN_INFO, WEIGHTS_KEY, file_sha256
 from namd.training.latents import cache_path, load_or_build
 
 UNET = "cond/unet/diffusion_pytorch_model.safetensors"
-EVALUATOR = "evaluator/checkpoints/best/vit.safetensors"
+EVALUATOR = "evaluator/checkpoints/best/ema_vit.safetensors"  # the EMA weights (evaluator.train.ema_decay)
 VAE = "vae/autoencoder/diffusion_pytorch_model.safetensors"
 WRITER = {UNET: "namd train cond", EVALUATOR: "namd train evaluator", VAE: "namd train vae"}
 
@@ -61,7 +61,7 @@ def test_a_finished_stage_records_the_weights_its_readers_read(tiny_run):
     assert set(_recorded(run, "cond")) == {"unet/diffusion_pytorch_model.safetensors",
                                            "context_encoder.safetensors"}
     # the evaluator's best checkpoint is what inference reads; resume state is never recorded
-    assert set(_recorded(run, "evaluator")) == {"checkpoints/best/vit.safetensors"}
+    assert set(_recorded(run, "evaluator")) == {"checkpoints/best/ema_vit.safetensors"}
     for stage in ("vae", "prior", "cond", "evaluator"):
         for rel, digest in _recorded(run, stage).items():
             assert digest == file_sha256(run / stage / rel)

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 def plan(run: RunDir, names: Sequence[str]) -> list[Step]:
     """The stages of a run in a valid sequential order, each with what it needs: the cohort,
     the stages each method in `names` trains (namd.config.methods; a stage two methods share is
-    made once), the evaluator, each method's samples, the evaluation and the report.
+    made once), each method's samples, the evaluator, the evaluation and the report.
 
     Every stage reads the run's saved RUN/config.yaml, so they all agree on one config.
     """
@@ -41,10 +41,13 @@ def plan(run: RunDir, names: Sequence[str]) -> list[Step]:
                 steps.append(Step(s.folder, ("train", s.kind, "--run", r, "--resume", *m.argv),
                                   s.needs))
                 made.add(s.folder)
-    steps.append(Step("evaluator", ("train", "evaluator", "--run", r, "--resume"), ("cohort",)))
     for m in chosen:
         steps.append(Step(m.samples, ("sample", "--run", r, "--split", "test", *m.argv),
                           m.sample_needs))
+    # the judge needs only the cohort: with `jobs` > 1 ready stages start in plan order, so
+    # placing it last lets the long sample stages start first and it fills the gap they leave
+    # (on the demo: every worker busy to the end instead of one idle for three minutes)
+    steps.append(Step("evaluator", ("train", "evaluator", "--run", r, "--resume"), ("cohort",)))
     steps.append(Step("eval", ("evaluate", "--run", r), ("evaluator", *(m.samples for m in chosen))))
     steps.append(Step("report", ("report", "--run", r), ("eval",)))
     return steps

@@ -79,6 +79,9 @@ class Method:
     about: str = ""  # what it changes against NAMD, for the report's reading
     loadable: bool = True  # NAMDPipeline (namd predict, namd serve, namd export) loads it
     in_demo: bool = True  # `namd demo` runs it by default (else with --methods)
+    # its row of the paper's Table 1 (NLST test set, 450 pairs): lpips, fid, auroc, auprc and
+    # their _std over the 20 samples where the paper gives one; empty when the paper has no row
+    paper: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def samples(self) -> str:
@@ -190,7 +193,8 @@ def stage_config(config: Any, stage: Stage) -> Any:
 
 
 def _namd_chain(name: str, label: str, about: str = "",
-                vae_config: Mapping[str, Any] | None = None) -> Method:
+                vae_config: Mapping[str, Any] | None = None,
+                paper: Mapping[str, float] | None = None) -> Method:
     """NAMD or an ablation that trains its own VAE -> prior -> conditional U-Net."""
     vae, prior, cond = (folder(k, name) for k in ("vae", "prior", "cond"))
     trains = (Stage("vae", vae, ("cohort",), "namd.training.vae",
@@ -199,12 +203,17 @@ def _namd_chain(name: str, label: str, about: str = "",
                     *PRIOR_DEPENDS),
               Stage("cond", cond, (prior,), DIFFUSION,
                     "the conditional U-Net with LLM context (Equation 10)", *COND_DEPENDS))
-    return Method(name, label, trains, {"vae": vae, "prior": prior, "cond": cond}, about=about)
+    return Method(name, label, trains, {"vae": vae, "prior": prior, "cond": cond}, about=about,
+                  paper=paper or {})
 
 
-register(_namd_chain("namd", "NAMD (generated follow-up)"))
+register(_namd_chain("namd", "NAMD (generated follow-up)", paper={
+    "lpips": 0.220, "lpips_std": 0.001, "fid": 83.060, "fid_std": 0.699,
+    "auroc": 0.805, "auroc_std": 0.018, "auprc": 0.346, "auprc_std": 0.028}))
 register(_namd_chain("no_align", "NAMD without L_align / L_pred",
-                     "Without L_align (the paper's ablation)", {"vae.align": False}))
+                     "Without L_align (the paper's ablation)", {"vae.align": False}, paper={
+                         "lpips": 0.205, "lpips_std": 0.002, "fid": 101.301, "fid_std": 1.108,
+                         "auroc": 0.765, "auroc_std": 0.017, "auprc": 0.305, "auprc_std": 0.031}))
 register(Method(
     "null_context", "NAMD with null context (image only)",
     (Stage("cond", "cond_null_context", ("prior",), DIFFUSION,

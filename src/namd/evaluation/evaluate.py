@@ -19,12 +19,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from namd.cohort.known_futures import read_known_futures
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig, methods
 from namd.evaluation import baselines, fidelity, gap_closure, growth, metrics, quality, variance
 from namd.evaluation.baseline_use import BASELINE_USE_FILE
 from namd.evaluation.calibration_metrics import calibration_block
 from namd.evaluation.freshness import check_samples_newer_than_weights, evaluated_inputs
+from namd.evaluation.known_futures import known_futures_scores
+from namd.evaluation.measure import Measurements, measure_rows
 from namd.evaluation.rows import COPY_REFERENCE, generated, image_rows, quality_rows, rows, vae_of
 from namd.evaluation.schema import SCHEMA_VERSION
 from namd.inference.sample_stage import check_pair_order
@@ -303,17 +306,28 @@ def growth_variants(run: RunDir, inp: Inputs, scored: dict[str, Scored],
 
 
 def image_quality_blocks(inp: Inputs, scored: dict[str, Scored], feats: dict[str, np.ndarray],
-                         crops_of: dict[str, np.ndarray]) -> tuple[dict, dict]:
-    """The image_quality block of every row of quality_rows(), and per-crop arrays."""
+                         crops_of: dict[str, np.ndarray], config: NamdConfig | None = None,
+                         measured: dict[str, Measurements] | None = None) -> tuple[dict, dict]:
+    """The image_quality block of every row of quality_rows(), and per-crop arrays. The LPIPS
+    and FID networks that `config` names (eval.lpips_weights / vae.lpips_weights,
+    eval.fid_weights) are loaded once, before the first row, on the default device (the
+    evaluator's); without a config neither is computed (their blocks say why). `measured`:
+    measure_rows() of the rows and of "real_followup", when already computed."""
+    from namd.evaluation import perceptual
+
     blocks: dict = {}
     per_crop: dict[str, dict[str, np.ndarray]] = {}
+    nets = perceptual.load_networks(config, None, inp.batch)
     for name in progress(quality_rows(), desc="image quality", unit="row"):
         if name not in crops_of:
             blocks[name] = {"status": scored[name].status}
             continue
+        diameters = None
+        if measured is not None and name in measured:
+            diameters = measured[name].longest_mm, measured["real_followup"].longest_mm[:, 0]
         blocks[name], per_crop[name] = quality.image_quality(
             crops_of[name], inp.real["followup"], inp.spacing, inp.window, feats[name],
-            feats["followup"][:, 0])
+            feats["followup"][:, 0], nets, diameters)
         blocks[name]["status"] = "ok"
     return blocks, per_crop
 
@@ -346,11 +360,16 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
     entries = [row_entry(name, scored[name], inp.y, reference, config,
                          None if copy_ref is None else copy_ref[0], namd_mean)
                for name in progress(rows(), desc="metrics", unit="row")]
-    image_quality, per_crop = image_quality_blocks(inp, scored, feats, crops_of)
+    compared = {**crops_of, "real_followup": inp.real["followup"][:, None]}  # (N, K, H, W) HU
+    measured = measure_rows(compared, inp.spacing)  # once, for quality, growth, futures, the csv
+    image_quality, per_crop = image_quality_blocks(inp, scored, feats, crops_of, config, measured)
     var_rows = {n: variance.variance_summary(scored[n].runs.T, inp.y)
                 for n in generated() if scored[n].runs is not None}
     copies = {n: inp.vae_copies[v] for n in generated()
               if (v := vae_of(n)) is not None and v in inp.vae_copies}
+    futures, futures_per_nodule = known_futures_scores(
+        read_known_futures(cohort.path), inp.pairs["pair_id"].tolist(), compared, inp.spacing,
+        window, methods.REFERENCE, config.eval, measured)
     result = clean({
         "schema_version": SCHEMA_VERSION, "split": split, "n_test": int(len(inp.y)),
         "n_malignant": int(inp.y.sum()), "n_unlabelled_excluded": unlabelled,
@@ -369,7 +388,8 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
         "baseline_use": baseline_use_blocks(run),
         "growth": growth.growth_block(inp.real["baseline"], inp.real["followup"], inp.spacing,
                                       inp.y, growth_variants(run, inp, scored, crops_of),
-                                      config.eval),
+                                      config.eval, growth.sizes_of(measured)),
+        "known_futures": futures,
         "gap_closure": gap_closure.gap_closure_block(inp.y, scored, config.eval),
         "variance": {"method": methods.REFERENCE,
                      **(var_rows.get(methods.REFERENCE) or {"status": scored[methods.REFERENCE].status})},
@@ -379,8 +399,8 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
                                          {n: scored[n].status for n in image_rows()}),
     })
     out = run.stage("eval")
-    real_diameter = quality.diameters_mm(inp.real["followup"], inp.spacing)
-    table = nodule_table(pairs, scored, per_crop, real_diameter)
+    table = nodule_table(pairs, scored, per_crop, measured["real_followup"].longest_mm[:, 0])
+    table = pd.concat([table, pd.DataFrame(futures_per_nodule, index=table.index)], axis=1)
     atomic_write_text(out / "per_nodule.csv", table.to_csv(index=False))
     atomic_write_json(out / "metrics.json", result)
     run.mark_done("eval", config, config.eval.seed, split=split,

@@ -19,6 +19,19 @@ CLINICAL_ROWS = {"brock": "Brock model (EHR only)",
                  "baseline_plus_ehr": "Evaluator on the baseline crop + EHR"}
 
 
+# The paper's Table 1 for the rows that are not methods (real crops of its NLST test set)
+PAPER_REAL = {"real_baseline": {"auroc": 0.742, "auprc": 0.263},
+              "real_followup": {"auroc": 0.819, "auprc": 0.393}}
+
+
+def paper_numbers(name: str) -> dict[str, float]:
+    """The paper's Table 1 numbers of a row (LPIPS, FID, AUROC, AUPRC and their std over its 20
+    samples where given), {} when the paper has no such row."""
+    if name in PAPER_REAL:
+        return dict(PAPER_REAL[name])
+    return dict(methods.METHODS[name].paper) if name in methods.METHODS else {}
+
+
 def generated() -> dict[str, str]:
     """Each method of the table -> its sample folder: the generated rows, in table order."""
     return {m.name: m.samples for m in methods.METHODS.values()}

@@ -13,8 +13,11 @@ from namd.run.readers import read_json
 
 # 1: the first schema; 2: rows, sample folders and the variance block named after the methods of
 # the table (namd.config.methods): namd_no_align -> no_align, namd_null_context -> null_context,
-# variance.variant -> variance.method, variance_other_variants -> variance_other_methods
-SCHEMA_VERSION = 2
+# variance.variant -> variance.method, variance_other_variants -> variance_other_methods;
+# 3 (issue 26): the known_futures block, image_quality's evaluator_feature_distance and named
+# LPIPS / FID backbones, and growth sized by namd.evaluation.measure (the equivalent diameter of
+# the segmented nodule; before, tissue above a threshold near the centre)
+SCHEMA_VERSION = 3
 
 
 # what every table of the metrics states besides its rows (the report's and the model card's)

@@ -34,7 +34,8 @@ def format_table(result: dict) -> str:
     lines = [f"namd evaluate: split {result['split']}, {result['n_test']} nodules "
              f"({result['n_malignant']} malignant), K = {result['k']}",
              f"{'row':<19} {'k':>3}  {'AUROC mean+-std [95% CI]':<29} {'AUPRC mean+-std [95% CI]':<29}"
-             f" {'dAUROC vs base (p)':<20} {'SSIM':>6} {'FD-eval':>8}"]
+             f" {'dAUROC vs base (p)':<20} {'SSIM':>6} {'FD-eval':>8} {'KF-diam':>8}"]
+    futures = result.get("known_futures") or {}
     for row in result["rows"]:
         if row["status"] != "ok":
             lines.append(f"{row['name']:<19} {'-':>3}  {row['status']}")
@@ -46,10 +47,15 @@ def format_table(result: dict) -> str:
         ssim = f"{iq['ssim']['mean']:.3f}" if iq.get("status") == "ok" else ""
         fd = f"{iq['frechet_evaluator']:.3g}" if iq.get("status") == "ok" else ""
         k = f"{row['k']}*" if row["name"] in differs else str(row["k"])
+        kf = ((futures.get("rows") or {}).get(row["name"]) or {}).get("energy_diameter_mm")
+        kf = f"{kf:.3f}" if isinstance(kf, int | float) else ""
         lines.append(f"{row['name']:<19} {k:>3}  {cells[0]:<29} {cells[1]:<29} {test:<20} "
-                     f"{ssim:>6} {fd:>8}")
+                     f"{ssim:>6} {fd:>8} {kf:>8}")
     note = k_note(result)
-    return "\n".join(lines + ([note] if note else []))
+    kf_note = ("KF-diam: energy distance of the nodule's diameter to its known futures (mm; 0 = "
+               "drawn like them)" if futures.get("status") == "ok"
+               else f"KF-diam: known futures {futures.get('status', 'not in metrics.json')}")
+    return "\n".join([*lines, kf_note, *([note] if note else [])])
 
 
 def _metric_cell(block: dict) -> str:

@@ -5,7 +5,9 @@ The `lpips` package builds its VGG-16 backbone through torchvision, which on thi
 machines pulls a several-GB CUDA build of torch. This module rebuilds the same layout (the
 ImageNet scaling layer, VGG-16's five ReLU slices, the 1x1 linear heads) with plain torch
 modules and the *same state-dict keys* as `lpips.LPIPS(net="vgg")`, so the official weights load
-unchanged once converted (README, "LPIPS weights"):
+unchanged once converted (docs/paper-preset.md, "LPIPS weights"); the same network serves
+L_LPIPS in VAE training (`vae.lpips_weights`) and Table 1's LPIPS column in `namd evaluate`
+(`eval.lpips_weights`, namd.evaluation.perceptual):
 
     # once, on any machine with lpips and torchvision (the official v0.1 VGG weights)
     import lpips, safetensors.torch as st
@@ -92,11 +94,19 @@ class LPIPSNet(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-image LPIPS distance (B,) between two batches in [-1, 1] with 3 channels."""
-        fx, fy = self.net(self.scaling_layer(x)), self.net(self.scaling_layer(y))
-        total = x.new_zeros(x.shape[0])
+        return self.distance(self.features(x), self.features(y))
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The channel-normalised activations of every slice for a batch in [-1, 1]; apart from
+        `distance` so that evaluation computes the real crops' once for all K samples."""
+        return [_unit(f) for f in self.net(self.scaling_layer(x))]
+
+    def distance(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+        """Per-image LPIPS (B,) between two `features` outputs: the heads' weighted squared
+        differences, averaged over space, summed over the slices."""
+        total = fx[0].new_zeros(fx[0].shape[0])
         for i, (a, b) in enumerate(zip(fx, fy, strict=True)):
-            diff = (_unit(a) - _unit(b)).pow(2)
-            total = total + getattr(self, f"lin{i}")(diff).mean(dim=(1, 2, 3))
+            total = total + getattr(self, f"lin{i}")((a - b).pow(2)).mean(dim=(1, 2, 3))
         return total
 
 
@@ -129,7 +139,8 @@ def widths_of(state: dict[str, torch.Tensor]) -> tuple[tuple[int, ...], ...]:
     return tuple(widths)
 
 
-def _fold_lins(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+def _fold_lins(state: dict[str, torch.Tensor], path: Path,
+               field: str = "vae.lpips_weights") -> dict[str, torch.Tensor]:
     """lpips.LPIPS also registers its heads as the ModuleList `lins`, so its state dict holds
     every head twice (lin0.* and lins.0.*): keep one name, after checking the copies agree."""
     out = {k: v for k, v in state.items() if not k.startswith("lins.")}
@@ -138,35 +149,46 @@ def _fold_lins(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Te
             _, index, rest = key.split(".", 2)
             name = f"lin{index}.{rest}"
             if name in out and not torch.equal(out[name], value):
-                raise ValueError(f"vae.lpips_weights: {path}: {key} differs from {name}")
+                raise ValueError(f"{field}: {path}: {key} differs from {name}")
             out.setdefault(name, value)
     return out
 
 
-def load_lpips(path: str | Path) -> LPIPSNet:
-    """The frozen LPIPS network of a local safetensors file (every key and shape must match)."""
+def read_weights(path: str | Path, field: str, section: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a local safetensors weights file, or a one-line error naming the config
+    `field` and the file (missing, not .safetensors, unreadable) and the docs `section` that
+    says how to make it. Shared by the LPIPS and FID Inception loaders: nothing is unpickled,
+    nothing downloaded."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"vae.lpips_weights: {path} not found (LPIPS needs local weights: "
-                                "README, 'LPIPS weights')")
+        raise FileNotFoundError(f"{field}: {path} not found (local weights, never downloaded: "
+                                f"docs/paper-preset.md, '{section}')")
     if path.suffix != ".safetensors":
-        raise ValueError(f"vae.lpips_weights: {path} must be a .safetensors file (nothing is unpickled)")
+        raise ValueError(f"{field}: {path} must be a .safetensors file (nothing is unpickled)")
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"vae.lpips_weights: {path} is not a readable safetensors file ({exc})") from exc
-    state = _fold_lins(state, path)
+        reason = " ".join(str(exc).split())[:200]
+        raise ValueError(f"{field}: {path} is not a readable safetensors file ({reason})") from exc
+
+
+def load_lpips(path: str | Path, field: str = "vae.lpips_weights") -> LPIPSNet:
+    """The frozen LPIPS network of a local safetensors file (every key and shape must match);
+    `field` is the config field that named the file, for the one-line errors."""
+    path = Path(path).expanduser()
+    state = read_weights(path, field, "LPIPS weights")
+    state = _fold_lins(state, path, field)
     widths = widths_of(state)
     if len(widths) != 5:
-        raise ValueError(f"vae.lpips_weights: {path} holds no VGG-layout LPIPS weights (keys "
+        raise ValueError(f"{field}: {path} holds no VGG-layout LPIPS weights (keys "
                          "net.slice1-5.*, lin0-4.model.1.weight, as lpips.LPIPS(net='vgg') saves)")
     net = LPIPSNet(widths)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"vae.lpips_weights: {path} does not fit the LPIPS VGG layout: "
+        raise ValueError(f"{field}: {path} does not fit the LPIPS VGG layout: "
                          f"{' '.join(str(exc).split())[:300]}") from exc
     return net.eval().requires_grad_(False)

@@ -73,6 +73,7 @@ SAVED_CONFIG = "namd.run.layout.RunDir.saved_config"
 RESOLVE_CONFIG = "namd.cli.options.resolve_config"
 COHORT = "namd.cohort.store.Cohort"
 COHORT_IMAGES = "namd.cohort.store.Cohort.images"
+KNOWN_FUTURES = "namd.cohort.known_futures.read_known_futures"
 LOAD_VAE = "namd.models.vae.load_trained_vae"
 LOAD_PROBE = "namd.models.probe.load_probe"
 LATENTS = "namd.training.latents.load_or_build"
@@ -196,6 +197,9 @@ def _start() -> list[StageContract]:
             RunFile("cohort.json", "json", (COHORT, LATENTS)),
             RunFile("manifest.csv", "csv", (COHORT, LATENTS)),
             RunFile("images/*.npy", "npy", (COHORT_IMAGES, LATENTS)),
+            # a synthetic cohort's known futures (docs/cohort-format.md); absent: "not available"
+            RunFile("known_futures.npy", "npy", (KNOWN_FUTURES,), absent_ok=(KNOWN_FUTURES,)),
+            RunFile("known_futures.csv", "csv", (KNOWN_FUTURES,), absent_ok=(KNOWN_FUTURES,)),
             RunFile("contact_sheet.png", "png"), _run_info()), (CONFIG_FILE,)),
         StageContract("cache", "namd train prior --run {run} --resume", (
             RunFile("latents_*.safetensors", "safetensors", (LATENTS,), rebuilt=True),),
@@ -226,8 +230,9 @@ def _end() -> list[StageContract]:
         StageContract("eval", "namd evaluate --run {run}", (
             RunFile("metrics.json", "json", (REPORT_METRICS,), unchecked=("namd.cli.commands.demo.run",)),
             RunFile("per_nodule.csv", "csv", (REPORT_TABLE,)), _run_info()),
-            (CONFIG_FILE, *cohort_in, "evaluator/run_info.json", "evaluator/checkpoints/best/*",
-             "evaluator/calibration.json", *sample_in, *vae_in, *cond_in),
+            (CONFIG_FILE, *cohort_in, "cohort/known_futures.*", "evaluator/run_info.json",
+             "evaluator/checkpoints/best/*", "evaluator/calibration.json", *sample_in, *vae_in,
+             *cond_in),
             overwrite=""),
         StageContract("report", "namd report --run {run}", (
             RunFile("index.html", "html"), RunFile("*.png", "png"), _run_info()),

@@ -27,7 +27,7 @@ from namd.cohort.store import Cohort
 from namd.config import NamdConfig
 from namd.evaluation.metrics import auprc, auroc
 from namd.models.calibration import CALIBRATION_FILE, Calibration, fit_platt, not_fitted
-from namd.models.evaluator import MODULE, MalignancyViT, build_evaluator, predict, to_input
+from namd.models.evaluator import MODULE, Evaluator, build_evaluator, predict, to_input
 from namd.run.checkpoint import load_best
 from namd.run.layout import RunDir
 from namd.training.trainer import Batch, Trainer
@@ -72,7 +72,7 @@ class EvaluatorTask:
     # tie-break weight is far below the smallest AUROC step 1 / (n_malignant x n_benign).
     TIE_BREAK = 1e-7
 
-    def __init__(self, model: MalignancyViT, pos_weight: float, rotation_augment: bool,
+    def __init__(self, model: Evaluator, pos_weight: float, rotation_augment: bool,
                  window: tuple[float, float], eval_batch: int, select: bool = True):
         self.select_on = ("selection", "max") if select else None  # None: keep the last weights
         self.model = model
@@ -98,9 +98,10 @@ class EvaluatorTask:
         devices = [x.device.index or 0] if x.is_cuda else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(dropout_seed)
-            logits = self.model(x)
+            logits = self.model.member_logits(x)  # (members, B): each member its own loss
         weight = torch.tensor(self.pos_weight, device=logits.device, dtype=logits.dtype)
-        loss = F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), pos_weight=weight)
+        target = y.to(logits.dtype).expand_as(logits)
+        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
         return loss, {"bce": float(loss.detach())}
 
     def val_metrics(self, data: CropSource) -> dict[str, float]:
@@ -186,7 +187,7 @@ def run_stage(config: NamdConfig, run: RunDir, *, resume: bool = False,
     return out
 
 
-def fit_calibration(method: str, model: MalignancyViT, val: CropSource,
+def fit_calibration(method: str, model: Evaluator, val: CropSource,
                     window: tuple[float, float], batch: int) -> Calibration:
     """Platt scaling of the selected weights on every labelled validation crop (the split that
     also picked the checkpoint; the test split stays unseen), or none when configured so."""

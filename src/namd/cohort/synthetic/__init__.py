@@ -1,13 +1,15 @@
 """The embedded synthetic longitudinal cohort: a stand-in for NLST pairs and for the
 single-time-point crops (LUNA16 / LUNA25 / DLCS) that pre-train the prior.
 
-    generate_cohort(out, cfg, data)        write a cohort (namd.cohort.store format) atomically
+    generate_cohort(out, cfg, data)        write a cohort (namd.cohort.store format) atomically,
+                                           with the known futures of its test pairs
     build_synthetic_cohort(out, config)    the same plus contact_sheet.png and run_info.json
                                            inside it, all published at once (`namd synth`, demo)
 
 Patients and nodules come from `patients` (EHR, Brock-drawn labels, growth), images from
-`render` (HU crops). Every patient is drawn from its own seeded stream, so a cohort is
-byte-identical for a given seed and a patient is the same whatever the cohort's size.
+`render` (HU crops), what a follow-up draws and the known futures from `futures`. Every
+patient is drawn from its own seeded stream, so a cohort is byte-identical for a given seed
+and a patient is the same whatever the cohort's size.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from namd.cohort.known_futures import KnownFuturesWriter, futures_meta
 from namd.cohort.store import CohortWriter, assign_splits
-from namd.cohort.synthetic.patients import Nodule, _seq, intercept_shift, synth_patient
-from namd.cohort.synthetic.render import NOISE_SD_HU, State, draw_scene, draw_shape, render
+from namd.cohort.synthetic.futures import STREAMS, nodule_scene, render_futures
+from namd.cohort.synthetic.patients import Nodule, intercept_shift, synth_patient
+from namd.cohort.synthetic.render import render
 from namd.config import NamdConfig
 from namd.config.data import DataConfig, SynthConfig
 from namd.run.provenance import atomic_dir, progress, write_run_info
@@ -30,11 +34,6 @@ __all__ = ["generate_cohort", "build_synthetic_cohort", "iter_nodules", "render_
 GENERATOR = "namd-synth-1"
 PAIRED, UNPAIRED = 0, 1  # stream numbers: pairs and unpaired crops never share a patient
 PREFIX = {PAIRED: "P", UNPAIRED: "U"}
-# Follow-up appearance of malignant nodules (beyond size): denser, more lobulated, longer
-# spicules. Approximate; it makes progression visible, as in the paper's real follow-ups.
-MALIGNANT_SOLID_DENSITY_GAIN = (5.0, 20.0)
-MALIGNANT_SUBSOLID_DENSITY_GAIN = (40.0, 120.0)
-RESOLVING_DENSITY_LOSS = 150.0  # HU lost per unit of diameter shrinkage (fading inflammation)
 
 
 def iter_nodules(cfg: SynthConfig, stream: int, count: int) -> Iterator[Nodule]:
@@ -51,37 +50,15 @@ def iter_nodules(cfg: SynthConfig, stream: int, count: int) -> Iterator[Nodule]:
         index += 1
 
 
-def _states(nodule: Nodule, rng: np.random.Generator) -> tuple[State, State]:
-    """The nodule's baseline and one-year state (size, type, density, shape)."""
-    base = State(nodule.long_mm, nodule.perp_mm, nodule.attenuation, nodule.core_fraction)
-    gain = rng.uniform(*(MALIGNANT_SOLID_DENSITY_GAIN if nodule.attenuation == 1
-                         else MALIGNANT_SUBSOLID_DENSITY_GAIN))
-    growth = nodule.growth
-    if nodule.label == 1:
-        shift, lobulation, spicules = gain, min(1.6, 1.0 + (growth - 1.0)), growth * (1 + 0.5 * (growth - 1))
-    else:
-        shift = -RESOLVING_DENSITY_LOSS * max(0.0, 1.0 - growth)
-        lobulation, spicules = 1.0, growth
-    follow = State(nodule.followup_long_mm, nodule.followup_perp_mm, nodule.followup_attenuation,
-                   nodule.followup_core_fraction, shift, lobulation, spicules)
-    return base, follow
-
-
 def render_nodule(nodule: Nodule, seed: int, stream: int, data: DataConfig,
                   followup: bool = True) -> tuple[list[np.ndarray], bool]:
     """HU crops of a nodule (baseline, and follow-up when asked) and whether a chest wall is
     in view. The scene and noise level are the patient's and nodule's own streams."""
-    patient = nodule.patient
-    noise_sd = float(_seq(seed, stream, patient.index, 2).uniform(*NOISE_SD_HU))  # the scanner
-    rng = _seq(seed, stream, patient.index, 3, nodule.number)
+    drawn = nodule_scene(nodule, seed, stream, data)
+    states = (drawn.base, drawn.follow) if followup else (drawn.base,)
     crop, sp = data.crop_size, data.pixel_spacing_mm
-    base, follow = _states(nodule, rng)
-    reach = 1.0 + (0.7 * 1.5 if nodule.margin == 1 else 0.1)  # spicules reach beyond the body
-    clear = max(base.long_mm, follow.long_mm) / 2 * reach
-    scene = draw_scene(rng, crop, sp, patient.emphysema, clear, noise_sd)
-    shape = draw_shape(rng, crop, sp, nodule.margin, nodule.label == 1, nodule.attenuation != 1)
-    states = (base, follow) if followup else (base,)
-    return [render(scene, shape, s, rng, crop, sp) for s in states], scene.chest_wall
+    return [render(drawn.scene, drawn.shape, s, drawn.rng, crop, sp) for s in states], \
+        drawn.scene.chest_wall
 
 
 def _flags(chest_wall: bool, *more: str) -> str:
@@ -94,6 +71,9 @@ def generate_cohort(out: Path, cfg: SynthConfig, data: DataConfig, overwrite: bo
     cohort directory `out` (written atomically); returns its path.
 
     Splits are by patient (paired and unpaired patients each split with cfg.split_fractions).
+    With cfg.known_futures > 0, every labelled test pair also gets cfg.known_futures reference
+    and cfg.held_out_futures held-out futures (namd.cohort.known_futures), inside the same
+    atomic cohort.
     """
     paired = list(iter_nodules(cfg, PAIRED, cfg.pairs))
     single = list(iter_nodules(cfg, UNPAIRED, cfg.unpaired))
@@ -103,12 +83,17 @@ def generate_cohort(out: Path, cfg: SynthConfig, data: DataConfig, overwrite: bo
     meta = {"generator": GENERATOR, "seed": cfg.seed, "malignant_share": cfg.malignant_share,
             "missing_rate": cfg.missing_rate,
             "brock_intercept_shift": round(intercept_shift(cfg.malignant_share), 6)}
+    if cfg.known_futures:
+        meta["known_futures"] = futures_meta(cfg.known_futures, cfg.held_out_futures, GENERATOR,
+                                             STREAMS)
     writer = CohortWriter(Path(out), data.crop_size, data.pixel_spacing_mm, units="HU",
                           source="synthetic", overwrite=overwrite, extra_meta=meta)
     try:
         with progress(total=2 * len(paired) + len(single), desc="synth", unit="crop") as bar:
             _write_pairs(writer, paired, splits, cfg.seed, data, bar)
             _write_unpaired(writer, single, splits, cfg.seed, data, bar)
+        if cfg.known_futures:
+            _write_futures(writer, paired, splits, cfg, data)
     except BaseException:
         writer.abort()
         raise
@@ -139,6 +124,11 @@ def build_synthetic_cohort(out: Path, config: NamdConfig, overwrite: bool = Fals
     return out
 
 
+def _pair_id(nodule: Nodule) -> str:
+    """The pair id of a paired nodule (patient and nodule ids)."""
+    return f"{nodule.patient.patient_id}-{nodule.nodule_id}"
+
+
 def _provenance(seed: int, stream: int, nodule: Nodule) -> str:
     """Where a synthetic crop came from (enough to regenerate it)."""
     return f"{GENERATOR} seed={seed} stream={stream} patient={nodule.patient.index} nodule={nodule.number}"
@@ -151,7 +141,7 @@ def _write_pairs(writer: CohortWriter, nodules: list[Nodule], splits: dict[str, 
         (base, follow), wall = render_nodule(nod, seed, PAIRED, data)
         pid = nod.patient.patient_id
         common = {"patient_id": pid, "nodule_id": nod.nodule_id, "split": splits[pid],
-                  "label": nod.label_recorded, "pair_id": f"{pid}-{nod.nodule_id}",
+                  "label": nod.label_recorded, "pair_id": _pair_id(nod),
                   "provenance": _provenance(seed, PAIRED, nod)}
         writer.add(base, kind="baseline", timepoint=0, ehr=nod.ehr_baseline,
                    flags=_flags(wall), **common)
@@ -171,3 +161,20 @@ def _write_unpaired(writer: CohortWriter, nodules: list[Nodule], splits: dict[st
                    split=splits[pid], label=nod.label_recorded, ehr=nod.ehr_baseline,
                    timepoint=0, provenance=_provenance(seed, UNPAIRED, nod), flags=_flags(wall))
         bar.update(1)
+
+
+def _write_futures(writer: CohortWriter, nodules: list[Nodule], splits: dict[str, str],
+                   cfg: SynthConfig, data: DataConfig) -> None:
+    """The known futures of every labelled test pair, in crop order, into the cohort's staging
+    folder: each nodule's scene and shape drawn once, then its M + H futures."""
+    follow_index = {r["pair_id"]: r["crop_index"] for r in writer.rows if r["kind"] == "followup"}
+    test = [n for n in nodules if splits[n.patient.patient_id] == "test" and n.label_recorded is not None]
+    count = cfg.known_futures + cfg.held_out_futures
+    out = KnownFuturesWriter(writer.tmp, len(test), count, data.crop_size)
+    with progress(total=len(test) * count, desc="known futures", unit="crop") as bar:
+        for nod in test:
+            drawn = nodule_scene(nod, cfg.seed, PAIRED, data)
+            pair_id = _pair_id(nod)
+            out.add(pair_id, follow_index[pair_id], render_futures(nod, cfg.seed, PAIRED, data, count, drawn))
+            bar.update(count)
+    out.close()

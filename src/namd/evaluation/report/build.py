@@ -34,6 +34,8 @@ from namd.evaluation.report.html import (
     results_table,
 )
 from namd.evaluation.report.inputs import Context, MissingInput
+from namd.evaluation.report.known_futures import section_known_futures
+from namd.evaluation.report.table1 import table1
 from namd.evaluation.rows import row_label
 from namd.evaluation.schema import TABLE_FIELDS
 from namd.run.contract import RunFileError, command_for
@@ -85,7 +87,11 @@ def section_table(ctx: Context) -> str:
         extra = ("<details><summary>Variance analysis from metrics.json</summary><pre>"
                  + html.escape(json.dumps({k: v for k, v in m.items() if k.startswith("variance")},
                                           indent=2)) + "</pre></details>")
-    return _p(text) + results_table(m, level) + extra
+    paper = _p("As the paper's Table 1 prints it, with this project's columns beside: "
+               "AUROC and AUPRC as mean ± std over the K sample runs; the paper's own "
+               "numbers (NLST, 450 test pairs) in the last column.")
+    return (paper + table1(m) + _p("Every row with its interval and paired tests:")
+            + _p(text) + results_table(m, level) + extra)
 
 
 def section_quality(ctx: Context) -> str:
@@ -291,6 +297,8 @@ BUILDERS = (
     ("quality", "Image quality", section_quality),
     ("baseline", "What the baseline buys", section_baseline),
     ("growth", "Growth: does the generator predict change?", section_growth),
+    ("known_futures", "Known futures: how close is each row to the distribution of futures?",
+     section_known_futures),
     ("gap", "Gap closure: how much of the way from baseline to follow-up does generation go?",
      section_gap),
     ("curves", "ROC and precision-recall curves", section_curves),

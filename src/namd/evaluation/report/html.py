@@ -108,20 +108,27 @@ def results_table(metrics: dict[str, Any], level: float = 0.95) -> str:
 
 QUALITY_COLUMNS = (("mae_hu", "MAE (HU) ↓"), ("psnr", "PSNR (dB) ↑"), ("ssim", "SSIM ↑"),
                    ("frechet_evaluator", "Fréchet, evaluator features ↓"),
+                   ("evaluator_feature_distance", "evaluator feature distance ↓"),
                    ("diameter_error_mm", "diameter error (mm) ↓"), ("lpips", "LPIPS ↓"),
                    ("fid", "FID ↓"))
 
 
-# the measures every evaluated row has (LPIPS and FID may be "not computed: <why>")
+# the measures every evaluated row has (LPIPS and FID may be "not computed: <why>";
+# evaluator_feature_distance is left out: metrics.json files written before it lack it)
 QUALITY_NUMBERS = ("mae_hu", "psnr", "ssim", "frechet_evaluator", "diameter_error_mm")
+# the network each pretrained-network measure was computed with, named under the table
+QUALITY_BACKBONES = (("lpips", "LPIPS"), ("fid", "FID"))
 
 
 def quality_table(quality: dict[str, Any]) -> str:
     """Image-quality metrics per generated row; 'not run' rows and 'not computed' notes shown."""
     head = "<tr><th>Row</th>" + "".join(f"<th>{esc(t)}</th>" for _, t in QUALITY_COLUMNS) + "</tr>"
-    rows, absent = [], []
+    rows, absent, backbones = [], [], {}
     for name, values in quality.items():
         values = values or {}
+        for key, title in QUALITY_BACKBONES:
+            if values.get(f"{key}_backbone"):
+                backbones[title] = values[f"{key}_backbone"]
         if values.get("status", "ok") != "ok":
             rows.append(f"<tr><td>{esc(row_label(name))}</td><td colspan={len(QUALITY_COLUMNS)}"
                         f" class=muted>{esc(values['status'])}</td></tr>")
@@ -137,6 +144,9 @@ def quality_table(quality: dict[str, Any]) -> str:
         rows.append(f"<tr><td>{esc(row_label(name))}</td>{''.join(cells)}</tr>")
     note = (f'<p class="missing">No finite value in metrics.json (shown –): '
             f"{esc('; '.join(absent))}.</p>" if absent else "")
+    if backbones:
+        note += ("<p class=muted>" + esc("; ".join(f"{t}: {b}" for t, b in backbones.items()))
+                 + ".</p>")
     return f"<table>{head}{''.join(rows)}</table>{note}"
 
 
