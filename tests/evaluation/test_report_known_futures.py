@@ -30,7 +30,7 @@ def test_the_table_lists_every_row_with_its_paired_deltas():
 def test_the_reading_says_which_way_each_interval_points():
     text = reading(_block())
     assert "closer to the futures than copying the baseline" in text
-    assert "the shuffled row is further" in text
+    assert "(shuffled) score worse than its own" in text
     assert "NAMD without L_align / L_pred is further than" in text
     assert "with null context (image only) is not separated from" in text
     block = _block()

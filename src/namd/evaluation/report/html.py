@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from typing import Any
 
 from namd.evaluation.rows import row_label
@@ -38,7 +39,10 @@ def esc(value: Any) -> str:
 
 
 def _digits(x: float, digits: int | None) -> int:
-    """The given decimals, else 3 below 10 and 1 above (HU, dB and FID need no more)."""
+    """The given decimals, else 3 below 10 and 1 above (HU, dB and FID need no more), and three
+    significant digits below 0.01 (the evaluator-feature distance)."""
+    if digits is None and 0 < abs(x) < 0.01:
+        return 2 - math.floor(math.log10(abs(x)))
     return digits if digits is not None else 3 if abs(x) < 10 else 1
 
 

@@ -81,9 +81,9 @@ def reading(block: dict[str, Any]) -> str:
                         "further from the futures than copying the baseline",
                         "not distinguishable from copying the baseline")]
     shuffled = ((rows.get("shuffled") or {}).get(f"vs_{ref}") or {}).get("diameter_mm")
-    parts.append("the shuffled row is " + _verdict(
-        shuffled, "closer than it (its samples do not belong to their nodule)",
-        "further (its samples belong to their own nodule)", "not distinguishable from it"))
+    parts.append("its samples given to other nodules (shuffled) score " + _verdict(
+        shuffled, "better than its own: they do not belong to their nodule",
+        "worse than its own: they belong to their nodule", "like its own: nodule-blind"))
     for name in generated():
         row = rows.get(name) or {}
         if name == ref or row.get("status") != "ok":

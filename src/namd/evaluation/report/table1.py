@@ -12,6 +12,7 @@ column that this run could not compute shows why once, under the table.
 from __future__ import annotations
 
 import html
+import math
 from typing import Any
 
 from namd.config import methods
@@ -25,6 +26,8 @@ def _num(value: Any, std: Any = None, digits: int = 3) -> str:
     if not isinstance(value, int | float) or isinstance(value, bool):
         return "–"
     d = digits if abs(value) < 10 else 1
+    if 0 < abs(value) < 0.01:  # a small distance keeps three significant digits
+        d = 2 - math.floor(math.log10(abs(value)))
     text = f"{value:.{d}f}"
     if isinstance(std, int | float) and not isinstance(std, bool):
         text += f" ± {std:.{d}f}"
