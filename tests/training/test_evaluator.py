@@ -253,3 +253,24 @@ def test_initial_weights_follow_the_seed_not_the_process(tmp_path):
         out = stage.run_stage(fast_config(steps=2), run, **_args())
         weights.append(load_file(str(out / "checkpoints" / "last" / "vit.safetensors")))
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_an_ensemble_with_ema_trains_saves_and_loads(tmp_path):
+    """evaluator.members = 2 with an EMA of the weights (the CPU presets' judge, made an ensemble):
+    the stage exports the EMA copy of every member, and load_evaluator rebuilds the ensemble."""
+    run = RunDir(tmp_path)
+    make_cohort(run.stage("cohort"), n_pairs=40, n_unpaired=0)
+    config = fast_config(steps=10)
+    config.evaluator = config.evaluator.model_copy(update={
+        "members": 2, "train": config.evaluator.train.model_copy(update={"ema_decay": 0.9})})
+    out = stage.run_stage(config, run, **_args())
+    best = load_file(str(out / "checkpoints" / "best" / "ema_vit.safetensors"))
+    assert {k.split(".")[1] for k in best if k.startswith("members.")} == {"0", "1"}
+    assert not (out / "checkpoints" / "best" / "vit.safetensors").exists()
+    model, window, _ = load_evaluator(out)
+    assert type(model).__name__ == "EvaluatorEnsemble" and len(model.members) == 2
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, best[name])  # the EMA weights, not the raw ones
+    hu = Cohort(run.stage("cohort")).images(np.arange(6))
+    probs, feats = predict(model, hu, window, with_features=True)
+    assert probs.shape == (6,) and feats.shape == (6, 2 * 32) and np.isfinite(probs).all()
