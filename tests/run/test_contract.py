@@ -125,7 +125,7 @@ READERS: dict[str, Callable[[Case], Any]] = {
         RunDir(c.run), methods.get(methods.REFERENCE).uses, c.finished.config),
     "namd.models.evaluator.load_evaluator": lambda c: load_evaluator(c.run / c.folder),
     "namd.models.calibration.load_calibration": lambda c: load_calibration(c.run / c.folder),
-    "namd.evaluation.evaluate.load_samples": lambda c: evaluate.load_samples(
+    "namd.evaluation.sample_folder.load_samples": lambda c: evaluate.load_samples(
         c.run / c.folder, c.finished.pairs, "test", c.finished.crop_size),
     "namd.evaluation.report.inputs.Context.metrics": lambda c: Context(
         RunDir(c.run), c.finished.config).metrics(),

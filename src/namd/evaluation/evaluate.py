@@ -25,23 +25,21 @@ from namd.config import NamdConfig, methods
 from namd.evaluation import baselines, fidelity, gap_closure, growth, metrics, quality, variance
 from namd.evaluation.baseline_use import BASELINE_USE_FILE
 from namd.evaluation.calibration_metrics import calibration_block
-from namd.evaluation.freshness import check_samples_newer_than_weights, evaluated_inputs
+from namd.evaluation.freshness import evaluated_inputs
 from namd.evaluation.known_futures import known_futures_scores
 from namd.evaluation.measure import Measurements, measure_rows
 from namd.evaluation.rows import COPY_REFERENCE, generated, image_rows, quality_rows, rows, vae_of
+from namd.evaluation.sample_folder import load_samples
 from namd.evaluation.schema import SCHEMA_VERSION
-from namd.inference.sample_stage import check_pair_order
 from namd.models.calibration import Calibration, calibration_status
 from namd.models.device import resolve_device
 from namd.models.evaluator import MalignancyViT, load_evaluator, predict
 from namd.run.contract import RunFileError
 from namd.run.layout import RunDir
-from namd.run.provenance import RUN_INFO, atomic_write_json, atomic_write_text, progress
-from namd.run.readers import load_npy, read_csv, read_json
+from namd.run.provenance import atomic_write_json, atomic_write_text, progress
+from namd.run.readers import read_json
 
 log = logging.getLogger(__name__)
-
-INDEX_COLUMNS = ("pair_id", "patient_id", "split", "label", "baseline_index", "followup_index")
 
 
 @dataclass
@@ -66,49 +64,6 @@ def test_pairs(cohort: Cohort, split: str) -> tuple[pd.DataFrame, int]:
         raise ValueError(f"{cohort.path}: split {split!r} needs labelled pairs of both classes, "
                          f"has {int((y == 0).sum())} benign and {int((y == 1).sum())} malignant")
     return pairs, unlabelled
-
-
-def load_samples(folder: Path, pairs: pd.DataFrame, split: str,
-                 crop_size: int) -> tuple[np.ndarray | None, str, dict]:
-    """Generated crops (N, K, H, W) of a sample folder in the order of `pairs`, or a status.
-
-    A folder that is absent or unfinished is "not run"; one whose files are damaged or
-    contradict the cohort is a RunFileError naming the file.
-    """
-    if not folder.is_dir():
-        return None, f"not run: {folder} not found", {}
-    info_path = folder / RUN_INFO
-    info = read_json(info_path, "samples") if info_path.is_file() else {}
-    if not info.get("complete"):
-        return None, f"not run: {folder} is unfinished (no complete {RUN_INFO})", {}
-    index_path, array_path = folder / "index.csv", folder / "samples.npy"
-    index = read_csv(index_path, "samples", dtype={"pair_id": str, "patient_id": str})
-    missing = [c for c in INDEX_COLUMNS if c not in index.columns]
-    if missing:
-        raise RunFileError(index_path, f"lacks column(s) {', '.join(missing)}", writer="samples")
-    check_pair_order(index_path, index["pair_id"], info)  # rows still describe samples.npy's
-    check_samples_newer_than_weights(folder, info, split)
-    splits = set(index["split"].astype(str))
-    if splits != {split}:
-        return None, f"not run: {folder} holds split(s) {sorted(splits)}, not {split!r}", {}
-    samples = load_npy(array_path, "samples")
-    if samples.ndim != 4 or samples.shape[0] != len(index) or samples.shape[2:] != (crop_size, crop_size):
-        raise RunFileError(array_path, f"shape {samples.shape} is not (N={len(index)}, K, "
-                           f"{crop_size}, {crop_size})", writer="samples")
-    position = {pid: i for i, pid in enumerate(index["pair_id"])}
-    absent = [p for p in pairs["pair_id"] if p not in position]
-    if absent or len(position) != len(index):
-        raise RunFileError(index_path, f"pair ids do not match the cohort's {split} pairs "
-                           f"(e.g. missing {absent[:3]}, or duplicates)", writer="samples")
-    order = np.array([position[p] for p in pairs["pair_id"]])
-    for col in ("baseline_index", "followup_index", "label"):
-        ours = pd.to_numeric(index[col], errors="coerce").to_numpy(dtype=float)[order]
-        if not np.array_equal(ours, pairs[col].to_numpy(dtype=float)):
-            raise RunFileError(index_path, f"column {col} disagrees with the cohort", writer="samples")
-    data = np.asarray(samples[order], dtype=np.float32)  # reordered like `pairs`
-    if not np.isfinite(data).all():
-        raise RunFileError(array_path, "holds non-finite values", writer="samples")
-    return data, "ok", info
 
 
 def evaluator_scores(model: MalignancyViT, crops: np.ndarray, window: tuple[float, float],
