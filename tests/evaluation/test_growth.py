@@ -18,6 +18,7 @@ from namd.evaluation.report.build import build_section
 from namd.evaluation.report.growth import section_growth
 from namd.evaluation.report.inputs import Context
 from namd.evaluation.schema import SCHEMA_VERSION
+from namd.inference.sample_stage import INDEX_COLUMNS
 from namd.models.evaluator import build_evaluator
 from namd.models.vae import build_vae, save_trained_vae
 from namd.run.layout import RunDir
@@ -226,7 +227,7 @@ def _run(root) -> tuple[RunDir, Cohort]:
     for folder in ("samples", "samples_null_context"):
         run.stage(folder).mkdir()
         np.save(run.stage(folder) / "samples.npy", follow)
-        pairs[list(evaluate.INDEX_COLUMNS)].to_csv(run.stage(folder) / "index.csv", index=False)
+        pairs[list(INDEX_COLUMNS)].to_csv(run.stage(folder) / "index.csv", index=False)
         atomic_write_json(run.stage(folder) / "run_info.json", {"complete": True, "seed": 23})
     return run, cohort
 
