@@ -15,7 +15,7 @@ from scipy import ndimage
 from namd.cli.main import main
 from namd.cohort.store import Cohort
 from namd.config import load_config, methods
-from namd.evaluation import evaluate, quality
+from namd.evaluation import evaluate, measure, quality
 from namd.evaluation.report.build import build_report
 from namd.evaluation.report.html import quality_table
 from namd.evaluation.report.inputs import Context
@@ -62,7 +62,7 @@ def test_disc_opening_equals_scipys_opening_by_a_disc():
             mask[:] = True  # tissue everywhere: the case that hung
         radius = int(rng.integers(1, 30))
         disc = np.hypot(*np.ogrid[-radius:radius + 1, -radius:radius + 1]) <= radius
-        np.testing.assert_array_equal(quality.disc_opening(mask, radius),
+        np.testing.assert_array_equal(measure.disc_opening(mask, radius),
                                       ndimage.binary_opening(mask, structure=disc))
 
 

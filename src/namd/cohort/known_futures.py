@@ -130,15 +130,14 @@ def _meta(path: Path, meta: dict[str, Any]) -> dict[str, Any] | str:
     return entry
 
 
-def read_known_futures(cohort_path: Path, generator: str | None = None) -> KnownFutures | str:
+def read_known_futures(cohort_path: Path) -> KnownFutures | str:
     """The futures, or a one-line reason starting 'not available: ' (real cohort, a cohort made
-    by another generator version, known_futures 0, file absent). Damaged files (wrong shape,
-    dtype, a csv without its columns, counts disagreeing with cohort.json) raise CohortFileError
-    naming the file.
+    by a generator version without them or with synth.known_futures 0, futures whose generator
+    is not the crops', file absent). Damaged files (wrong shape, dtype, a csv without its
+    columns, counts disagreeing with cohort.json) raise CohortFileError naming the file.
 
-    "Another generator version": the futures' generator differs from the one that made the
-    cohort's crops, or, when `generator` is given (e.g. namd.cohort.synthetic.GENERATOR), the
-    cohort's generator is not that one.
+    The futures are stored with the crops they were drawn beside, so they stay valid whatever
+    generator version the reading namd has.
     """
     folder = Path(cohort_path)
     meta_path, npy, csv = folder / "cohort.json", folder / FUTURES_NPY, folder / FUTURES_CSV
@@ -148,9 +147,9 @@ def read_known_futures(cohort_path: Path, generator: str | None = None) -> Known
     if isinstance(entry, str):
         return entry
     made_by = meta.get("generator")
-    if entry["generator"] != made_by or (generator is not None and made_by != generator):
+    if entry["generator"] != made_by:
         return (f"{NOT_AVAILABLE}the futures were drawn by {entry['generator']!r}, the crops by "
-                f"{made_by!r}" + (f", this namd reads {generator!r}" if generator else ""))
+                f"{made_by!r}")
     if entry["reference"] == 0:
         return f"{NOT_AVAILABLE}{meta_path} records 0 reference futures (synth.known_futures 0)"
     for path in (npy, csv):

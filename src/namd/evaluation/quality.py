@@ -22,7 +22,6 @@ from scipy import linalg
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from namd.evaluation import perceptual
-from namd.evaluation.measure import disc_opening as disc_opening  # re-export (test_finite.py)
 from namd.evaluation.measure import measure
 
 

@@ -173,8 +173,7 @@ def _write_futures(writer: CohortWriter, nodules: list[Nodule], splits: dict[str
     out = KnownFuturesWriter(writer.tmp, len(test), count, data.crop_size)
     with progress(total=len(test) * count, desc="known futures", unit="crop") as bar:
         for nod in test:
-            drawn = nodule_scene(nod, cfg.seed, PAIRED, data)
             pair_id = _pair_id(nod)
-            out.add(pair_id, follow_index[pair_id], render_futures(nod, cfg.seed, PAIRED, data, count, drawn))
+            out.add(pair_id, follow_index[pair_id], render_futures(nod, cfg.seed, PAIRED, data, count))
             bar.update(count)
     out.close()

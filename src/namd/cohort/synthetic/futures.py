@@ -122,12 +122,11 @@ def future_nodules(nodule: Nodule, seed: int, stream: int, count: int) -> list[N
     return [draw_future(nodule, future_rng(nodule, seed, stream, m)) for m in range(count)]
 
 
-def render_futures(nodule: Nodule, seed: int, stream: int, data: DataConfig, count: int,
-                   drawn: NoduleScene | None = None) -> np.ndarray:
+def render_futures(nodule: Nodule, seed: int, stream: int, data: DataConfig,
+                   count: int) -> np.ndarray:
     """HU crops (count, crop, crop) float32 of futures 0 .. count-1 of a nodule: the cohort's
-    scene and shape (drawn once, or `drawn` when the caller has it), each future's course, gain
-    and render from its own stream."""
-    drawn = drawn or nodule_scene(nodule, seed, stream, data)
+    scene and shape (drawn once), each future's course, gain and render from its own stream."""
+    drawn = nodule_scene(nodule, seed, stream, data)
     crop, sp = data.crop_size, data.pixel_spacing_mm
     out = np.empty((count, crop, crop), np.float32)
     for m in range(count):

@@ -20,7 +20,7 @@ def _mm(value: Any) -> str:
     return "–" if value is None else f"{value:+.2f}"
 
 
-def _with_ci(value: Any, ci: Any) -> str:
+def with_ci(value: Any, ci: Any) -> str:
     """'+1.23 [+0.40, +2.05]'."""
     if value is None:
         return "–"
@@ -47,8 +47,8 @@ def growth_table(block: dict[str, Any]) -> str:
             continue
         vs = r.get("vs_namd") or {}
         cells = (_mm(r.get("benign_mean_mm")), _mm(r.get("malignant_mean_mm")),
-                 _with_ci(r.get("difference_mm"), r.get("difference_ci95")),
-                 _with_ci(vs.get("gap_difference_mm"), vs.get("ci95")),
+                 with_ci(r.get("difference_mm"), r.get("difference_ci95")),
+                 with_ci(vs.get("gap_difference_mm"), vs.get("ci95")),
                  _mm(r.get("benign_minus_real_benign_mm")))
         body.append(f"<tr{cls}><td>{label}</td>"
                     + "".join(f"<td class=num>{esc(c)}</td>" for c in cells) + "</tr>")

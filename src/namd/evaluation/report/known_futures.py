@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from namd.config import methods
+from namd.evaluation.report.growth import with_ci
 from namd.evaluation.report.html import esc
 from namd.evaluation.report.inputs import missing_block
 from namd.evaluation.rows import generated, row_label
@@ -31,11 +32,11 @@ def _num(value: Any) -> str:
 
 
 def _delta(block: Any) -> str:
-    """'+0.12 [+0.05, +0.20]' of a paired {"delta", "ci95"}, '–' when absent."""
-    if not isinstance(block, dict) or block.get("delta") is None:
+    """'+0.12 [+0.05, +0.20]' of a paired {"delta", "ci95"} (the growth section's format), '–'
+    when absent."""
+    if not isinstance(block, dict):
         return "–"
-    lo, hi = block["ci95"]
-    return f"{block['delta']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    return with_ci(block.get("delta"), block.get("ci95"))
 
 
 def known_futures_table(block: dict[str, Any]) -> str:

@@ -12,26 +12,25 @@ column that this run could not compute shows why once, under the table.
 from __future__ import annotations
 
 import html
-import math
 from typing import Any
 
 from namd.config import methods
+from namd.evaluation.report.html import fmt_stat
 from namd.evaluation.rows import COPY_ROWS, REAL_ROWS, generated, paper_numbers, row_label
 
 KNOWN_FUTURE_KEY = "energy_diameter_mm"  # the headline known-future score (mm)
 
 
-def _num(value: Any, std: Any = None, digits: int = 3) -> str:
-    """'0.805 ± 0.018' or '0.805'; '–' when absent or not a number."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
+def _num(value: Any, std: Any = None) -> str:
+    """'0.805 ± 0.018' or '0.805' with the report's decimals (html.fmt_stat); '–' when absent
+    or not a number."""
+    if not _number(value):
         return "–"
-    d = digits if abs(value) < 10 else 1
-    if 0 < abs(value) < 0.01:  # a small distance keeps three significant digits
-        d = 2 - math.floor(math.log10(abs(value)))
-    text = f"{value:.{d}f}"
-    if isinstance(std, int | float) and not isinstance(std, bool):
-        text += f" ± {std:.{d}f}"
-    return text
+    return fmt_stat({"mean": value, "std": std} if _number(std) else value, None)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _stat(block: Any, spread: bool = True) -> str:
@@ -61,7 +60,7 @@ def _paper_cell(name: str) -> str:
 
 def _quality_cells(iq: dict) -> list[str]:
     """LPIPS, FID (mean ± std over K) and the evaluator-feature distance of one row."""
-    fid = _num(iq.get("fid"), iq.get("fid_std"), 2)
+    fid = _num(iq.get("fid"), iq.get("fid_std"))
     return [_stat(iq.get("lpips")), fid, _stat(iq.get("evaluator_feature_distance"))]
 
 
