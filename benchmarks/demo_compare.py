@@ -22,14 +22,88 @@ HERE = Path(__file__).resolve().parent
 def load(run: Path) -> dict:
     """What one run says about itself."""
     out = {"run": str(run), "metrics": json.loads((run / "eval" / "metrics.json").read_text())}
-    for key, path in (("pipeline", run / "pipeline.json"), ("samples", run / "samples" / "run_info.json")):
+    for key, path in (("pipeline", run / "pipeline.json"), ("samples", run / "samples" / "run_info.json"),
+                      ("vae", run / "vae" / "report.json"), ("vae_no_align", run / "vae_no_align" / "report.json")):
         out[key] = json.loads(path.read_text()) if path.is_file() else None
     return out
+
+
+def _measures(run: dict) -> dict:
+    """The numbers issue 28 holds the demo to (None where the run lacks them)."""
+    m, vae, abl = run["metrics"], run["vae"] or {}, run["vae_no_align"] or {}
+    growth = (m.get("growth") or {}).get("generated", {}).get("namd", {})
+    kf = (m.get("known_futures") or {}).get("rows", {}).get("namd", {})
+    return {
+        "vae_psnr": vae.get("recon_psnr"), "ablation_psnr": abl.get("recon_psnr"),
+        "psnr_gap": (abl["recon_psnr"] - vae["recon_psnr"]) if vae and abl else None,
+        "knn_r2": vae.get("knn_r2_diameter"), "spearman": vae.get("distance_spearman"),
+        "ablation_spearman": abl.get("distance_spearman"),
+        "baseline_use": (m.get("baseline_use") or {}).get("namd", {}).get("ratio"),
+        "mean_of_k": (m.get("fidelity") or {}).get("namd", {}).get("mean_of_k_mae_to_vae_copy"),
+        "growth_gap": growth.get("difference_mm"), "growth_ci": growth.get("difference_ci95"),
+        **{f"kf_{k}": kf.get(f"energy_{k}") for k in ("diameter_mm", "density_hu", "image_hu")},
+    }
 
 
 def _f(value, fmt: str = ".3f") -> str:
     """A number, or a dash."""
     return "-" if value is None else format(value, fmt)
+
+
+def _bar(m: dict) -> list[tuple[str, str, bool | None]]:
+    """Issue 28's quality bar for one run: (criterion, value, met) per row."""
+    def have(*keys: str) -> bool:
+        return all(m[k] is not None for k in keys)
+
+    gap = ("-" if m["growth_ci"] is None else
+           f"{m['growth_gap']:+.2f} [{m['growth_ci'][0]:+.2f}, {m['growth_ci'][1]:+.2f}]")
+    return [
+        ("NAMD VAE PSNR (dB) >= 24", _f(m["vae_psnr"], ".2f"), m["vae_psnr"] >= 24 if have("vae_psnr") else None),
+        ("PSNR below the ablation's (dB) <= 1.5", _f(m["psnr_gap"], ".2f"),
+         m["psnr_gap"] <= 1.5 if have("psnr_gap") else None),
+        ("k-NN R^2 of the diameter >= 0.8", _f(m["knn_r2"]), m["knn_r2"] >= 0.8 if have("knn_r2") else None),
+        ("distance Spearman above the ablation's", f"{_f(m['spearman'])} vs {_f(m['ablation_spearman'])}",
+         m["spearman"] > m["ablation_spearman"] if have("spearman", "ablation_spearman") else None),
+        ("shuffled-baseline loss ratio <= 0.3", _f(m["baseline_use"]),
+         m["baseline_use"] <= 0.3 if have("baseline_use") else None),
+        ("mean of K / VAE copy MAE <= 1.1", _f(m["mean_of_k"]), m["mean_of_k"] <= 1.1 if have("mean_of_k") else None),
+        ("growth gap (mm), interval above 0", gap, m["growth_ci"][0] > 0 if m["growth_ci"] else None),
+    ] + [(f"known-future energy, {k} (no worse than before)", _f(m[f"kf_{k}"]), None)
+         for k in ("diameter_mm", "density_hu", "image_hu")]
+
+
+def criteria(before: dict, afters: list[dict]) -> list[str]:
+    """Issue 28's quality bar and the wall time: the run before, then each run after (its value,
+    and **no** where it misses the bar; the known-future energies against the run before)."""
+    b = _measures(before)
+    rows_b = _bar(b)
+    cols = []
+    for after in afters:
+        a = _measures(after)
+        cells = []
+        for (name, value, met), (_, _, _) in zip(_bar(a), rows_b, strict=True):
+            if name.startswith("known-future"):
+                key = "kf_" + name.split(", ")[1].split(" ")[0]
+                met = a[key] <= b[key] if a[key] is not None and b[key] is not None else None
+            cells.append(value + ("" if met is None or met else " **no**"))
+        cols.append(cells)
+    wall = [_wall(r) for r in (before, *afters)]
+    head = "| criterion (issue 28) | before | " + " | ".join(Path(r["run"]).name for r in afters) + " |"
+    lines = [head, "|---" * (2 + len(afters)) + "|",
+             "| wall time (min), ratio to before <= 0.6 | " + " | ".join(wall) + " |"]
+    for i, (name, value, met) in enumerate(rows_b):
+        mark = "" if met is None or met else " **no**"
+        lines.append(f"| {name} | {value}{mark} | " + " | ".join(c[i] for c in cols) + " |")
+    return lines
+
+
+def _wall(run: dict) -> str:
+    """Wall minutes of a run (and its ratio to the first run given, set by main)."""
+    p = run["pipeline"]
+    if not p:
+        return "-"
+    ratio = p["wall_seconds"] / _wall.base if getattr(_wall, "base", None) else 1.0
+    return f"{p['wall_seconds'] / 60:.1f} ({ratio:.2f}x)"
 
 
 def table1(before: dict, after: dict) -> list[str]:
@@ -112,14 +186,21 @@ def timing(run: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True)
-    parser.add_argument("--after", required=True)
+    parser.add_argument("--after", required=True, help="the run compared in full")
+    parser.add_argument("--also", nargs="*", default=[],
+                        help="other runs after the change, shown beside it in the quality bar")
     parser.add_argument("--out", default=str(HERE / "results" / "demo"))
     args = parser.parse_args()
     before, after = load(Path(args.before)), load(Path(args.after))
+    others = [load(Path(r)) for r in args.also]
+    _wall.base = (before["pipeline"] or {}).get("wall_seconds")
+    also = "".join(f" --also {r}" for r in args.also)
     text = "\n".join([
         "# The demo before and after", "",
-        f"`python benchmarks/demo_compare.py --before {args.before} --after {args.after}`", "",
-        "## Time", "", "- before: " + timing(before), "- after: " + timing(after), "",
+        f"`python benchmarks/demo_compare.py --before {args.before} --after {args.after}{also}`", "",
+        "## Time", "", "- before: " + timing(before), "- after: " + timing(after),
+        *(f"- also: {timing(r)}" for r in others), "",
+        "## The quality bar", "", *criteria(before, [after, *others]), "",
         f"## Table 1 (test split, {after['metrics']['n_test']} nodules, "
         f"{after['metrics']['n_malignant']} malignant)", "", *table1(before, after), "",
         "## Image quality, baseline use, fidelity", "", *quality(before, after), "",
@@ -128,7 +209,7 @@ def main() -> None:
 
     out = Path(args.out)
     atomic_write_text(out.with_suffix(".md"), text)
-    atomic_write_json(out.with_suffix(".json"), {"before": before, "after": after})
+    atomic_write_json(out.with_suffix(".json"), {"before": before, "after": after, "also": others})
     print(text)
 
 

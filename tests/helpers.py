@@ -14,7 +14,15 @@ TINY = ["data.crop_size=16", "data.pixel_spacing_mm=1.0", "text.encoder=structur
         "diffusion.prior.batch_size=4", "diffusion.cond.max_steps=1", "diffusion.cond.batch_size=4",
         "evaluator.width=16", "evaluator.depth=1", "evaluator.heads=2", "evaluator.mlp_dim=16",
         "evaluator.select_min_malignant=0", "evaluator.train.max_steps=1",
-        "evaluator.train.batch_size=8", "sampling.k=2", "sampling.steps=2"]
+        "evaluator.train.batch_size=8", "sampling.k=2", "sampling.steps=2",
+        "vae.pretrained=null", "diffusion.unet.pretrained=null"]  # 16-pixel crops: from scratch
+
+
+def flip_bit(path, offset: int = -1, mask: int = 0x01) -> None:
+    """Flip one bit of a file (near its end: tensor data, so the file still parses)."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))
 
 
 def disc(radius: float, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:

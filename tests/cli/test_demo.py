@@ -15,6 +15,8 @@ from namd.cli.commands.demo import demo_methods
 from namd.cli.graph import plan
 from namd.cli.main import main
 from namd.cohort.store import Cohort
+from namd.config import FOUNDATION
+from namd.models.foundation import read_manifest
 from namd.run.layout import RunDir
 
 
@@ -47,6 +49,11 @@ def test_demo_writes_every_stage_and_the_table(demo_run):
     samples = np.load(demo_run / "samples" / "samples.npy", mmap_mode="r")
     n_test = len(Cohort(demo_run / "cohort").pairs("test"))
     assert samples.shape == (n_test, 2, 64, 64) and np.isfinite(samples).all()
+    # the CPU preset fine-tunes the shipped foundation, and each stage says which files it started from
+    shipped = read_manifest()["files"]
+    for stage, key in (("vae", "pretrained"), ("vae_no_align", "pretrained"), ("prior", "foundation")):
+        start = json.loads((demo_run / stage / "run_info.json").read_text())[key]
+        assert start["name"] == FOUNDATION and start["files"] == {k: v["sha256"] for k, v in shipped.items()}
 
 
 def test_demo_resumes_by_skipping_finished_stages(demo_run, capsys):

@@ -95,3 +95,11 @@ def test_from_scratch_is_saved_with_the_run(tmp_path, capsys):
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["require_pretrained"] is False and saved["vae"]["lambda_lpips"] == 0
     assert "cohort" in capsys.readouterr().err
+
+
+def test_from_scratch_in_a_cpu_preset_leaves_the_shipped_foundation(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--run", str(run), "--from-scratch"]) == 1  # no cohort yet
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["vae"]["pretrained"] is None and saved["diffusion"]["unet"]["pretrained"] is None
+    assert load_config("tiny").vae.pretrained == "namd:foundation"  # the default it replaced

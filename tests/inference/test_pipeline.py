@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SIZE, disc
+from helpers import SIZE, disc, flip_bit
 
 import namd.inference.sampler
 from namd.cli.main import main
@@ -156,10 +156,7 @@ def test_a_tampered_file_is_refused_naming_it(exported, tmp_path):
 
     copy = tmp_path / "model"
     shutil.copytree(exported, copy)
-    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 1
-    weights.write_bytes(bytes(data))
+    flip_bit(copy / "unet" / "diffusion_pytorch_model.safetensors")
     with pytest.raises(RunFileError, match=r"unet/diffusion_pytorch_model\.safetensors: sha256 .* differs"):
         NAMDPipeline.from_pretrained(copy, device="cpu")
     shutil.rmtree(copy / "evaluator")

@@ -18,7 +18,8 @@ from namd.models.unet import (
 )
 from namd.run.contract import RunFileError
 
-TINY = UNetConfig(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, attention_head_dim=2)
+TINY = UNetConfig(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, attention_head_dim=2,
+                  pretrained=None)  # from scratch: the shipped foundation is another layout
 
 
 def _tiny(in_channels: int = 4, dim: int = 6, seed: int = 0):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import disc
+from helpers import disc, flip_bit
 
 from namd.cli.main import main
 from namd.config import load_config
@@ -34,11 +34,7 @@ def _copy(tiny_run: RunDir, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_run.path, tmp_path / "run"))
 
 
-def _flip(path: Path) -> None:
-    """Flip one bit of the last byte (tensor data: the file still parses)."""
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0x01
-    path.write_bytes(bytes(data))
+_flip = flip_bit  # one bit of the last byte (tensor data: the file still parses)
 
 
 def _forget_records(run: Path) -> None:

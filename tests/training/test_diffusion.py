@@ -304,7 +304,8 @@ def tiny_run(tmp_path, monkeypatch):
         "diffusion.unet.attention_head_dim=2", "diffusion.prior.max_steps=4", "diffusion.prior.batch_size=4",
         "diffusion.prior.val_every=2", "diffusion.prior.checkpoint_every=2", "diffusion.cond.max_steps=4",
         "diffusion.cond.batch_size=2", "diffusion.cond.val_every=2", "diffusion.cond.checkpoint_every=2",
-        "sampling.k=3", "sampling.steps=2", "sampling.grids=1", "sampling.max_batch=4"])
+        "sampling.k=3", "sampling.steps=2", "sampling.grids=1", "sampling.max_batch=4",
+        "vae.pretrained=null", "diffusion.unet.pretrained=null"])  # 16-pixel crops: no foundation
     save_config(config, run.path / "config.yaml")
     torch.manual_seed(0)
     save_trained_vae(build_vae(config.vae.model_copy(update={"block_out_channels": (8, 8, 8), "norm_num_groups": 4})),

@@ -18,6 +18,9 @@ def add_method_arg(parser: argparse.ArgumentParser, what: str) -> None:
                              "no_align: the paper's ablation, null_context: image-only conditioning)")
 
 
+FROM_SCRATCH = ("require_pretrained=false", "vae.pretrained=null", "diffusion.unet.pretrained=null")
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     """--preset / --config / --set, shared by every command that reads a config."""
     parser.add_argument("--preset", choices=PRESETS, default=None,
@@ -26,8 +29,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one value, e.g. --set vae.train.max_steps=50 (repeatable)")
     parser.add_argument("--from-scratch", action="store_true",
-                        help="train the VAE and the U-Net from random weights even where the config "
-                             "requires local SD1.5 weights (the paper preset); saved in RUN/config.yaml")
+                        help="train the VAE and the U-Net from random weights: no SD1.5 weights "
+                             "(the paper preset) and no shipped foundation (the CPU presets); saved "
+                             "in RUN/config.yaml")
 
 
 def resolve_config(args: argparse.Namespace, run: RunDir | None = None,
@@ -38,7 +42,7 @@ def resolve_config(args: argparse.Namespace, run: RunDir | None = None,
     (e.g. the preflight of namd.config.preflight) runs first, so a refused config is never saved.
     """
     saved = run.saved_config() if run is not None and args.preset is None else None
-    overrides = [*args.overrides, *(["require_pretrained=false"] if getattr(args, "from_scratch", False) else [])]
+    overrides = [*args.overrides, *(FROM_SCRATCH if getattr(args, "from_scratch", False) else [])]
     config = load_config(args.preset or "tiny", args.config, overrides, base=saved)
     if check is not None:
         check(config)

@@ -14,17 +14,18 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from namd.config.base import Section, TrainConfig
+from namd.config.base import FOUNDATION, Section, TrainConfig
 from namd.config.data import DataConfig, IngestConfig, SynthConfig
 from namd.config.diffusion import DiffusionConfig, SamplingConfig, UNetConfig
 from namd.config.evaluation import EvalConfig, EvaluatorConfig
+from namd.config.foundation import FoundationConfig
 from namd.config.text import TextConfig
 from namd.config.vae import VAEConfig
 
 __all__ = [
     "NamdConfig", "TrainConfig", "DataConfig", "SynthConfig", "IngestConfig", "VAEConfig", "TextConfig",
-    "DiffusionConfig", "UNetConfig", "SamplingConfig", "EvaluatorConfig", "EvalConfig",
-    "ConfigError", "PRESETS", "load_config", "save_config", "validated_update",
+    "DiffusionConfig", "UNetConfig", "SamplingConfig", "EvaluatorConfig", "EvalConfig", "FoundationConfig",
+    "ConfigError", "FOUNDATION", "PRESETS", "load_config", "save_config", "validated_update",
 ]
 
 PRESETS = ("tiny", "bench", "paper")
@@ -53,6 +54,7 @@ class NamdConfig(Section):
     sampling: SamplingConfig = SamplingConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
     eval: EvalConfig = EvalConfig()
+    foundation: FoundationConfig = FoundationConfig()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

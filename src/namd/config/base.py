@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # cuBLAS reads this when its first handle is made; deterministic GEMMs need it set before that
 CUBLAS_WORKSPACE = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
+# the value of vae.pretrained / diffusion.unet.pretrained that names the weights shipped with
+# namd (namd.models.foundation), the CPU presets' stand-in for SD1.5
+FOUNDATION = "namd:foundation"
+
 
 class Section(BaseModel):
     """A config section: unknown keys are errors, so a typo in YAML never passes silently."""

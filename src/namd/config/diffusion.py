@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from namd.config.base import Section, TrainConfig
+from namd.config.base import FOUNDATION, Section, TrainConfig
 
 
 class UNetConfig(Section):
@@ -24,8 +24,10 @@ class UNetConfig(Section):
     norm_num_groups: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     pretrained: str | None = Field(
-        None, description="local SD1.5 U-Net: diffusers folder (or its parent with unet/) or one "
-                          ".safetensors file (diffusers or original LDM key names)")
+        FOUNDATION, description="the weights the prior fine-tunes: 'namd:foundation' (CPU presets: "
+        "the U-Net prior shipped with namd, docs/foundation.md), a local SD1.5 U-Net (paper preset: "
+        "a diffusers folder, or its parent with unet/, or one .safetensors file with diffusers or "
+        "original LDM key names), or null (from scratch)")
     min_transferred: float = Field(
         0.5, ge=0, le=1, description="smallest share of parameters that must carry over when "
                                      "loading weights into a different layout (else an error)")
@@ -50,11 +52,15 @@ class DiffusionConfig(Section):
     unet: UNetConfig = UNetConfig()
     # CPU-sized defaults: a few hundred steps need a larger learning rate than the paper's
     # (prior 1e-4 with 4,000 warm-up steps over 104,000; cond 2e-5 over 60 epochs), which the
-    # paper preset sets.
-    prior: TrainConfig = TrainConfig(lr=1e-3, batch_size=32, max_steps=300)
+    # paper preset sets. The prior fine-tunes the shipped foundation's U-Net prior
+    # (unet.pretrained) in 100 cosine steps (from scratch it took 300 at lr 1e-3)
+    # (benchmarks/results/demo_foundation.md).
+    prior: TrainConfig = TrainConfig(lr=5e-4, batch_size=32, max_steps=100, schedule="cosine")
     # cond lr 1e-3 with v-prediction and 8 draws per pair: mean of K nearer the real follow-up
-    # (1.07 x the VAE copy's MAE against 1.10 at 5e-4; benchmarks/results/follow_baseline.md)
-    cond: TrainConfig = TrainConfig(lr=1e-3, batch_size=8, max_steps=300)  # paper: batch 8
+    # (1.07 x the VAE copy's MAE against 1.10 at 5e-4; benchmarks/results/follow_baseline.md).
+    # 200 cosine steps since the foundation (issue 28); 300 constant steps cost 0.13x of the
+    # demo's time and did not bring back the nodules' density (benchmarks/results/demo_foundation.md)
+    cond: TrainConfig = TrainConfig(lr=1e-3, batch_size=8, max_steps=200, schedule="cosine")  # paper: batch 8
     condition_dropout: float = Field(
         0.0, ge=0, lt=1, description="share of training pairs whose context C is replaced by the "
                                      "null context, for classifier-free guidance; 0 = paper")
@@ -88,11 +94,12 @@ class DiffusionConfig(Section):
 
 class SamplingConfig(Section):
     """K virtual follow-ups per nodule (paper: K = 20, DDIM 50 steps, eta = 0, guidance 1; the
-    paper preset sets them). The CPU presets take DDIM 10 steps: against DDIM 50 with the same
-    seeds on the demo's 130 test nodules, per-nodule mean-probability correlation 0.9998, AUROC
-    +0.002, image MAE to the real follow-up -2.8%, spread over K 46 vs 51 HU
-    (benchmarks/results/sampler_steps.md; beyond the paper). DDIM 5 also passed, with half the
-    AUROC margin left; DPM-Solver++ was further from DDIM 50 than DDIM at every step count.
+    paper preset sets them). The CPU presets take DDIM 5 steps: against DDIM 50 with the same
+    seeds on the demo's 130 test nodules, per-nodule mean-probability correlation 0.9991, AUROC
+    +0.005, image MAE to the real follow-up -2.7%, spread over K 46 vs 51 HU
+    (benchmarks/results/sampler_steps.md; beyond the paper; DDIM 10 before issue 28, which
+    needed half the sample stage's time for it). DPM-Solver++ was further from DDIM 50 than DDIM
+    at every step count.
     v-prediction makes the sampling path nearly straight, so few steps suffice.
 
     DDIM timesteps follow the CompVis sampler of the authors' code: uniform 'leading' spacing
@@ -100,7 +107,7 @@ class SamplingConfig(Section):
     """
 
     k: int = Field(20, ge=1)
-    steps: int = Field(10, ge=1, description="sampler steps (CPU presets: DDIM 10; paper preset: 50)")
+    steps: int = Field(5, ge=1, description="sampler steps (CPU presets: DDIM 5; paper preset: 50)")
     eta: float = Field(0.0, ge=0, description="DDIM stochasticity; 0 = deterministic (paper)")
     scheduler: Literal["ddim", "dpmsolver++"] = "ddim"
     solver_order: int = Field(2, ge=1, le=3, description="DPM-Solver++ order")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from namd.config import ConfigError, NamdConfig
+from namd.config import FOUNDATION, ConfigError, NamdConfig
 
 SD15_HINT = ("the paper fine-tunes Stable Diffusion 1.5: point vae.pretrained and "
              "diffusion.unet.pretrained at a local SD1.5 folder (docs/paper-preset.md, 'Pretrained weights'), or "
@@ -23,7 +23,7 @@ def clip_folder(config: NamdConfig) -> Path | None:
     cfg = config.diffusion
     if cfg.clip_text:
         return Path(cfg.clip_text).expanduser()
-    if cfg.unet.pretrained:
+    if cfg.unet.pretrained and cfg.unet.pretrained != FOUNDATION:
         unet = Path(cfg.unet.pretrained).expanduser()
         folder = unet.parent if unet.is_file() else unet  # a weights file -> its folder
         return folder.parent if folder.name == "unet" else folder
@@ -32,8 +32,8 @@ def clip_folder(config: NamdConfig) -> Path | None:
 
 def _check_pretrained(field: str, value: str | None) -> None:
     """A required pretrained path that is unset or absent."""
-    if not value:
-        raise ConfigError(f"{field} is unset and require_pretrained is on: {SD15_HINT}")
+    if not value or value == FOUNDATION:
+        raise ConfigError(f"{field} is {value or 'unset'} and require_pretrained is on: {SD15_HINT}")
     if not Path(value).expanduser().exists():
         raise ConfigError(f"{field}: {value} not found (weights are read only from local paths)")
 

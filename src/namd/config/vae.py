@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from namd.config.base import Section, TrainConfig
+from namd.config.base import FOUNDATION, Section, TrainConfig
 
 
 class VAEConfig(Section):
@@ -18,8 +18,11 @@ class VAEConfig(Section):
     latent_channels: int = Field(4, ge=1)
     in_channels: int = Field(1, description="1, or 3 replicated channels for SD1.5 weights")
     norm_num_groups: int = Field(8, ge=1)
-    pretrained: str | None = Field(None, description="local SD1.5 VAE: a diffusers folder or a .safetensors "
-                                   "file (diffusers or original layout); pickle .ckpt files are refused")
+    pretrained: str | None = Field(
+        FOUNDATION, description="the weights it fine-tunes: 'namd:foundation' (CPU presets: the VAE "
+        "shipped with namd, docs/foundation.md), a local SD1.5 VAE (paper preset: a diffusers folder "
+        "or a .safetensors file, diffusers or original layout; pickle .ckpt files are refused), or "
+        "null (from scratch)")
     # losses (Equation 6); defaults follow the authors' code where the paper is silent
     lambda_kl: float = Field(1e-6, ge=0)
     lambda_lpips: float = Field(
@@ -69,8 +72,10 @@ class VAEConfig(Section):
     report_grid: int = Field(8, ge=1, description="crops shown next to their reconstructions")
     report_tsne_max: int = Field(2000, ge=10, description="at most this many crops in the t-SNE")
     # the stage's own training defaults (CPU-sized; the paper preset sets Appendix B's values)
-    # tiny: trained from scratch on a CPU, so a larger lr than the paper's 5e-5 fine-tuning of SD1.5
-    # 700 steps: at 300 the VAE lost the thin vessels (PSNR 21.7 dB) and its reconstructions of a
-    # baseline were nearer another nodule's follow-up than their own for 55% of the validation
+    # tiny: fine-tunes the shipped foundation (vae.pretrained), as the paper fine-tunes SD1.5:
+    # 150 cosine steps (a constant lr cost the VAE copy's nodule density: benchmarks/results/
+    # demo_foundation.md). From scratch (vae.pretrained=null)
+    # it needs 700: at 300 the VAE lost the thin vessels (PSNR 21.7 dB) and its reconstructions of
+    # a baseline were nearer another nodule's follow-up than their own for 55% of the validation
     # pairs (benchmarks/results/follow_baseline.md)
-    train: TrainConfig = TrainConfig(lr=5e-4, batch_size=16, max_steps=700)
+    train: TrainConfig = TrainConfig(lr=5e-4, batch_size=16, max_steps=150, schedule="cosine")

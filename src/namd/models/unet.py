@@ -204,7 +204,9 @@ def load_pretrained_into(unet: UNet2DConditionModel, cfg: UNetConfig) -> Transfe
     """Initialise `unet` from cfg.pretrained when set (SD1.5, Appendix B); None otherwise."""
     if not cfg.pretrained:
         return None
-    state = pretrained_state(cfg.pretrained, unet)
+    from namd.models.foundation import resolve
+
+    state = pretrained_state(resolve(cfg.pretrained), unet)
     return transfer_weights(state, unet, min_share=cfg.min_transferred,
                             what=f"pretrained U-Net {cfg.pretrained}")
 

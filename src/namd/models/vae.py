@@ -225,8 +225,10 @@ def load_pretrained_weights(vae: AutoencoderKL, source: str | Path) -> Autoencod
 
 def build_vae_from_config(cfg: VAEConfig) -> AutoencoderKL:
     """The configured network, with local pretrained weights when `cfg.pretrained` names them."""
+    from namd.models.foundation import resolve
+
     vae = build_vae(cfg)
-    return load_pretrained_weights(vae, cfg.pretrained) if cfg.pretrained else vae
+    return load_pretrained_weights(vae, resolve(cfg.pretrained)) if cfg.pretrained else vae
 
 
 def vae_fingerprint(vae_dir: Path) -> str:

@@ -39,6 +39,7 @@ from namd.config import NamdConfig, TrainConfig, methods
 from namd.config.preflight import check_stage
 from namd.evaluation.baseline_use import BASELINE_USE_FILE
 from namd.models.context_factory import ENCODER_FILE, PROMPTS_FILE
+from namd.models.foundation import FOUNDATION, check_fits, describe
 from namd.models.null_context import save_null, stage_one_context
 from namd.models.schedules import (
     load_scheduler_config,
@@ -293,13 +294,14 @@ def _prior(config: NamdConfig, cohort: Cohort, store: LatentStore, dim: int, nul
     unet = build_unet(config.diffusion.unet, in_channels=c, out_channels=c,
                       cross_attention_dim=dim, sample_size=h, seed=seed)
     report = load_pretrained_into(unet, config.diffusion.unet)
+    start = describe() if config.diffusion.unet.pretrained == FOUNDATION else None
     train = _split(cohort.crops("train"), "crops", "train", True)
     val = _split(cohort.crops("val"), "crops", "val", False)
     task = PriorTask(unet, training_scheduler(config.diffusion), null, config.diffusion.prior.rotation_augment,
                      config.diffusion.snr_gamma)
     return (task, LatentCrops(store, train["crop_index"].to_numpy()),
             None if val is None else LatentCrops(store, val["crop_index"].to_numpy()),
-            {"pretrained": report.as_dict() if report else None})
+            {"pretrained": report.as_dict() if report else None, "foundation": start})
 
 
 def _cond(config: NamdConfig, run: RunDir, prior_name: str, cohort: Cohort, store: LatentStore,
@@ -371,8 +373,10 @@ def run_stage(config: NamdConfig, run: RunDir, *, stage: str, method: str = meth
     acc = Accelerator(mixed_precision=tcfg.mixed_precision)
     for read in (dirs["vae"], *((dirs["prior"],) if stage == "cond" else ())):
         run.agree(config, read)  # the stages it builds on were trained under this config
-    store = _latent_store(config, run, dirs["vae"], acc)
     cohort = Cohort(run.require("cohort", f"train {stage}"))
+    if stage == "prior":
+        check_fits(config, cohort.meta)
+    store = _latent_store(config, run, dirs["vae"], acc)
     if stage == "prior":  # its null context needs only (m, D): the language model stays unloaded
         null = stage_one_context(config, context_factory.context_shape(config.text))
         task, train, val, extra = _prior(config, cohort, store, null.shape[-1], null, tcfg.seed)

@@ -65,8 +65,13 @@ def run(args: argparse.Namespace) -> int:
 
     run_dir = RunDir(args.out)
     from namd.config.preflight import check_pipeline
+    from namd.models.foundation import check_fits
 
-    resolve_config(args, run_dir, check=check_pipeline)  # saves RUN/config.yaml; stages reuse it
+    def preflight(config) -> None:  # the resolved NamdConfig: SD1.5 files, then the foundation
+        check_pipeline(config)
+        check_fits(config)
+
+    resolve_config(args, run_dir, check=preflight)  # saves RUN/config.yaml; stages reuse it
     names = args.methods or demo_methods()
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
