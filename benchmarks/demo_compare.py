@@ -194,7 +194,7 @@ def main() -> None:
     before, after = load(Path(args.before)), load(Path(args.after))
     others = [load(Path(r)) for r in args.also]
     _wall.base = (before["pipeline"] or {}).get("wall_seconds")
-    also = "".join(f" --also {r}" for r in args.also)
+    also = (" --also " + " ".join(args.also)) if args.also else ""
     text = "\n".join([
         "# The demo before and after", "",
         f"`python benchmarks/demo_compare.py --before {args.before} --after {args.after}{also}`", "",
