@@ -50,10 +50,14 @@ def _f(value, fmt: str = ".3f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _bar(m: dict) -> list[tuple[str, str, bool | None]]:
-    """Issue 28's quality bar for one run: (criterion, value, met) per row."""
+def _bar(m: dict, ref: dict | None) -> list[tuple[str, str, bool | None]]:
+    """Issue 28's quality bar for one run: (criterion, value, met) per row; the known-future
+    energies are judged against `ref` (the run before; None: not judged)."""
     def have(*keys: str) -> bool:
         return all(m[k] is not None for k in keys)
+
+    def no_worse(key: str) -> bool | None:
+        return None if ref is None or m[key] is None or ref[key] is None else m[key] <= ref[key]
 
     gap = ("-" if m["growth_ci"] is None else
            f"{m['growth_gap']:+.2f} [{m['growth_ci'][0]:+.2f}, {m['growth_ci'][1]:+.2f}]")
@@ -68,42 +72,36 @@ def _bar(m: dict) -> list[tuple[str, str, bool | None]]:
          m["baseline_use"] <= 0.3 if have("baseline_use") else None),
         ("mean of K / VAE copy MAE <= 1.1", _f(m["mean_of_k"]), m["mean_of_k"] <= 1.1 if have("mean_of_k") else None),
         ("growth gap (mm), interval above 0", gap, m["growth_ci"][0] > 0 if m["growth_ci"] else None),
-    ] + [(f"known-future energy, {k} (no worse than before)", _f(m[f"kf_{k}"]), None)
+    ] + [(f"known-future energy, {k} (no worse than before)", _f(m[f"kf_{k}"]), no_worse(f"kf_{k}"))
          for k in ("diameter_mm", "density_hu", "image_hu")]
+
+
+def _cell(value: str, met: bool | None) -> str:
+    """A value, marked **no** where it misses the bar."""
+    return value + ("" if met is None or met else " **no**")
+
+
+def _wall(run: dict, base: float | None) -> str:
+    """Wall minutes of a run and its ratio to `base` seconds (the run before)."""
+    p = run["pipeline"]
+    if not p:
+        return "-"
+    return f"{p['wall_seconds'] / 60:.1f} ({p['wall_seconds'] / base if base else 1.0:.2f}x)"
 
 
 def criteria(before: dict, afters: list[dict]) -> list[str]:
     """Issue 28's quality bar and the wall time: the run before, then each run after (its value,
     and **no** where it misses the bar; the known-future energies against the run before)."""
     b = _measures(before)
-    rows_b = _bar(b)
-    cols = []
-    for after in afters:
-        a = _measures(after)
-        cells = []
-        for (name, value, met), (_, _, _) in zip(_bar(a), rows_b, strict=True):
-            if name.startswith("known-future"):
-                key = "kf_" + name.split(", ")[1].split(" ")[0]
-                met = a[key] <= b[key] if a[key] is not None and b[key] is not None else None
-            cells.append(value + ("" if met is None or met else " **no**"))
-        cols.append(cells)
-    wall = [_wall(r) for r in (before, *afters)]
+    columns = [_bar(b, None)] + [_bar(_measures(a), b) for a in afters]
+    base = (before["pipeline"] or {}).get("wall_seconds")
     head = "| criterion (issue 28) | before | " + " | ".join(Path(r["run"]).name for r in afters) + " |"
     lines = [head, "|---" * (2 + len(afters)) + "|",
-             "| wall time (min), ratio to before <= 0.6 | " + " | ".join(wall) + " |"]
-    for i, (name, value, met) in enumerate(rows_b):
-        mark = "" if met is None or met else " **no**"
-        lines.append(f"| {name} | {value}{mark} | " + " | ".join(c[i] for c in cols) + " |")
+             "| wall time (min), ratio to before <= 0.6 | "
+             + " | ".join(_wall(r, base) for r in (before, *afters)) + " |"]
+    for i, (name, _, _) in enumerate(columns[0]):
+        lines.append(f"| {name} | " + " | ".join(_cell(*col[i][1:]) for col in columns) + " |")
     return lines
-
-
-def _wall(run: dict) -> str:
-    """Wall minutes of a run (and its ratio to the first run given, set by main)."""
-    p = run["pipeline"]
-    if not p:
-        return "-"
-    ratio = p["wall_seconds"] / _wall.base if getattr(_wall, "base", None) else 1.0
-    return f"{p['wall_seconds'] / 60:.1f} ({ratio:.2f}x)"
 
 
 def table1(before: dict, after: dict) -> list[str]:
@@ -193,7 +191,6 @@ def main() -> None:
     args = parser.parse_args()
     before, after = load(Path(args.before)), load(Path(args.after))
     others = [load(Path(r)) for r in args.also]
-    _wall.base = (before["pipeline"] or {}).get("wall_seconds")
     also = (" --also " + " ".join(args.also)) if args.also else ""
     text = "\n".join([
         "# The demo before and after", "",

@@ -1,7 +1,9 @@
 """Why the generated nodules are fainter after the foundation (issue 28): per run, the nodule
 density and diameter of NAMD's samples against the real follow-ups, the diffusion stages'
 validation losses (harder latents give higher losses), and, for one run, the same nodules
-redrawn with more sampler steps (is it the sampler or the model?).
+redrawn with more sampler steps (is it the sampler or the model?). cond / prior: the conditional
+model's validation loss over the unconditional prior's, how much the baseline and the record
+buy (1 = nothing).
 
 Density and diameter come from the project's one nodule measurer (namd.evaluation.measure),
 over the first `--nodules` test nodules of each run's sample folder (all K samples).
@@ -86,12 +88,12 @@ def markdown(record: dict) -> str:
     lines = ["# Nodule density of the generated follow-ups", "", f"`{record['command']}`", "",
              f"First {record['nodules']} test nodules of each run, all K samples; the one nodule measurer.", "",
              "| run | sampler steps | generated density (HU) | real follow-up | baseline | generated diameter (mm) "
-             "| real follow-up | prior best val | cond best val |", "|---|---|---|---|---|---|---|---|---|"]
+             "| real follow-up | prior best val | cond best val | cond / prior |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in record["runs"]:
         g, f, b, v = r["generated"], r["real_followup"], r["baseline"], r["best_val"]
         lines.append(f"| {r['run']} | {r['sampler_steps']} | {g['density_hu']:.1f} | {f['density_hu']:.1f} | "
                      f"{b['density_hu']:.1f} | {g['diameter_mm']:.2f} | {f['diameter_mm']:.2f} | "
-                     f"{v['prior']:.3f} | {v['cond']:.3f} |")
+                     f"{v['prior']:.3f} | {v['cond']:.3f} | {v['cond'] / v['prior']:.2f} |")
     if record.get("resampled"):
         lines += ["", f"NAMD's model of {record['resample_run']} redrawn (same nodules, same seeds):", "",
                   "| sampler steps | density (HU) | diameter (mm) |", "|---|---|---|"]

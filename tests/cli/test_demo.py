@@ -51,8 +51,8 @@ def test_demo_writes_every_stage_and_the_table(demo_run):
     assert samples.shape == (n_test, 2, 64, 64) and np.isfinite(samples).all()
     # the CPU preset fine-tunes the shipped foundation, and each stage says which files it started from
     shipped = read_manifest()["files"]
-    for stage, key in (("vae", "pretrained"), ("vae_no_align", "pretrained"), ("prior", "foundation")):
-        start = json.loads((demo_run / stage / "run_info.json").read_text())[key]
+    for stage in ("vae", "vae_no_align", "prior"):
+        start = json.loads((demo_run / stage / "run_info.json").read_text())["foundation"]
         assert start["name"] == FOUNDATION and start["files"] == {k: v["sha256"] for k, v in shipped.items()}
 
 

@@ -13,7 +13,14 @@ from safetensors.torch import load_file
 
 from namd.config import FOUNDATION, ConfigError, load_config
 from namd.models import foundation
-from namd.models.foundation import FOUNDATION_DIR, check_fits, read_manifest, resolve, verify
+from namd.models.foundation import (
+    FOUNDATION_DIR,
+    check_fits,
+    read_manifest,
+    resolve,
+    started_from,
+    verify,
+)
 
 
 def test_the_shipped_files_are_the_ones_the_manifest_hashes():
@@ -39,6 +46,8 @@ def test_the_cpu_presets_start_from_it_and_it_fits_them(preset):
     assert config.vae.pretrained == FOUNDATION and config.diffusion.unet.pretrained == FOUNDATION
     check_fits(config)  # no error
     assert resolve(FOUNDATION) == FOUNDATION_DIR
+    assert started_from(FOUNDATION)["files"] == {k: v["sha256"] for k, v in verify()["files"].items()}
+    assert started_from(None) is None and started_from("/some/sd15") is None
 
 
 def test_the_paper_preset_keeps_sd15_and_refuses_the_foundation():

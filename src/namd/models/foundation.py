@@ -47,14 +47,9 @@ def uses_foundation(config: NamdConfig) -> bool:
 
 def read_manifest(folder: Path = FOUNDATION_DIR) -> dict[str, Any]:
     """foundation.json of a foundation folder (one-line error when absent or unreadable)."""
-    path = Path(folder) / MANIFEST
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing; the foundation folder is incomplete "
-                                "(reinstall namd, or rebuild it with `namd foundation`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not readable JSON ({exc})") from None
+    from namd.run.readers import read_json
+
+    return read_json(Path(folder) / MANIFEST, writer="namd foundation", keys=("data", "source", "files"))
 
 
 def verify(folder: Path = FOUNDATION_DIR) -> dict[str, Any]:
@@ -123,9 +118,12 @@ def check_fits(config: NamdConfig, cohort_meta: dict[str, Any] | None = None) ->
                           + f"; {REBUILD}")
 
 
-def describe(folder: Path = FOUNDATION_DIR) -> dict[str, Any]:
-    """What a stage records of the foundation it started from: its name, build and hashes."""
-    manifest = read_manifest(folder)
+def started_from(value: str | None) -> dict[str, Any] | None:
+    """What a stage records of the foundation it started from (its name, build and the sha256
+    of each file) when `value` (a `pretrained` field) names it; None otherwise."""
+    if value != FOUNDATION:
+        return None
+    manifest = read_manifest(FOUNDATION_DIR)
     return {"name": FOUNDATION, "built": manifest.get("built"), "source": manifest["source"],
             "files": {k: v["sha256"] for k, v in manifest["files"].items()}}
 
@@ -141,7 +139,6 @@ def _half_copy(src: Path, dst: Path) -> None:
     shutil.copyfile(src / "config.json", dst / "config.json")
     state = {k: v.half().contiguous() for k, v in load_file(str(src / WEIGHTS)).items()}
     save_file(state, str(dst / WEIGHTS), metadata={"format": "pt", "dtype": "float16"})
-
 
 
 def write_foundation(out: Path, vae_dir: Path, unet_dir: Path, manifest: dict[str, Any],

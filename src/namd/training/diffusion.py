@@ -39,7 +39,7 @@ from namd.config import NamdConfig, TrainConfig, methods
 from namd.config.preflight import check_stage
 from namd.evaluation.baseline_use import BASELINE_USE_FILE
 from namd.models.context_factory import ENCODER_FILE, PROMPTS_FILE
-from namd.models.foundation import FOUNDATION, check_fits, describe
+from namd.models.foundation import check_fits, started_from
 from namd.models.null_context import save_null, stage_one_context
 from namd.models.schedules import (
     load_scheduler_config,
@@ -294,14 +294,14 @@ def _prior(config: NamdConfig, cohort: Cohort, store: LatentStore, dim: int, nul
     unet = build_unet(config.diffusion.unet, in_channels=c, out_channels=c,
                       cross_attention_dim=dim, sample_size=h, seed=seed)
     report = load_pretrained_into(unet, config.diffusion.unet)
-    start = describe() if config.diffusion.unet.pretrained == FOUNDATION else None
     train = _split(cohort.crops("train"), "crops", "train", True)
     val = _split(cohort.crops("val"), "crops", "val", False)
     task = PriorTask(unet, training_scheduler(config.diffusion), null, config.diffusion.prior.rotation_augment,
                      config.diffusion.snr_gamma)
     return (task, LatentCrops(store, train["crop_index"].to_numpy()),
             None if val is None else LatentCrops(store, val["crop_index"].to_numpy()),
-            {"pretrained": report.as_dict() if report else None, "foundation": start})
+            {"pretrained": report.as_dict() if report else None,
+             "foundation": started_from(config.diffusion.unet.pretrained)})
 
 
 def _cond(config: NamdConfig, run: RunDir, prior_name: str, cohort: Cohort, store: LatentStore,

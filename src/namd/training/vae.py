@@ -31,7 +31,7 @@ from namd.models.alignment import (
     prediction_loss,
     reconstruction_loss,
 )
-from namd.models.foundation import FOUNDATION, check_fits, describe
+from namd.models.foundation import check_fits, started_from
 from namd.models.probe import LinearProbe, save_probe
 from namd.models.vae import build_vae_from_config, latent_shape, save_trained_vae
 from namd.models.vae_data import META_FILE, encode_source, split_source, training_statistics
@@ -226,8 +226,8 @@ def run_stage(config: NamdConfig, run: RunDir, *, method: str = methods.REFERENC
     if split == "train":
         log.warning("%s: no validation crops; the report describes the training split", cohort.path)
     report = write_report(out, cohort, config, split, train_latents=train_latents, train_labels=train_src.labels)
-    start = {"pretrained": describe()} if cfg.pretrained == FOUNDATION else {}
-    run.mark_done(name, config, cfg.train.seed, lpips=lpips_status, probe=probe_status, **start,
+    run.mark_done(name, config, cfg.train.seed, lpips=lpips_status, probe=probe_status,
+                  foundation=started_from(cfg.pretrained),
                   scale_factor=scale, best_step=result.best_step,
                   best_val_loss=_finite_or_none(result.best_val), train_plan=result.plan,
                   report=report)

@@ -90,6 +90,7 @@ def manifest(config, work, command: str) -> dict:  # noqa: ANN001 - NamdConfig, 
     cohort = Cohort(work.stage("cohort"))
     report = read_json(work.stage("vae_no_align") / "report.json")
     prior = read_json(work.stage("prior_no_align") / "run_info.json")
+    vae, unet = config.vae.model_dump(mode="json"), config.diffusion.unet.model_dump(mode="json")
     return {
         "name": "namd CPU foundation", "built": time.strftime("%Y-%m-%d", time.gmtime()),
         "command": command, "versions": package_versions(),
@@ -98,20 +99,15 @@ def manifest(config, work, command: str) -> dict:  # noqa: ANN001 - NamdConfig, 
         "source": {"generator": cohort.meta["generator"], "stream": "unpaired", "seed": config.synth.seed,
                    "crops": len(cohort), "train_crops": len(cohort.crops("train")),
                    "val_crops": len(cohort.crops("val"))},
-        "vae": {**{k: _plain(getattr(config.vae, k)) for k in VAE_FIELDS},
+        "vae": {**{k: vae[k] for k in VAE_FIELDS},
                 "train": config.vae.train.model_dump(mode="json"),
                 "val": {k: report[k] for k in ("recon_psnr", "recon_ssim", "recon_mae")}},
-        "unet": {**{k: _plain(getattr(config.diffusion.unet, k)) for k in UNET_FIELDS},
+        "unet": {**{k: unet[k] for k in UNET_FIELDS},
                  "cross_attention_dim": _cross_dim(work),
                  "train": config.diffusion.prior.model_dump(mode="json"),
                  "best_val_mse": prior.get("best_val")},
         "schedule": {k: getattr(config.diffusion, k) for k in SCHEDULE_FIELDS},
     }
-
-
-def _plain(value):  # noqa: ANN001, ANN202
-    """Tuples as lists, for JSON and the comparison in check_fits."""
-    return list(value) if isinstance(value, tuple) else value
 
 
 def _cross_dim(work) -> int:  # noqa: ANN001 - RunDir
