@@ -165,3 +165,18 @@ def test_a_stage_nothing_can_run_beside_gets_every_core(tmp_path):
     assert dict(fake.launched) == {"a": 4, "b": 2, "c": 2, "d": 4}
     demo = plan(RunDir(tmp_path), demo_methods())
     assert solo_stages(demo) == {"cohort", "eval", "report"}
+
+
+def test_a_compared_method_alone_brings_the_stages_it_reads_from_another_method(tmp_path):
+    """SD1.5 reads the no-align VAE, which the ablation's entry trains: `--methods sd15` makes
+    that stage too (once, before its reader), and all of the table is one valid graph."""
+    steps = plan(RunDir(tmp_path), ["sd15"])
+    folders = [s.folder for s in steps]
+    assert folders[:3] == ["cohort", "vae_no_align", "cond_sd15"]
+    assert "prior_no_align" not in folders and "vae" not in folders
+    every = plan(RunDir(tmp_path), ["namd", "no_align", "null_context", "sd15", "flux", "ddlcxr"])
+    seen: set[str] = set()
+    for step in every:
+        assert set(step.needs) <= seen, step.folder
+        seen.add(step.folder)
+    assert len(seen) == len(every)

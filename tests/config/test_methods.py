@@ -47,7 +47,7 @@ def toy():
 
 
 def test_the_table_declares_namd_and_its_ablations_once():
-    assert list(methods.METHODS) == ["namd", "no_align", "null_context"]
+    assert list(methods.METHODS) == ["namd", "no_align", "null_context", "sd15", "flux", "ddlcxr"]
     assert demo_methods() == ("namd", "no_align", "null_context")
     namd, no_align, null = (methods.get(n) for n in demo_methods())
     assert [s.folder for s in namd.trains] == ["vae", "prior", "cond"]
@@ -56,8 +56,8 @@ def test_the_table_declares_namd_and_its_ablations_once():
     assert (namd.samples, no_align.samples, null.samples) == (
         "samples", "samples_no_align", "samples_null_context")
     assert null.argv == ("--method", "null_context") and namd.argv == ()
-    with pytest.raises(ValueError, match="unknown method 'sd15'; choose one of namd, no_align"):
-        methods.get("sd15")
+    with pytest.raises(ValueError, match="unknown method 'sd14'; choose one of namd, no_align"):
+        methods.get("sd14")
     with pytest.raises(ValueError, match="method null_context trains no vae stage"):
         null.stage("vae")
     with pytest.raises(ValueError, match="already in the table"):

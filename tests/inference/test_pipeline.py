@@ -167,7 +167,7 @@ def test_a_tampered_file_is_refused_naming_it(exported, tmp_path):
 def test_not_a_model_unknown_variant_missing_variant_and_device(tiny_run, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a namd model folder .no model_index.json"):
         NAMDPipeline.from_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="method must be one of namd, no_align, null_context, got 'big'"):
+    with pytest.raises(ValueError, match="method must be one of namd, no_align, null_context, sd15, flux, ddlcxr, got 'big'"):
         NAMDPipeline.from_run(tiny_run, method="big")
     with pytest.raises(FileNotFoundError, match=r"vae_no_align not found.*namd train vae --run .* --method no_align"):
         NAMDPipeline.from_run(tiny_run, method="no_align")

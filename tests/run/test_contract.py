@@ -31,7 +31,7 @@ from namd.config import load_config, methods
 from namd.evaluation import evaluate
 from namd.evaluation.report.build import build_section, section_table, stage_reports_html
 from namd.evaluation.report.inputs import Context
-from namd.inference.sampler import FollowUpSampler, load_context_encoder
+from namd.inference.sampler import load_context_encoder
 from namd.models.calibration import load_calibration
 from namd.models.evaluator import load_evaluator
 from namd.models.null_context import load_null
@@ -39,14 +39,21 @@ from namd.models.probe import load_probe
 from namd.models.schedules import load_scheduler_config
 from namd.models.unet import load_unet
 from namd.models.vae import load_trained_vae
-from namd.run.contract import RunFile, RunFileError, contracts
+from namd.run.contract import RunFile, RunFileError, contracts, sampler_reader
 from namd.run.layout import RunDir
 from namd.run.readers import check_safetensors
 from namd.training.latents import LatentStore, cache_path, load_or_build
 
-# The folders of a run without ablations (the ablation folders hold the same files, read by
-# the same functions); "" is RUN itself.
-FOLDERS = ("", "cohort", "cache", "vae", "prior", "cond", "evaluator", "samples", "eval", "report")
+# The folders of a run of NAMD and the compared methods, without the ablations (whose folders
+# hold the same files, read by the same functions); "" is RUN itself. A compared method's VAE
+# and samples are read as NAMD's are; its conditional model is its own.
+FOLDERS = ("", "cohort", "cache", "vae", "prior", "cond", "evaluator", "samples", "eval", "report",
+           "cond_sd15", "cond_flux", "cond_ddlcxr")
+COMPARED = ("sd15", "flux", "ddlcxr")
+# their stages at their smallest: they check that the files fit together, not what they learn
+COMPARED_SMALL = ["--set", "flux.train.max_steps=2", "--set", "flux.sampling_steps=2",
+                  "--set", "ddlcxr.vae.train.max_steps=2", "--set", "ddlcxr.train.max_steps=2",
+                  "--set", "ddlcxr.sampling_steps=2"]
 LOCKS = ".locks"  # namd.run.locking: RUN/.locks/<stage>.lock, runtime state rather than run data
 LEFTOVER = re.compile(r"^\..*\.(partial|tmp)$|\.old-\d+$")
 
@@ -106,6 +113,13 @@ def _images(c: Case) -> np.ndarray:
     return cohort.images(np.arange(len(cohort)))
 
 
+def _sampler(c: Case) -> Any:
+    """The sampler of the method whose conditional model is c.folder (NAMD's otherwise)."""
+    owner = next((m for m in methods.METHODS.values() if m.uses.get("cond") == c.folder),
+                 methods.get(methods.REFERENCE))
+    return owner.load_sampler(RunDir(c.run), c.finished.config)
+
+
 # reader (as the contract names it) -> how a stage or command calls it on the run
 READERS: dict[str, Callable[[Case], Any]] = {
     "namd.run.layout.RunDir.is_done": lambda c: RunDir(c.run).is_done(c.folder),
@@ -121,8 +135,8 @@ READERS: dict[str, Callable[[Case], Any]] = {
     "namd.models.schedules.load_scheduler_config": lambda c: load_scheduler_config(c.run / c.folder),
     "namd.models.null_context.load_null": lambda c: load_null(c.run / c.folder),
     "namd.inference.sampler.load_context_encoder": lambda c: load_context_encoder(c.run / c.folder),
-    "namd.inference.sampler.FollowUpSampler.from_run": lambda c: FollowUpSampler.from_run(
-        RunDir(c.run), methods.get(methods.REFERENCE).uses, c.finished.config),
+    "namd.inference.sampler.FollowUpSampler.from_run": _sampler,
+    **{sampler_reader(methods.get(n)): _sampler for n in COMPARED},
     "namd.models.evaluator.load_evaluator": lambda c: load_evaluator(c.run / c.folder),
     "namd.models.calibration.load_calibration": lambda c: load_calibration(c.run / c.folder),
     "namd.evaluation.sample_folder.load_samples": lambda c: evaluate.load_samples(
@@ -146,7 +160,8 @@ def _id(case: tuple[str, RunFile, str, str]) -> str:
 
 
 def _build(out: Path) -> None:
-    assert main(["demo", "--out", str(out), "--jobs", "1", "--methods", "namd", *SMALL]) == 0
+    assert main(["demo", "--out", str(out), "--jobs", "1", "--methods", ",".join(("namd", *COMPARED)),
+                 *SMALL, *COMPARED_SMALL]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +221,9 @@ def test_damaged_file(finished, tmp_path, folder, file, damage, reader):
         result = call(Case(run, folder, finished))
         assert result is False or result is None or result == "" or (
             isinstance(result, tuple) and str(result[1]).startswith("not run")) or (
-            isinstance(result, str) and result.startswith("not available: "))  # None: no calibration
+            isinstance(result, str) and result.startswith("not available: ")) or (
+            isinstance(result, str) and f"<th>RUN/{folder}</th>" not in result
+            and "Latent-space" in result)  # None: no calibration; the other VAEs' reports
     else:
         with pytest.raises(RunFileError) as info:
             call(Case(run, folder, finished))
@@ -408,10 +425,28 @@ def test_report_missing_optional_input_stays_a_note(finished, tmp_path):
     shutil.rmtree(run / "eval")  # not run (yet): the section says which command makes it
     section = build_section(Context(RunDir(run), finished.config), "table", "t", section_table)
     assert section.status == "missing" and f"namd evaluate --run {run}" in section.body
-    (run / "vae" / "report.json").unlink()
+    for report in run.glob("vae*/report.json"):  # NAMD's, and the compared methods' VAEs
+        report.unlink()
     assert stage_reports_html(RunDir(run)) == ""
 
 
 def test_the_finished_run_was_never_written_into(finished):
     """Every case damaged its own copy: the hard-linked originals are as the demo left them."""
     assert _snapshot(finished.path) == finished.snapshot
+
+
+def test_every_method_of_the_run_loads_in_the_pipeline_and_predicts(finished):
+    """NAMDPipeline.from_run (namd predict, namd serve) loads any method's trained model, NAMD's
+    or a compared method's own, and draws its K follow-ups for a new patient; `namd export`
+    writes NAMD's layout only and refuses a compared method's own networks in one line."""
+    from namd.cohort.ehr import EHR
+    from namd.inference.pipeline import NAMDPipeline
+
+    crop = Cohort(finished.path / "cohort").images([0])[0]
+    for name in ("namd", *COMPARED):
+        pipe = NAMDPipeline.from_run(finished.path, method=name)
+        [pred] = pipe.predict([crop], [EHR(age=61.0, gender=1, SCT_LONG_DIA=6.0)], keys=["p"], k=2)
+        assert pred.samples.shape == (2, finished.crop_size, finished.crop_size), name
+        assert np.isfinite(pred.samples).all() and pipe.provenance(pipe.sampling_config(), "key")["method"] == name
+    with pytest.raises(ValueError, match="flux has networks of its own: load it with NAMDPipeline.from_run"):
+        NAMDPipeline.from_run(finished.path, method="flux").save_pretrained(finished.path.parent / "x")

@@ -13,8 +13,10 @@ from namd.run.layout import RunDir, stages
 
 def test_the_stage_list_follows_the_table_in_the_order_stages_are_made():
     assert stages() == ("cohort", "vae", "prior", "cond", "vae_no_align", "prior_no_align",
-                        "cond_no_align", "cond_null_context", "evaluator", "samples",
-                        "samples_no_align", "samples_null_context", "eval", "report")
+                        "cond_no_align", "cond_null_context", "cond_sd15", "cond_flux",
+                        "vae_ddlcxr", "cond_ddlcxr", "evaluator", "samples", "samples_no_align",
+                        "samples_null_context", "samples_sd15", "samples_flux", "samples_ddlcxr",
+                        "eval", "report")
 
 
 @pytest.mark.parametrize("old", ["cond_null", "samples_null"])

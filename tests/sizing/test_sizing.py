@@ -131,3 +131,20 @@ def test_estimate_agrees_with_the_peak_of_a_real_step(tmp_path):
     est = sizing.estimate_stage(config, "vae", batch=8, device="cpu")
     assert est.activations > 3 * (est.weights + est.grads + est.adam)  # activations matter here
     assert abs(est.total / measured - 1) < 0.25, (est.total, measured)
+
+
+def test_the_compared_methods_are_sized_at_the_papers_sizes(paper):
+    """SD1.5's row: SD1.5's U-Net widened to 8 inputs on CLIP ViT-L/14's 77 x 768 token states
+    (frozen, 123M); every compared stage has a row; one that does not fit says what would."""
+    sd15 = sizing.estimate_stage(paper, "cond_sd15", batch=1)
+    with torch.device("meta"):
+        unet = build_unet(paper.diffusion.unet, in_channels=8, out_channels=4, cross_attention_dim=768,
+                          sample_size=8)
+    assert sd15.trainable == count_parameters(unet)
+    assert 120e6 < sd15.params - sd15.trainable < 126e6  # CLIP ViT-L/14's text tower
+    assert {"cond_sd15", "cond_flux", "cond_ddlcxr"} <= set(sizing.train_kinds())
+    big = sizing.StageEstimate("cond_x", 1, params=12, trainable=int(12e9), weights=int(48e9),
+                               grads=int(48e9), adam=int(96e9), activations=int(1e9), step_temp=int(48e9))
+    line = sizing.advice(big, 48)
+    assert "does not fit 48 GB" in line and "8-bit AdamW it would need 168.0 GB (fits: no)" in line
+    assert "needs 25.9 GB before activations, which must then stay under 20.1 GB (here 1.0 GB" in line

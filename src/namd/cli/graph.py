@@ -35,12 +35,25 @@ def plan(run: RunDir, names: Sequence[str]) -> list[Step]:
     r, chosen = str(run.path), [methods.get(n) for n in names]
     steps = [Step("cohort", ("synth", "--out", f"{r}/cohort", "--config", f"{r}/config.yaml"))]
     made: set[str] = {"cohort"}
+
+    def add(folder: str) -> None:
+        """The stage that writes `folder`, after the stages it needs (another method's too:
+        SD1.5's row reads the no-align VAE)."""
+        found = methods.owner(folder)
+        if folder in made or found is None or found[1] is None:
+            return
+        owner, stage = found
+        for need in stage.needs:
+            add(need)
+        steps.append(Step(folder, ("train", stage.kind, "--run", r, "--resume", *owner.argv),
+                          stage.needs))
+        made.add(folder)
+
     for m in chosen:
         for s in m.trains:
-            if s.folder not in made:
-                steps.append(Step(s.folder, ("train", s.kind, "--run", r, "--resume", *m.argv),
-                                  s.needs))
-                made.add(s.folder)
+            add(s.folder)
+        for need in m.sample_needs:
+            add(need)
     for m in chosen:
         steps.append(Step(m.samples, ("sample", "--run", r, "--split", "test", *m.argv),
                           m.sample_needs))

@@ -16,9 +16,12 @@ from pydantic import BaseModel, Field, ValidationError
 
 from namd.config.base import FOUNDATION, Section, TrainConfig
 from namd.config.data import DataConfig, IngestConfig, SynthConfig
+from namd.config.ddlcxr import DDLCXRConfig
 from namd.config.diffusion import DiffusionConfig, SamplingConfig, UNetConfig
 from namd.config.evaluation import EvalConfig, EvaluatorConfig
+from namd.config.flux import FluxConfig
 from namd.config.foundation import FoundationConfig
+from namd.config.sd15 import SD15Config
 from namd.config.text import TextConfig
 from namd.config.vae import VAEConfig
 
@@ -55,6 +58,9 @@ class NamdConfig(Section):
     evaluator: EvaluatorConfig = EvaluatorConfig()
     eval: EvalConfig = EvalConfig()
     foundation: FoundationConfig = FoundationConfig()
+    flux: FluxConfig = FluxConfig()
+    sd15: SD15Config = SD15Config()
+    ddlcxr: DDLCXRConfig = DDLCXRConfig()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 REFERENCE = "namd"  # the method every other row is compared with
 DIFFUSION = "namd.training.diffusion"
 SAMPLE_NAMD = "namd.inference.sample_stage:run_sample_stage"
+SAMPLER_NAMD = "namd.inference.sampler:FollowUpSampler.from_run"
 
 
 # What NAMD's stages mean something under (Stage.depends, Stage.ignores): the VAE its crop
@@ -63,6 +64,13 @@ class Stage:
     depends: tuple[str, ...] = ("data",)
     ignores: tuple[str, ...] = ()
     config: Mapping[str, Any] = field(default_factory=dict)  # dotted field -> its value here
+    # a stage of a kind namd.run.contract does not describe file by file (a compared method's
+    # own networks): the model files its method's sampler reads, relative to its folder
+    files: tuple[str, ...] = ()
+    # "module:function" -> (trainable, frozen, loss, note) of one step on meta tensors, and
+    # "module:function" -> its TrainConfig: how `namd check` sizes a stage of its own kind
+    sizing: str | None = None
+    train_config: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,10 @@ class Method:
     trains: tuple[Stage, ...] = ()
     uses: Mapping[str, str] = field(default_factory=dict)  # kind -> folder of each model it reads
     sample: str | Callable[..., Any] = SAMPLE_NAMD  # "module:function" or the function
+    # "module:Class.from_run": (run, uses, config, device) -> its trained model, ready to draw
+    # follow-ups (FollowUpSampler's protocol); the sample stage and NAMDPipeline load it
+    sampler: str = SAMPLER_NAMD
+    inferred: str = ""  # what no source says and the project chose (the report flags the row)
     stochastic: bool = True  # K random draws; False: one deterministic follow-up
     flags: Mapping[str, bool] = field(default_factory=dict)  # what its stages do differently
     about: str = ""  # what it changes against NAMD, for the report's reading
@@ -108,9 +120,11 @@ class Method:
     def sample_function(self) -> Callable[..., Any]:
         """The function that writes its sample folder:
         f(config, run, method, *, overwrite, device) -> the folder."""
-        if callable(self.sample):
-            return self.sample
-        return getattr(importlib.import_module(self.sample_module), self.sample.partition(":")[2])
+        return self.sample if callable(self.sample) else resolve(self.sample)
+
+    def load_sampler(self, run: Any, config: Any, device: Any = "cpu") -> Any:
+        """Its trained model from RUN, ready to draw follow-ups (FollowUpSampler's protocol)."""
+        return resolve(self.sampler)(run, dict(self.uses), config, device)
 
     def stage(self, kind: str) -> Stage:
         """The stage of `kind` it trains, or a one-line error naming what it trains."""
@@ -119,6 +133,15 @@ class Method:
                 return s
         own = ", ".join(s.kind for s in self.trains) or "nothing"
         raise ValueError(f"method {self.name} trains no {kind} stage (it trains {own})")
+
+
+def resolve(ref: str) -> Any:
+    """The object a "module:attribute[.attribute]" reference names (imported now)."""
+    module, _, path = ref.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 METHODS: dict[str, Method] = {}
@@ -148,8 +171,16 @@ def get(name: str) -> Method:
 
 
 def loadable() -> tuple[str, ...]:
-    """The methods NAMDPipeline loads (VAE + conditional U-Net + context encoder)."""
+    """The methods NAMDPipeline.from_run loads (namd predict, namd serve): a VAE and a
+    conditional model its sampler reads."""
     return tuple(m.name for m in METHODS.values() if m.loadable)
+
+
+def exportable() -> tuple[str, ...]:
+    """The loadable methods `namd export` writes as a model folder: NAMD's layout (U-Net,
+    scheduler, context encoder), not a compared method's networks of its own."""
+    own = {m.name for m in METHODS.values() for s in m.trains if s.files}
+    return tuple(n for n in loadable() if n not in own)
 
 
 def kinds() -> dict[str, str]:
@@ -220,3 +251,62 @@ register(Method(
            "the conditional U-Net with LLM context (Equation 10)", *COND_DEPENDS),),
     {"vae": "vae", "prior": "prior", "cond": "cond_null_context"},
     flags={"null_context": True}, about="With image-only conditioning (null context)"))
+
+
+# -- the compared generators of the paper's Table 1 (section 4.1.3; docs/compared-methods.md) ---
+# Each reads the run's cohort and VAE latents like NAMD and writes the same sample files.
+FLUX_FILES = ("transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
+              "scheduler/scheduler_config.json", "text_encoder.json", "run_info.json")
+DDLCXR_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                "scheduler/scheduler_config.json", "record_encoder.json",
+                "record_encoder.safetensors", "run_info.json")
+
+register(Method(
+    "sd15", "SD1.5, fine-tuned",
+    (Stage("cond", "cond_sd15", ("vae_no_align",), DIFFUSION,
+           "SD1.5 fine-tuned: its U-Net with the baseline latent concatenated and text "
+           "cross-attention on the report sentence", ("data", "text", "diffusion", "sd15"),
+           ("diffusion.prior", "diffusion.encode_batch"), sizing="namd.sizing.sd15:sd15_parts",
+           train_config="namd.sizing.sd15:stage_train_config"),),
+    {"vae": "vae_no_align", "cond": "cond_sd15"}, flags={"sd15": True}, in_demo=False,
+    about="SD1.5 fine-tuned from pretrained weights (its VAE without L_align, text through "
+          "the frozen text encoder's token states)",
+    inferred="the paper gives no wiring: baseline latent concatenated (8 channels) and the "
+             "report sentence by cross-attention, as NAMD's own",
+    paper={"lpips": 0.207, "lpips_std": 0.003, "fid": 97.550, "fid_std": 1.140,
+           "auroc": 0.701, "auroc_std": 0.031, "auprc": 0.245, "auprc_std": 0.032}))
+register(Method(
+    "flux", "Flux (rectified flow), fine-tuned",
+    (Stage("cond", "cond_flux", ("vae_no_align",), "namd.training.flux",
+           "Flux: a rectified-flow transformer with the baseline latent in a widened input "
+           "embedding and the report sentence through its text path",
+           ("data", "text", "flux"), ("flux.sampling_steps", "flux.shift"), files=FLUX_FILES,
+           sizing="namd.models.flux:sizing_parts",
+           train_config="namd.models.flux:stage_train_config"),),
+    {"vae": "vae_no_align", "cond": "cond_flux"},
+    sample=SAMPLE_NAMD, sampler="namd.inference.flux_sampler:FluxSampler.from_run",
+    in_demo=False, about="Flux's rectified-flow transformer fine-tuned (Euler sampling)",
+    inferred="the paper does not say which Flux, how it was fine-tuned or how the baseline "
+             "enters: a widened input embedding, as diffusers' Flux Control training",
+    paper={"lpips": 0.248, "lpips_std": 0.002, "fid": 95.843, "fid_std": 1.162,
+           "auroc": 0.668, "auroc_std": 0.030, "auprc": 0.227, "auprc_std": 0.034}))
+register(Method(
+    "ddlcxr", "DDL-CXR",
+    (Stage("vae", "vae_ddlcxr", ("cohort",), "namd.training.ddlcxr_vae",
+           "DDL-CXR's label-supervised VAE, from scratch", ("data", "ddlcxr.vae"),
+           tuple(f"ddlcxr.{f}" for f in VAE_DEPENDS[1]), sizing="namd.models.ddlcxr:vae_sizing_parts",
+           train_config="namd.models.ddlcxr:vae_train_config"),
+     Stage("cond", "cond_ddlcxr", ("vae_ddlcxr",), "namd.training.ddlcxr",
+           "DDL-CXR's U-Net with the baseline latent concatenated and a record transformer "
+           "through cross-attention", ("data", "ddlcxr"),
+           ("ddlcxr.sampling_steps", "ddlcxr.sampling_eta",
+            *(f"ddlcxr.{f}" for f in VAE_DEPENDS[1])), files=DDLCXR_FILES,
+           sizing="namd.models.ddlcxr:sizing_parts",
+           train_config="namd.models.ddlcxr:stage_train_config")),
+    {"vae": "vae_ddlcxr", "cond": "cond_ddlcxr"},
+    sampler="namd.inference.ddlcxr_sampler:DDLCXRSampler.from_run", in_demo=False,
+    about="DDL-CXR trained from scratch: its label-supervised VAE, a record transformer and "
+          "a three-term loss; DDIM with eta 1",
+    inferred="NLST's 13 static fields as one token each, in place of its clinical time series",
+    paper={"lpips": 0.235, "lpips_std": 0.004, "fid": 122.410, "fid_std": 2.409,
+           "auroc": 0.701, "auroc_std": 0.026, "auprc": 0.237, "auprc_std": 0.030}))

@@ -69,6 +69,21 @@ def check_stage(config: NamdConfig, stage: str) -> None:
                 "folder with text_encoder/ and tokenizer/, or use diffusion.null_context=zeros")
 
 
+def check_sd15(config: NamdConfig) -> None:
+    """Raise ConfigError (one line naming the field) when SD1.5's row cannot start: its U-Net
+    fine-tunes diffusion.unet.pretrained (required with require_pretrained: the paper preset
+    without --from-scratch), and its text path CLIP needs a local SD1.5 folder (sd15.text=clip)."""
+    if config.require_pretrained:
+        _check_pretrained("diffusion.unet.pretrained", config.diffusion.unet.pretrained)
+    if config.sd15.text == "clip":
+        folder = clip_folder(config)
+        if folder is None or not folder.exists():
+            raise ConfigError(
+                "sd15.text is 'clip' (SD1.5's own text encoder) but no local CLIP text encoder was "
+                f"found{f' at {folder}' if folder else ''}: set diffusion.clip_text to an SD1.5 "
+                "folder with text_encoder/ and tokenizer/, or use sd15.text=language_model")
+
+
 def check_pipeline(config: NamdConfig) -> None:
     """Every training stage's check, before a whole run (`namd demo`) starts."""
     for stage in ("vae", "prior", "cond", "evaluator"):

@@ -46,6 +46,11 @@ class VAEConfig(Section):
         "(from scratch, no LPIPS in L_rec) 0.2 cost 2.2-2.6 dB of reconstruction and bought little: "
         "benchmarks/results/vae.md (beyond the paper)")
     align: bool = Field(True, description="False = the paper's 'w/o L_align' ablation (no L_align, no L_pred)")
+    pred_weight: Literal["fixed", "adaptive"] = Field(
+        "fixed", description="how L_pred is weighted: lambda_pred (NAMD), or DDL-CXR's adaptive "
+        "weight lambda_pred x ||grad L_rec|| / (||grad L_pred|| + 1e-4) at the encoder's last "
+        "convolution, clamped to [0, 1e4] (its calculate_adaptive_label_weight); 'adaptive' trains "
+        "the probe with the VAE even without L_align (DDL-CXR's label-supervised VAE)")
     features: Literal["standardised", "raw"] = Field(
         "standardised", description="the five SCT_* features as Equations 2-4 see them: raw codes and "
         "millimetres ('raw', the authors' code and the paper preset) or standardised by the training "

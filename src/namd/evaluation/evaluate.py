@@ -28,7 +28,15 @@ from namd.evaluation.calibration_metrics import calibration_block
 from namd.evaluation.freshness import evaluated_inputs
 from namd.evaluation.known_futures import known_futures_scores
 from namd.evaluation.measure import Measurements, measure_rows
-from namd.evaluation.rows import COPY_REFERENCE, generated, image_rows, quality_rows, rows, vae_of
+from namd.evaluation.rows import (
+    COPY_REFERENCE,
+    generated,
+    image_rows,
+    listed,
+    quality_rows,
+    rows,
+    vae_of,
+)
 from namd.evaluation.sample_folder import load_samples
 from namd.evaluation.schema import SCHEMA_VERSION
 from namd.models.calibration import Calibration, calibration_status
@@ -170,6 +178,8 @@ def score_images(run: RunDir, cohort: Cohort, inp: Inputs, split: str
         p, feats[kind] = evaluator_scores(inp.model, inp.real[kind][:, None], inp.window, inp.batch)
         scored[f"real_{kind}"] = Scored(p)
     for name, folder in progress(generated().items(), desc="evaluate methods", unit="method"):
+        if not listed(name, () if not run.stage(folder).exists() else (name,)):
+            continue  # a compared method this run did not sample has no row
         crops, status, info = load_samples(run.stage(folder), inp.pairs, split, cohort.crop_size)
         if crops is None:
             scored[name] = Scored(status=status)
@@ -209,7 +219,7 @@ def check_finite_scores(scored: dict[str, Scored], evaluator_dir: Path) -> None:
 def calibrate(scored: dict[str, Scored], calibration: Calibration | None) -> dict[str, np.ndarray]:
     """Calibrate every image row's probabilities per sample, in place (before any mean over K);
     returns the raw runs (K, N) of those rows."""
-    raw = {n: scored[n].runs for n in image_rows() if scored[n].runs is not None}
+    raw = {n: scored[n].runs for n in image_rows() if n in scored and scored[n].runs is not None}
     if calibration is not None:
         for name, runs in raw.items():
             scored[name].runs = calibration.apply(runs)
@@ -247,6 +257,8 @@ def growth_variants(run: RunDir, inp: Inputs, scored: dict[str, Scored],
     """Every generated variant's samples and its VAE's copies of the baselines, or its status."""
     out = {}
     for name, folder in generated().items():
+        if name not in scored:
+            continue
         vae = vae_of(name)
         copy, status = inp.vae_copies.get(vae) if vae else None, "ok"
         if name not in crops_of:
@@ -273,7 +285,7 @@ def image_quality_blocks(inp: Inputs, scored: dict[str, Scored], feats: dict[str
     blocks: dict = {}
     per_crop: dict[str, dict[str, np.ndarray]] = {}
     nets = perceptual.load_networks(config, None, inp.batch)
-    for name in progress(quality_rows(), desc="image quality", unit="row"):
+    for name in progress([n for n in quality_rows() if n in scored], desc="image quality", unit="row"):
         if name not in crops_of:
             blocks[name] = {"status": scored[name].status}
             continue
@@ -314,14 +326,14 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
     namd_mean = None if ref is None else ref.mean(axis=0)
     entries = [row_entry(name, scored[name], inp.y, reference, config,
                          None if copy_ref is None else copy_ref[0], namd_mean)
-               for name in progress(rows(), desc="metrics", unit="row")]
+               for name in progress([n for n in rows() if n in scored], desc="metrics", unit="row")]
     compared = {**crops_of, "real_followup": inp.real["followup"][:, None]}  # (N, K, H, W) HU
     measured = measure_rows(compared, inp.spacing)  # once, for quality, growth, futures, the csv
     image_quality, per_crop = image_quality_blocks(inp, scored, feats, crops_of, config, measured)
     var_rows = {n: variance.variance_summary(scored[n].runs.T, inp.y)
-                for n in generated() if scored[n].runs is not None}
+                for n in generated() if n in scored and scored[n].runs is not None}
     copies = {n: inp.vae_copies[v] for n in generated()
-              if (v := vae_of(n)) is not None and v in inp.vae_copies}
+              if n in scored and (v := vae_of(n)) is not None and v in inp.vae_copies}
     futures, futures_per_nodule = known_futures_scores(
         read_known_futures(cohort.path), inp.pairs["pair_id"].tolist(), compared, inp.spacing,
         window, methods.REFERENCE, config.eval, measured)
@@ -351,7 +363,7 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
         "variance_other_methods": {n: v for n, v in var_rows.items() if n != methods.REFERENCE},
         "calibration": calibration_block(calibration, cal_status, inp.y, raw,
                                          {n: scored[n].runs for n in raw},
-                                         {n: scored[n].status for n in image_rows()}),
+                                         {n: scored[n].status for n in image_rows() if n in scored}),
     })
     out = run.stage("eval")
     table = nodule_table(pairs, scored, per_crop, measured["real_followup"].longest_mm[:, 0])

@@ -30,7 +30,7 @@ import numpy as np
 
 from namd.config import EvalConfig
 from namd.evaluation import metrics
-from namd.evaluation.rows import generated
+from namd.evaluation.rows import generated, listed
 
 REFERENCE_ROWS = ("brock", "ehr_logistic", "baseline_plus_ehr")  # no generated image
 PAPER_CLOSURE = 0.82  # the paper's gap closure of NAMD, the report's reference point
@@ -107,7 +107,7 @@ def gap_closure_block(y: np.ndarray, scored: Mapping[str, Scores], ev: EvalConfi
                                    "the same resample (paired)"},
         "generated": {}}
     base, follow = scored["real_baseline"], scored["real_followup"]
-    for name in generated():
+    for name in (n for n in generated() if listed(n, scored)):
         row = scored.get(name)
         if row is None or row.runs is None:
             block["generated"][name] = {"status": "not run: not scored" if row is None

@@ -7,6 +7,8 @@ Light on purpose (no numerical imports): the report's figures and the evaluation
 
 from __future__ import annotations
 
+from collections.abc import Container, Mapping
+
 from namd.config import methods
 
 REAL_ROWS = {"real_baseline": "Real baseline crop",
@@ -35,6 +37,13 @@ def paper_numbers(name: str) -> dict[str, float]:
 def generated() -> dict[str, str]:
     """Each method of the table -> its sample folder: the generated rows, in table order."""
     return {m.name: m.samples for m in methods.METHODS.values()}
+
+
+def listed(name: str, present: Mapping[str, object] | Container[str]) -> bool:
+    """Whether a table of the run lists method `name`: NAMD and its ablations always (a 'not
+    run' line when absent), a compared method (run with `namd demo --methods`) only when
+    `present` (what the run scored) holds it."""
+    return name in present or methods.get(name).in_demo
 
 
 def rows() -> dict[str, str]:

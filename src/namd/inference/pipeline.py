@@ -82,19 +82,31 @@ def _evaluator_weights(best: Path) -> Path:
     return ema if ema.is_file() else best / f"{MODULE}.safetensors"
 
 
-def run_files(run: RunDir, dirs: dict[str, str]) -> dict[str, Path]:
+def own_files(method: str) -> tuple[str, ...]:
+    """The model files a compared method's own conditional stage declares (Stage.files);
+    () for NAMD's layout (U-Net, scheduler, context encoder), which save_pretrained exports."""
+    spec = methods.get(method)
+    stage = next((s for s in spec.trains if s.folder == spec.uses.get("cond")), None)
+    return tuple(p for p in (stage.files if stage else ()) if p != RUN_INFO)
+
+
+def run_files(run: RunDir, dirs: dict[str, str], method: str = methods.REFERENCE) -> dict[str, Path]:
     """Model-folder path -> run file, for every file inference reads (copied by save_pretrained)."""
     vae, cond, ev = run.stage(dirs["vae"]), run.stage(dirs["cond"]), run.stage("evaluator")
     best = ev / "checkpoints" / "best"
     files = {"vae/config.json": vae / VAE_DIR / "config.json",
              f"vae/{DIFFUSERS_WEIGHTS}": vae / VAE_DIR / DIFFUSERS_WEIGHTS,
-             f"vae/{SCALE_FILE}": vae / SCALE_FILE,
-             "unet/config.json": cond / UNET_DIR / "config.json",
-             f"unet/{DIFFUSERS_WEIGHTS}": cond / UNET_DIR / DIFFUSERS_WEIGHTS,
-             "scheduler/scheduler_config.json": cond / SCHEDULER_DIR / "scheduler_config.json",
-             f"context_encoder/{ENCODER_FILE}": cond / ENCODER_FILE,
-             f"context_encoder/{PROMPTS_FILE}": cond / PROMPTS_FILE,
-             "evaluator/checkpoints/best/state.json": best / "state.json"}
+             f"vae/{SCALE_FILE}": vae / SCALE_FILE}
+    own = own_files(method)
+    if own:  # a compared method's own networks, as its stage declares them
+        files.update({f"model/{p}": cond / p for p in own})
+    else:
+        files.update({"unet/config.json": cond / UNET_DIR / "config.json",
+                      f"unet/{DIFFUSERS_WEIGHTS}": cond / UNET_DIR / DIFFUSERS_WEIGHTS,
+                      "scheduler/scheduler_config.json": cond / SCHEDULER_DIR / "scheduler_config.json",
+                      f"context_encoder/{ENCODER_FILE}": cond / ENCODER_FILE,
+                      f"context_encoder/{PROMPTS_FILE}": cond / PROMPTS_FILE})
+    files["evaluator/checkpoints/best/state.json"] = best / "state.json"
     weights = _evaluator_weights(best)
     files[f"evaluator/checkpoints/best/{weights.name}"] = weights
     if (ev / CALIBRATION_FILE).is_file():
@@ -169,8 +181,9 @@ class NAMDPipeline:
     def from_run(cls, run: str | Path | RunDir, method: str = "namd",
                  device: str | torch.device | None = None,
                  config: NamdConfig | None = None) -> NAMDPipeline:
-        """Load a finished run's `method` (namd, no_align, null_context); `config` defaults to
-        the run's config.yaml (its sampling section gives the defaults of k, steps, seed)."""
+        """Load a finished run's `method` (any of the table: NAMD, its ablations, the compared
+        generators); `config` defaults to the run's config.yaml (its sampling section gives the
+        defaults of k, steps, seed; a compared method takes its steps from its own section)."""
         run = run if isinstance(run, RunDir) else RunDir(run)
         dirs = method_stages(run, method)
         dev = resolve_device(device)
@@ -179,9 +192,9 @@ class NAMDPipeline:
             if saved is None:
                 raise FileNotFoundError(f"{run.path}/config.yaml not found: is {run.path} a trained run?")
             config = load_config(base=saved)
-        files = run_files(run, dirs)
+        files = run_files(run, dirs, method)
         hashes = {rel: file_sha256(src) for rel, src in files.items()}
-        sampler = FollowUpSampler.from_run(run, dirs, config, dev)
+        sampler = methods.get(method).load_sampler(run, config, dev)
         run.agree(config, "evaluator")
         model, window, info = load_evaluator(run.stage("evaluator"))
         return cls(sampler, model.to(dev), window, config, method, files, hashes, info,
@@ -213,15 +226,21 @@ class NAMDPipeline:
 
     @property
     def text_config(self) -> TextConfig:
-        """The context encoder's text config, as the cond stage saved it."""
+        """The context encoder's text config, as the cond stage saved it (a compared method
+        with its own files: the run's text config)."""
+        if f"context_encoder/{ENCODER_FILE}" not in self.files:
+            return self.config.text
         spec = read_json(self.files[f"context_encoder/{ENCODER_FILE}"], keys=("text",))
         return TextConfig.model_validate(spec["text"])
 
     # -- sampling ---------------------------------------------------------------------------
     def sampling_config(self, k: int | None = None, steps: int | None = None,
                         seed: int | None = None) -> SamplingConfig:
-        """config.sampling with k, steps, seed (None = keep) validated like any config value,
-        its steps inside the noise schedule (before any model work)."""
+        """config.sampling with k, steps, seed (None = keep; a compared method's sampler keeps
+        its own steps) validated like any config value, its steps inside the noise schedule
+        (before any model work)."""
+        if steps is None and hasattr(self.sampler, "steps"):
+            steps = int(self.sampler.steps)  # a compared method's own sampler steps
         changes = {f"sampling.{name}": v for name, v in (("k", k), ("steps", steps), ("seed", seed))
                    if v is not None}
         config = validated_update(self.config, changes) if changes else self.config
@@ -243,7 +262,14 @@ class NAMDPipeline:
         for key, ehr in zip(keys, ehrs, strict=True):
             ehr.check(key)
         cond = self.sampler.conditioning(keys, crops, list(ehrs), cfg.aux_batch)
-        latents = self.sampler.generate(cond, cfg, show_progress=False)
+        own = getattr(self.sampler, "steps", None)  # a compared method's sampler: its own steps
+        try:
+            if own is not None:
+                self.sampler.steps = cfg.steps
+            latents = self.sampler.generate(cond, cfg, show_progress=False)
+        finally:
+            if own is not None:
+                self.sampler.steps = own
         n, k = latents.shape[:2]
         flat = latents.reshape(n * k, *latents.shape[2:])
         parts = [self.sampler.decode(flat[s:s + cfg.aux_batch], cfg.aux_batch)
@@ -291,6 +317,7 @@ class NAMDPipeline:
         return {"model_sha256": self.model_hash, "method": self.method, "namd_version": __version__,
                 "seed": cfg.seed, "seed_from": seed_from, "seed_rule": SEED_RULE, "k": cfg.k,
                 "steps": cfg.steps, "scheduler": cfg.scheduler, "eta": cfg.eta,
+                **({"sampler": self.sampler.info()} if hasattr(self.sampler, "info") else {}),
                 "guidance_scale": cfg.guidance_scale,
                 "probability": "calibrated" if self.calibration is not None else "raw"}
 
@@ -333,6 +360,10 @@ class NAMDPipeline:
         from namd.inference.finite import check_weights
         from namd.inference.model_card import write_model_card
 
+        if own_files(self.method):
+            raise ValueError(f"save_pretrained exports NAMD's layout (methods "
+                             f"{', '.join(methods.exportable())}); {self.method} has networks of "
+                             "its own: load it with NAMDPipeline.from_run")
         folder = Path(folder)
         check_weights({"unet/": self.sampler.unet, "vae/": self.sampler.vae,
                        "evaluator/": self.evaluator, "context_encoder/": self.sampler.encoder},

@@ -24,9 +24,9 @@ import pandas as pd
 import torch
 
 from namd.cohort.store import Cohort
-from namd.config import NamdConfig, methods
+from namd.config import NamdConfig, SamplingConfig, methods
 from namd.config.methods import Method
-from namd.inference.sampler import FollowUpSampler, pairs_to_sample
+from namd.inference.sampler import Sampler, pairs_to_sample
 from namd.run.contract import RunFileError, command_for
 from namd.run.layout import RunDir
 from namd.run.provenance import RUN_INFO, atomic_dir, progress
@@ -96,7 +96,7 @@ def save_grid(path: Path, baseline: np.ndarray, followup: np.ndarray | None, sam
     plt.close(fig)
 
 
-def _decode_into(sampler: FollowUpSampler, latents: torch.Tensor, target: np.ndarray, batch: int) -> None:
+def _decode_into(sampler: Sampler, latents: torch.Tensor, target: np.ndarray, batch: int) -> None:
     """Decode (N, K, C, h, w) latents chunk by chunk into the (N, K, H, W) array `target`."""
     n, k = latents.shape[:2]
     flat = latents.reshape(n * k, *latents.shape[2:])
@@ -107,12 +107,12 @@ def _decode_into(sampler: FollowUpSampler, latents: torch.Tensor, target: np.nda
 
 def run_sample_stage(config: NamdConfig, run: RunDir, method: Method, *, overwrite: bool = False,
                      device: str | torch.device = "cpu") -> Path:
-    """Draw config.sampling.k follow-ups for every pair of config.sampling.split with the VAE
-    and conditional U-Net of `method` (a NAMD-family method of the table) and write its sample
-    folder; returns it."""
+    """Draw config.sampling.k follow-ups for every pair of config.sampling.split with the
+    trained model of `method` (its table entry's sampler: NAMD's VAE and conditional U-Net, or
+    a compared method's own) and write its sample folder; returns it."""
     cfg, dirs = config.sampling, method.uses
     cohort, pairs = open_sample_stage(run, method, cfg.split, overwrite)
-    sampler = FollowUpSampler.from_run(run, dirs, config, device)
+    sampler = method.load_sampler(run, config, device)
     start = time.perf_counter()
     cond = sampler.conditioning(pairs["pair_id"].tolist(), cohort.images(pairs["baseline_index"]),
                                 [Cohort.ehr(row) for _, row in pairs.iterrows()], cfg.aux_batch)
@@ -122,7 +122,15 @@ def run_sample_stage(config: NamdConfig, run: RunDir, method: Method, *, overwri
         lambda arr: _decode_into(sampler, latents, arr, cfg.aux_batch), start,
         cond_dir=dirs["cond"], vae_dir=dirs["vae"],
         seed_rule="sample k of nodule i: seed = sha256(f'{seed}:{pair_id}:{k}')[:8]",
-        device=str(device))
+        device=str(device), **sampler_info(sampler, cfg))
+
+
+def sampler_info(sampler: Sampler, cfg: SamplingConfig) -> dict[str, object]:
+    """How the follow-ups were drawn: a compared method's own sampler and steps (its
+    `info()`), else NAMD's sampling section."""
+    own = getattr(sampler, "info", None)
+    return dict(own()) if callable(own) else {"sampler": cfg.scheduler, "steps": cfg.steps,
+                                              "eta": cfg.eta}
 
 
 def open_sample_stage(run: RunDir, method: Method, split: str,

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ from namd.config import NamdConfig, SamplingConfig, TextConfig
 from namd.config.diffusion import check_sampling_steps
 from namd.models.context_factory import ENCODER_FILE, PROMPTS_FILE
 from namd.models.schedules import load_scheduler_config, model_output, sampling_scheduler
+from namd.models.token_text import TOKEN_KIND, load_token_encoder
 from namd.models.unet import load_unet
 from namd.models.vae import (
     decode,
@@ -47,6 +48,13 @@ from namd.run.provenance import RUN_INFO, progress
 from namd.run.readers import load_safetensors, read_json, reading
 
 log = logging.getLogger(__name__)
+
+
+def unet_latent_shape(unet: torch.nn.Module) -> tuple[int, int, int]:
+    """(C, h, w) of the latent a conditional U-Net denoises (its output channels and size)."""
+    size = unet.config.sample_size
+    size = size if isinstance(size, int) else size[0]
+    return int(unet.config.out_channels), int(size), int(size)
 
 
 def sample_seed(seed: int, key: str, k: int) -> int:
@@ -69,7 +77,7 @@ class Conditioning:
         return len(self.keys)
 
 
-def _noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
+def seeded_noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
     """One standard normal draw per sample, each from its own generator."""
     return torch.stack([torch.randn(shape, generator=g) for g in generators])
 
@@ -100,7 +108,7 @@ def denoise(unet: torch.nn.Module, train_schedule: dict[str, Any], cfg: Sampling
         if cfg.scheduler == "ddim":
             extra["eta"] = cfg.eta
             if cfg.eta > 0:
-                extra["variance_noise"] = _noise(generators, tuple(x.shape[1:])).to(x)
+                extra["variance_noise"] = seeded_noise(generators, tuple(x.shape[1:])).to(x)
         x = sched.step(eps.to(x.dtype), t, x, **extra).prev_sample
     return x
 
@@ -121,7 +129,7 @@ def sample_latents(unet: torch.nn.Module, train_schedule: dict[str, Any], cond: 
         nodule = torch.tensor([i for i, _ in chunk])
         replica = torch.tensor([k for _, k in chunk])
         gens = [torch.Generator().manual_seed(sample_seed(cfg.seed, cond.keys[i], k)) for i, k in chunk]
-        x = _noise(gens, latent_shape).to(device, dtype)
+        x = seeded_noise(gens, latent_shape).to(device, dtype)
         base = None if cond.baseline is None else cond.baseline[nodule].to(device, dtype)
         ctx = cond.context[nodule].to(device, dtype)
         x = denoise(unet, train_schedule, cfg, x, base, ctx, cond.null.to(device, dtype), gens)
@@ -148,6 +156,25 @@ def encode_hu(vae: torch.nn.Module, crops: np.ndarray, scale_factor: float,
     parts = [encode(vae, to_network(crops[s:s + batch], window, channels).to(device)).float().cpu()
              for s in range(0, len(crops), batch)]
     return torch.cat(parts) * scale_factor
+
+
+class Sampler(Protocol):
+    """What every method's trained model offers the sample stage and NAMDPipeline (its table
+    entry's `sampler` loads one): conditioning computed once per nodule, K latents per nodule
+    drawn per seed (sample k of nodule i from sample_seed(seed, key, k), whatever the batch),
+    and their decoding to HU; `vae` and `latent_shape` for the pipeline's checks."""
+
+    vae: torch.nn.Module
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]: ...
+
+    def conditioning(self, keys: Sequence[str], baselines_hu: np.ndarray, ehrs: Sequence,
+                     batch: int = 16) -> Any: ...
+
+    def generate(self, cond: Any, cfg: SamplingConfig, show_progress: bool = True) -> torch.Tensor: ...
+
+    def decode(self, latents: torch.Tensor, batch: int = 16) -> np.ndarray: ...
 
 
 class FollowUpSampler:
@@ -196,9 +223,7 @@ class FollowUpSampler:
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, h, w) of the follow-up latent."""
-        size = self.unet.config.sample_size
-        size = size if isinstance(size, int) else size[0]
-        return int(self.unet.config.out_channels), int(size), int(size)
+        return unet_latent_shape(self.unet)
 
     def conditioning(self, keys: Sequence[str], baselines_hu: np.ndarray, ehrs: Sequence,
                      batch: int = 16) -> Conditioning:
@@ -239,7 +264,11 @@ def load_context_encoder(cond_dir: Path, device: torch.device | str = "cpu") -> 
     prompts = load_safetensors(prompts_path, "cond")
     with reading(spec_path, "cond"):
         text = TextConfig.model_validate(spec["text"])
-    encoder = context_factory.build_context_encoder(text, spec.get("null_mode", "zeros"))
+    if spec.get("kind") == TOKEN_KIND:  # the SD1.5 row's frozen text path: nothing trained
+        with reading(spec_path, "cond"):
+            encoder: context_module.ContextEncoder = load_token_encoder(spec, text)
+    else:
+        encoder = context_factory.build_context_encoder(text, spec.get("null_mode", "zeros"))
     if (encoder.dim, encoder.n_tokens) != (spec["dim"], spec["n_tokens"]):
         raise ValueError(f"{spec_path}: the context encoder now gives D={encoder.dim}, "
                          f"m={encoder.n_tokens}, but the stage was trained with D={spec['dim']}, "

@@ -20,34 +20,19 @@ from torch import Tensor
 
 from namd.config import NamdConfig
 from namd.config.preflight import clip_folder
+from namd.models.token_text import load_clip_text
 
 NULL_FILE = "null_context.safetensors"
-
-
-def _sub(folder: Path, name: str) -> Path:
-    """An SD1.5 pipeline's component folder, or the folder itself when it is that component."""
-    return folder / name if (folder / name).is_dir() else folder
 
 
 def clip_empty_prompt(folder: str | Path) -> Tensor:
     """CLIP's last hidden state of the empty prompt padded to the tokenizer's length, (1, L, D):
     (1, 77, 768) for SD1.5. Local files only, safetensors only."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    folder = Path(folder).expanduser()
-    if not folder.exists():
-        raise FileNotFoundError(f"diffusion.clip_text: {folder} not found")
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(_sub(folder, "tokenizer"), local_files_only=True)
-        model = CLIPTextModel.from_pretrained(_sub(folder, "text_encoder"), local_files_only=True,
-                                              use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"diffusion.clip_text: {folder} holds no CLIP tokenizer and text encoder "
-                         f"(safetensors) in tokenizer/ and text_encoder/: {' '.join(str(exc).split())[:200]}") from exc
+    model, tokenizer = load_clip_text(folder, "diffusion.clip_text")
     ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
-        return model.eval()(input_ids=ids).last_hidden_state.float().contiguous()
+        return model(input_ids=ids).last_hidden_state.float().contiguous()
 
 
 def stage_one_context(config: NamdConfig, shape: tuple[int, int]) -> Tensor:

@@ -1,5 +1,6 @@
 """The linear probe h_theta of Equation 5: one linear layer on the flattened latent that
-predicts malignancy (the authors' `label_head`), saved beside the VAE as safetensors."""
+predicts malignancy (the authors' `label_head`), saved beside the VAE as safetensors; and
+DDL-CXR's adaptive weight of that head's loss (`adaptive_weight`, vae.pred_weight)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,25 @@ class LinearProbe(torch.nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """(B,) logits."""
         return self.linear(z.flatten(1)).squeeze(1)
+
+
+ADAPTIVE_EPS = 1e-4  # DDL-CXR's calculate_adaptive_label_weight: denominator guard
+ADAPTIVE_MAX = 1e4  # ... and its clamp
+
+
+def adaptive_weight(nll: torch.Tensor, label_loss: torch.Tensor, layer: torch.Tensor,
+                    pixels: int = 1) -> torch.Tensor:
+    """DDL-CXR's label weight (Yao et al. 2024, AutoencoderKLLabel): ||d nll / d layer|| /
+    (||d label_loss / d layer|| + 1e-4), clamped to [0, 1e4] and detached, `layer` being the
+    encoder's last convolution weight, so the label head's gradient there matches the
+    reconstruction's. The source's nll is summed over an image's `pixels` (C x H x W) and
+    averaged over the batch; namd's L_rec averages over pixels, so the ratio is taken in the
+    source's units (nll x pixels, which the guard and the clamp act on) and returned in L_rec's
+    (divided by pixels): rec + w x label here is the source's loss divided by `pixels`."""
+    g_nll = torch.autograd.grad(nll, layer, retain_graph=True)[0]
+    g_label = torch.autograd.grad(label_loss, layer, retain_graph=True)[0]
+    weight = pixels * torch.linalg.vector_norm(g_nll) / (torch.linalg.vector_norm(g_label) + ADAPTIVE_EPS)
+    return torch.clamp(weight, 0.0, ADAPTIVE_MAX).detach() / pixels
 
 
 def save_probe(probe: LinearProbe, stage_dir: Path) -> Path:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -211,21 +212,31 @@ def load_pretrained_into(unet: UNet2DConditionModel, cfg: UNetConfig) -> Transfe
                             what=f"pretrained U-Net {cfg.pretrained}")
 
 
-def save_unet(unet: UNet2DConditionModel, stage_dir: Path) -> Path:
-    """Export the U-Net as a diffusers folder (config.json + safetensors), atomically."""
-    out = Path(stage_dir) / MODEL_DIR
-    with atomic_dir(out, overwrite=True) as tmp:
-        unet.save_pretrained(tmp, safe_serialization=True)
-    return out
+def save_model(model: Any, folder: Path) -> Path:
+    """Export a diffusers model (a U-Net, a transformer) as a diffusers folder (config.json +
+    safetensors), atomically."""
+    with atomic_dir(Path(folder), overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+    return Path(folder)
 
 
-def load_unet(stage_dir: Path, device: str | torch.device = "cpu") -> UNet2DConditionModel:
-    """The exported U-Net of a finished prior or cond stage, frozen, in eval mode (its files
-    checked first, the weights against the sha256 the stage recorded: RunFileError naming the
-    one that is missing or damaged)."""
-    folder = Path(stage_dir) / MODEL_DIR
+def load_model(cls: Any, folder: Path, device: str | torch.device = "cpu") -> Any:
+    """A diffusers model of class `cls` exported by a finished stage, frozen, in eval mode (its
+    files checked first, the weights against the sha256 the stage recorded: RunFileError naming
+    the one that is missing or damaged)."""
+    folder = Path(folder)
     read_json(folder / "config.json")
     check_safetensors(folder / DIFFUSERS_WEIGHTS)
     with reading(folder):
-        unet = UNet2DConditionModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
-    return unet.to(device).eval().requires_grad_(False)
+        model = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def save_unet(unet: UNet2DConditionModel, stage_dir: Path) -> Path:
+    """Export the U-Net of a stage as RUN/<stage>/unet/."""
+    return save_model(unet, Path(stage_dir) / MODEL_DIR)
+
+
+def load_unet(stage_dir: Path, device: str | torch.device = "cpu") -> UNet2DConditionModel:
+    """The exported U-Net of a finished prior or cond stage (load_model)."""
+    return load_model(UNet2DConditionModel, Path(stage_dir) / MODEL_DIR, device)

@@ -147,8 +147,10 @@ def _prior(method: Method, stage: Stage) -> StageContract:
 
 
 def _cond(method: Method, stage: Stage) -> StageContract:
-    """A conditional model: U-Net started from the method's prior, context encoder, on its
-    VAE's latents."""
+    """A conditional model: U-Net started from the method's prior (or from pretrained weights
+    when it has none: SD1.5's row), context encoder, on its VAE's latents."""
+    prior = (_model_files(method.uses["prior"], (*_UNET_FILES, "scheduler/scheduler_config.json"))
+             if "prior" in method.uses else ())
     return StageContract(stage.folder, f"namd train cond --run {{run}}{_flag(method)}", (
         *(RunFile(p, _kind(p), (LOAD_UNET, SAMPLER)) for p in _UNET_FILES),
         RunFile("scheduler/scheduler_config.json", "json", (LOAD_SCHEDULE, SAMPLER)),
@@ -158,9 +160,31 @@ def _cond(method: Method, stage: Stage) -> StageContract:
                 unchecked=("namd.evaluation.evaluate.baseline_use_blocks",)),
         _run_info(SAMPLER), *internal_files()),
         (CONFIG_FILE, *(f"cohort/{p}" for p in _COHORT_FILES),
-         *_model_files(method.uses["vae"], _VAE_FILES),
-         *_model_files(method.uses["prior"], (*_UNET_FILES, "scheduler/scheduler_config.json")),
-         "cache/latents_*.safetensors"))
+         *_model_files(method.uses["vae"], _VAE_FILES), *prior, "cache/latents_*.safetensors"))
+
+
+def sampler_reader(method: Method) -> str:
+    """The contract's name of a method's sampler loader ("module.Class.from_run")."""
+    return method.sampler.replace(":", ".")
+
+
+def _own(method: Method, stage: Stage) -> StageContract:
+    """A compared method's own model (Stage.files): every file read by its sampler, on the
+    latents of the VAE it uses."""
+    reader = sampler_reader(method)
+    return StageContract(stage.folder, f"namd train {stage.kind} --run {{run}}{_flag(method)}", (
+        *(RunFile(p, _kind(p), (reader,)) for p in stage.files if p != RUN_INFO),
+        _run_info(reader), *internal_files()),
+        (CONFIG_FILE, *(f"cohort/{p}" for p in _COHORT_FILES),
+         *_model_files(method.uses["vae"], _VAE_FILES), "cache/latents_*.safetensors"))
+
+
+def _stage(method: Method, stage: Stage) -> StageContract:
+    """The contract of one trained stage of a method: its own files when it declares them,
+    else NAMD's kind of stage, else run_info and checkpoints."""
+    if stage.files:
+        return _own(method, stage)
+    return KINDS.get(stage.kind, _trained)(method, stage)
 
 
 def _trained(method: Method, stage: Stage) -> StageContract:
@@ -176,9 +200,12 @@ KINDS = {"vae": _vae, "prior": _prior, "cond": _cond}
 
 def _samples(method: Method) -> StageContract:
     """A method's K virtual follow-ups per nodule (decoded by its VAE, when it has one)."""
+    own = next((s for s in method.trains if s.folder == method.uses.get("cond") and s.files), None)
+    cond = (_model_files(method.uses["cond"], own.files if own else _COND_FILES[:-1])
+            if "cond" in method.uses else
+            tuple(f"{n}/{RUN_INFO}" for n in method.sample_needs if n != "cohort"))
     models = (*(_model_files(method.uses["vae"], _VAE_FILES) if "vae" in method.uses else ()),
-              *(_model_files(method.uses["cond"], _COND_FILES[:-1]) if "cond" in method.uses else
-                (f"{n}/{RUN_INFO}" for n in method.sample_needs if n != "cohort")))
+              *dict.fromkeys(cond))
     return StageContract(method.samples, f"namd sample --run {{run}} --split test{_flag(method)}", (
         RunFile("samples.npy", "npy", (LOAD_SAMPLES, REPORT_SAMPLES)),
         RunFile("index.csv", "csv", (LOAD_SAMPLES, REPORT_SAMPLES)),
@@ -219,7 +246,7 @@ def _end() -> list[StageContract]:
     sample_in = tuple(f"{m.samples}/{p}" for m in table for p in _SAMPLE_FILES)
     vae_in = tuple(f for v in _vae_folders() for f in _model_files(v, _VAE_FILES))
     cond_in = tuple(f"{s.folder}/baseline_use.json" for m in table for s in m.trains
-                    if s.kind == "cond")
+                    if s.kind == "cond" and not s.files)
     return [
         StageContract("evaluator", "namd train evaluator --run {run}", (
             RunFile("checkpoints/best/state.json", "json", (LOAD_EVALUATOR,)),
@@ -246,7 +273,7 @@ def contracts() -> tuple[StageContract, ...]:
     """The contract of every folder a run can hold: RUN itself, the cohort and the cache, each
     stage of each method of the table (namd.config.methods), its samples, and the end."""
     table = methods.METHODS.values()
-    trained = [KINDS.get(s.kind, _trained)(m, s) for m in table for s in m.trains]
+    trained = [_stage(m, s) for m in table for s in m.trains]
     return (*_start(), *trained, *(_samples(m) for m in table), *_end())
 
 

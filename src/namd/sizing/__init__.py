@@ -134,12 +134,12 @@ def prior_context_shape(config: NamdConfig, encoder_shape: tuple[int, int]) -> t
     """(tokens, width) of stage 1's null context: CLIP's empty prompt (77 x 768, or the local
     CLIP config's) when diffusion.null_context is 'empty_prompt', else the encoder's (m, D)."""
     from namd.config.preflight import clip_folder
-    from namd.models.null_context import _sub
+    from namd.models.token_text import component
 
     if config.diffusion.null_context != "empty_prompt":
         return encoder_shape
     root = clip_folder(config)
-    folder = None if root is None else _sub(root, "text_encoder")
+    folder = None if root is None else component(root, "text_encoder")
     if folder is not None and (folder / "config.json").is_file():
         from transformers import AutoConfig
 
@@ -276,14 +276,29 @@ def _evaluator_parts(config: NamdConfig, batch: int):
     return [model], [], loss, ""
 
 
+def _own_stage(stage: str) -> methods.Stage | None:
+    """The table's stage of folder `stage` when it sizes itself (a compared method's own
+    networks, Stage.sizing), else None."""
+    found = methods.owner(stage)
+    return found[1] if found is not None and found[1] is not None and found[1].sizing else None
+
+
 def _train_config(config: NamdConfig, stage: str) -> Any:
+    own = _own_stage(stage)
+    if own is not None and own.train_config:
+        return methods.resolve(own.train_config)(config)
+    if own is not None:
+        return config.diffusion.cond
     return {"vae": config.vae.train, "prior": config.diffusion.prior, "cond": config.diffusion.cond,
             "evaluator": config.evaluator.train}[stage]
 
 
 def train_kinds() -> tuple[str, ...]:
-    """Every kind of stage the table of methods trains, and the evaluator."""
-    return (*methods.kinds(), "evaluator")
+    """Every kind of stage the table of methods trains (NAMD's vae, prior, cond), each stage
+    of a compared method that sizes its own networks (by folder: cond_flux, ...), and the
+    evaluator."""
+    own = tuple(s.folder for m in methods.METHODS.values() for s in m.trains if s.sizing)
+    return (*methods.kinds(), *own, "evaluator")
 
 
 def stage_batch(config: NamdConfig, stage: str) -> int:
@@ -296,8 +311,11 @@ def _parts(config: NamdConfig, stage: str, batch: int, lm: LanguageModelSpec | N
     stage's language model is built on the CPU when its mask code cannot run on meta (BERT)."""
     builders = {"vae": lambda: _vae_parts(config, batch), "prior": lambda: _prior_parts(config, batch, lm),
                 "cond": lambda: _cond_parts(config, batch, lm), "evaluator": lambda: _evaluator_parts(config, batch)}
+    own = _own_stage(stage)
+    if own is not None:
+        builders[stage] = lambda: methods.resolve(own.sizing)(config, batch)
     if stage not in builders:
-        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(builders)}")
+        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(train_kinds())}")
     precision = _train_config(config, stage).mixed_precision
     mode = (_Autocast(torch.bfloat16 if precision == "bf16" else torch.float16, device)
             if precision != "no" else contextlib.nullcontext())
@@ -313,6 +331,11 @@ def _parts(config: NamdConfig, stage: str, batch: int, lm: LanguageModelSpec | N
         return trainable, frozen, note, saved_tensor_bytes(loss, [*trainable, *frozen])
 
 
+def _frozen_bytes(module: nn.Module) -> int:
+    """Bytes of a frozen module's weights at their own dtype (float32 unless built otherwise)."""
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
 def estimate_stage(config: NamdConfig, stage: str, batch: int | None = None, device: str = "cuda",
                    lm: LanguageModelSpec | None = None) -> StageEstimate:
     """The StageEstimate of one stage ('vae', 'prior', 'cond', 'evaluator') at `batch` (default:
@@ -324,7 +347,7 @@ def estimate_stage(config: NamdConfig, stage: str, batch: int | None = None, dev
     n_train = sum(p.numel() for p in train.values())
     n_frozen = sum(p.numel() for m in frozen for p in m.parameters())
     frozen_bytes = sum(frozen_lm_bytes(m, config.text.dtype) if stage == "cond"
-                       else 4 * sum(p.numel() for p in m.parameters()) for m in frozen)
+                       else _frozen_bytes(m) for m in frozen)
     largest = max((p.numel() for p in train.values()), default=0)
     return StageEstimate(
         stage=stage, batch=batch, params=n_train + n_frozen, trainable=n_train,
@@ -343,6 +366,21 @@ def estimate_stages(config: NamdConfig, batches: dict[str, int] | None = None, d
     return [estimate_stage(config, s, batches.get(s), device, lm) for s in stages]
 
 
+def advice(row: StageEstimate, gpu_gb: float) -> str:
+    """What would make a stage that does not fit fit: an 8-bit AdamW (bitsandbytes' AdamW8bit:
+    2 B of optimiser state per trainable parameter instead of 8), or LoRA (the weights frozen in
+    bfloat16; gradients and AdamW states, 16 B, only for adapters of about 1% of them), with the
+    activations left to bring down (gradient checkpointing, a smaller batch)."""
+    eight_bit = row.total - row.adam + row.adam // 4
+    lora = row.weights // 2 + 16 * max(1, row.trainable // 100)
+    room = gpu_gb * 1e9 - HEADROOM - lora
+    return (f"{row.stage}: does not fit {gpu_gb:g} GB as a full fine-tune; with an 8-bit AdamW it "
+            f"would need {eight_bit / 1e9:.1f} GB (fits: {'yes' if eight_bit + HEADROOM <= gpu_gb * 1e9 else 'no'}); "
+            f"LoRA on ~1% of the weights (the rest frozen in bfloat16) needs {lora / 1e9:.1f} GB "
+            f"before activations, which must then stay under {max(room, 0) / 1e9:.1f} GB (here "
+            f"{row.activations / 1e9:.1f} GB: gradient checkpointing or a smaller batch)")
+
+
 def format_table(rows: Sequence[StageEstimate], gpu_gb: float = 48.0, title: str = "") -> str:
     """The table `namd check` prints: a row per stage (GB = 10^9 bytes) with its verdict."""
     def count(n: int) -> str:
@@ -359,6 +397,7 @@ def format_table(rows: Sequence[StageEstimate], gpu_gb: float = 48.0, title: str
     lines.append(f"GB = 10^9 bytes; total = weights + grads + AdamW + max(activations, optimiser "
                  f"temporaries); fits = total + {HEADROOM / 1e9:g} GB headroom <= {gpu_gb:g} GB.")
     lines += [f"{r.stage}: {r.note}" for r in rows if r.note]
+    lines += [advice(r, gpu_gb) for r in rows if not r.fits(gpu_gb)]
     lines += [f"{r.stage}: mixed precision {r.precision} (autocast's cast policy emulated on meta)"
               for r in rows if r.precision != "no"]
     return "\n".join(lines)

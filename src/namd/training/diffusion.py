@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ import namd.models.context as context_module
 import namd.models.context_factory as context_factory
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig, TrainConfig, methods
-from namd.config.preflight import check_stage
+from namd.config.preflight import check_sd15, check_stage
 from namd.evaluation.baseline_use import BASELINE_USE_FILE
 from namd.models.context_factory import ENCODER_FILE, PROMPTS_FILE
 from namd.models.foundation import check_fits, started_from
@@ -48,6 +47,7 @@ from namd.models.schedules import (
     training_scheduler,
     training_target,
 )
+from namd.models.token_text import build_token_encoder, token_spec
 from namd.models.unet import (
     build_unet,
     load_pretrained_into,
@@ -56,10 +56,10 @@ from namd.models.unet import (
     transfer_weights,
 )
 from namd.models.vae import vae_fingerprint
-from namd.run.checkpoint import has_checkpoint, load_best
 from namd.run.layout import RunDir
 from namd.run.provenance import atomic_write_bytes, atomic_write_json
-from namd.training.latents import LatentStore, cache_path, load_or_build
+from namd.training.latents import LatentStore
+from namd.training.stage import check_out, fit_stage, latent_store, split_rows
 from namd.training.trainer import Batch, Trainer
 
 log = logging.getLogger(__name__)
@@ -231,25 +231,10 @@ class CondTask:
 
 
 # -- the stages -----------------------------------------------------------------------------------
-def _check_out(run: RunDir, name: str, *, resume: bool, overwrite: bool) -> Path:
-    """The stage folder; refuses to clobber a finished or interrupted stage without a flag.
-    Under --overwrite the old folder is removed only later (`_clear_out`), once the inputs have
-    been read, so a damaged input does not cost the stage it would have replaced."""
-    out = run.stage(name)
-    if overwrite:
-        return out
-    if run.is_done(name) and not resume:
-        raise FileExistsError(f"{out} is already trained (use --overwrite to retrain)")
-    elif has_checkpoint(out / "checkpoints" / "last") and not resume:
-        raise FileExistsError(f"{out} holds an interrupted training: use --resume to continue "
-                              "it or --overwrite to start again")
-    return out
 
 
-def _clear_out(out: Path, overwrite: bool) -> None:
-    """Remove the old stage folder under --overwrite (its inputs read and usable by now)."""
-    if overwrite and out.exists():
-        shutil.rmtree(out)
+
+
 
 
 def _place(encoder: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -264,27 +249,8 @@ def _place(encoder: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return encoder.eval()
 
 
-def _latent_store(config: NamdConfig, run: RunDir, vae_name: str, acc: Accelerator) -> LatentStore:
-    """The cohort's latents (built by the main process, then read by all)."""
-    vae_dir = run.require(vae_name, "train prior/cond")
-    if not run.is_done(vae_name):
-        raise FileNotFoundError(f"{vae_dir} is not finished: run `namd train vae` first")
-    cohort_dir = run.require("cohort", "train prior/cond")
-    args = (cache_path(run.path, vae_name), cohort_dir, vae_dir, config.data.window_hu,
-            config.diffusion.encode_batch, acc.device)
-    if acc.is_main_process:
-        load_or_build(*args)
-    acc.wait_for_everyone()
-    return load_or_build(*args)
 
 
-def _split(frame: pd.DataFrame, what: str, split: str, needed: bool) -> pd.DataFrame | None:
-    """Rows of a split, an error when a needed split is empty."""
-    if len(frame):
-        return frame
-    if needed:
-        raise ValueError(f"the cohort has no {what} in the {split} split")
-    return None
 
 
 def _prior(config: NamdConfig, cohort: Cohort, store: LatentStore, dim: int, null: torch.Tensor,
@@ -294,8 +260,8 @@ def _prior(config: NamdConfig, cohort: Cohort, store: LatentStore, dim: int, nul
     unet = build_unet(config.diffusion.unet, in_channels=c, out_channels=c,
                       cross_attention_dim=dim, sample_size=h, seed=seed)
     report = load_pretrained_into(unet, config.diffusion.unet)
-    train = _split(cohort.crops("train"), "crops", "train", True)
-    val = _split(cohort.crops("val"), "crops", "val", False)
+    train = split_rows(cohort.crops("train"), "crops", "train", True)
+    val = split_rows(cohort.crops("val"), "crops", "val", False)
     task = PriorTask(unet, training_scheduler(config.diffusion), null, config.diffusion.prior.rotation_augment,
                      config.diffusion.snr_gamma)
     return (task, LatentCrops(store, train["crop_index"].to_numpy()),
@@ -304,10 +270,8 @@ def _prior(config: NamdConfig, cohort: Cohort, store: LatentStore, dim: int, nul
              "foundation": started_from(config.diffusion.unet.pretrained)})
 
 
-def _cond(config: NamdConfig, run: RunDir, prior_name: str, cohort: Cohort, store: LatentStore,
-          encoder: context_module.ContextEncoder, null_context: bool,
-          seed: int) -> tuple[CondTask, LatentPairs, LatentPairs | None, dict]:
-    """Cond task (the prior's weights, conv_in widened) and its data: pairs of train / val."""
+def _from_prior(config: NamdConfig, run: RunDir, prior_name: str, unet: UNet2DConditionModel) -> dict:
+    """Start the conditional U-Net from the run's prior (NAMD): conv_in widened, new zero."""
     prior_dir = run.require(prior_name, "train cond")
     if not run.is_done(prior_name):
         raise FileNotFoundError(f"{prior_dir} is not finished: run `namd train prior` first")
@@ -315,15 +279,33 @@ def _cond(config: NamdConfig, run: RunDir, prior_name: str, cohort: Cohort, stor
     if trained != config.diffusion.prediction_type:
         raise ValueError(f"{prior_dir} predicts {trained}, but diffusion.prediction_type is "
                          f"{config.diffusion.prediction_type}: retrain the prior (--overwrite)")
+    report = transfer_weights(load_unet(prior_dir).state_dict(), unet,
+                              min_share=config.diffusion.unet.min_transferred,
+                              what=f"{prior_name} -> cond")
+    return {"from_prior": report.as_dict(), "prior_dir": prior_name}
+
+
+def _from_pretrained(config: NamdConfig, unet: UNet2DConditionModel) -> dict:
+    """Start the conditional U-Net from the pretrained U-Net itself (SD1.5's row: SD1.5's
+    weights, or the CPU presets' foundation), conv_in widened, new channels zero."""
+    report = load_pretrained_into(unet, config.diffusion.unet)
+    return {"pretrained": report.as_dict() if report else None,
+            "foundation": started_from(config.diffusion.unet.pretrained)}
+
+
+def _cond(config: NamdConfig, run: RunDir, prior_name: str | None, cohort: Cohort,
+          store: LatentStore, encoder: context_module.ContextEncoder, null_context: bool,
+          seed: int) -> tuple[CondTask, LatentPairs, LatentPairs | None, dict]:
+    """Cond task (the prior's weights, or the pretrained U-Net's when `prior_name` is None,
+    conv_in widened) and its data: pairs of train / val."""
     c, h, _ = store.shape
     unet = build_unet(config.diffusion.unet, in_channels=2 * c, out_channels=c,
                       cross_attention_dim=encoder.dim, sample_size=h, seed=seed,
                       pooled_context=config.diffusion.pooled_context)
-    report = transfer_weights(load_unet(prior_dir).state_dict(), unet,
-                              min_share=config.diffusion.unet.min_transferred,
-                              what=f"{prior_name} -> cond")
-    train = _split(cohort.pairs("train"), "pairs", "train", True)
-    val = _split(cohort.pairs("val"), "pairs", "val", False)
+    start = (_from_pretrained(config, unet) if prior_name is None
+             else _from_prior(config, run, prior_name, unet))
+    train = split_rows(cohort.pairs("train"), "pairs", "train", True)
+    val = split_rows(cohort.pairs("val"), "pairs", "val", False)
     extra: dict = {}
     if isinstance(encoder, context_module.StandardizedContext) and not null_context:
         extra["context_standardize"] = encoder.fit([Cohort.ehr(row) for _, row in train.iterrows()])
@@ -334,7 +316,7 @@ def _cond(config: NamdConfig, run: RunDir, prior_name: str, cohort: Cohort, stor
                     config.diffusion.cond.rotation_augment, config.diffusion.condition_dropout,
                     config.diffusion.cond_draws, config.diffusion.snr_gamma)
     return (task, LatentPairs(store, train), None if val is None else LatentPairs(store, val),
-            {"from_prior": report.as_dict(), "prior_dir": prior_name, **extra})
+            {**start, **extra})
 
 
 def _export(out: Path, task: PriorTask | CondTask, config: NamdConfig) -> None:
@@ -350,7 +332,7 @@ def _export(out: Path, task: PriorTask | CondTask, config: NamdConfig) -> None:
         atomic_write_json(out / ENCODER_FILE, {"text": config.text.model_dump(mode="json"),
                                                "dim": enc.dim, "n_tokens": enc.n_tokens,
                                                "null_context": task.use_null,
-                                               "null_mode": enc.null_mode})
+                                               "null_mode": enc.null_mode, **token_spec(enc)})
 
 
 def run_stage(config: NamdConfig, run: RunDir, *, stage: str, method: str = methods.REFERENCE,
@@ -366,38 +348,39 @@ def run_stage(config: NamdConfig, run: RunDir, *, stage: str, method: str = meth
         raise ValueError(f"namd.training.diffusion trains prior or cond, not {stage!r}")
     check_stage(config, stage)  # external files, before anything is written
     spec = methods.get(method)
+    if spec.flags.get("sd15"):
+        check_sd15(config)
     name, dirs = spec.stage(stage).folder, spec.uses
     null_context = bool(spec.flags.get("null_context")) and stage == "cond"
+    prior = dirs.get("prior") if stage == "cond" else None  # None: from the pretrained U-Net
     tcfg: TrainConfig = getattr(config.diffusion, stage)
-    out = _check_out(run, name, resume=resume, overwrite=overwrite)
+    out = check_out(run, name, resume=resume, overwrite=overwrite)
     acc = Accelerator(mixed_precision=tcfg.mixed_precision)
-    for read in (dirs["vae"], *((dirs["prior"],) if stage == "cond" else ())):
+    for read in (dirs["vae"], *((prior,) if prior else ())):
         run.agree(config, read)  # the stages it builds on were trained under this config
     cohort = Cohort(run.require("cohort", f"train {stage}"))
-    if stage == "prior":
+    if stage == "prior" or (stage == "cond" and prior is None):
         check_fits(config, cohort.meta)
-    store = _latent_store(config, run, dirs["vae"], acc)
+    store = latent_store(config, run, dirs["vae"], acc)
     if stage == "prior":  # its null context needs only (m, D): the language model stays unloaded
         null = stage_one_context(config, context_factory.context_shape(config.text))
         task, train, val, extra = _prior(config, cohort, store, null.shape[-1], null, tcfg.seed)
     else:
-        encoder = context_factory.build_context_encoder(config.text, config.diffusion.null_context).eval()
+        encoder = (build_token_encoder(config) if spec.flags.get("sd15") else
+                   context_factory.build_context_encoder(config.text, config.diffusion.null_context)).eval()
         # the image-only ablation runs the encoder only for the empty sentence
         if not null_context or config.diffusion.null_context == "empty_prompt":
             _place(encoder, acc.device)
-        task, train, val, extra = _cond(config, run, dirs["prior"], cohort, store, encoder,
+        task, train, val, extra = _cond(config, run, prior, cohort, store, encoder,
                                         null_context, tcfg.seed)
-    if acc.is_main_process:
-        _clear_out(out, overwrite)
-    acc.wait_for_everyone()
-    result = Trainer(tcfg, out, accelerator=acc).fit(task, train, val, resume=resume)
-    load_best(out, task.trainable())
+    result = fit_stage(Trainer(tcfg, out, accelerator=acc), task, train, val, out, acc,
+                       resume=resume, overwrite=overwrite)
     if acc.is_main_process:
         _export(out, task, config)
-        if isinstance(task, CondTask) and val is not None and len(val) >= 2:
+        if isinstance(task, CondTask) and prior and val is not None and len(val) >= 2:
             from namd.evaluation.baseline_use import measure_cond_stage, summary_line
 
-            use = measure_cond_stage(task, run.stage(dirs["prior"]), val, tcfg.seed)
+            use = measure_cond_stage(task, run.stage(prior), val, tcfg.seed)
             atomic_write_json(out / BASELINE_USE_FILE, use)
             log.info("%s: %s", name, summary_line(use))
             extra["baseline_use"] = {k: use[k] for k in ("ratio", "ratio_to_prior",

@@ -32,7 +32,7 @@ from namd.models.alignment import (
     reconstruction_loss,
 )
 from namd.models.foundation import check_fits, started_from
-from namd.models.probe import LinearProbe, save_probe
+from namd.models.probe import LinearProbe, adaptive_weight, save_probe
 from namd.models.vae import build_vae_from_config, latent_shape, save_trained_vae
 from namd.models.vae_data import META_FILE, encode_source, split_source, training_statistics
 from namd.run.layout import RunDir
@@ -57,10 +57,11 @@ def _value(t: torch.Tensor) -> float:
 
 
 def joint_probe(cfg: VAEConfig) -> bool:
-    """Whether the probe trains with the VAE through L_pred; without it (the --method no_align ablation,
-    or lambda_pred = 0) it is fitted afterwards on the frozen training latents, so that
+    """Whether the probe trains with the VAE through L_pred: with L_align (NAMD) or adaptively
+    weighted (DDL-CXR's label-supervised VAE, vae.pred_weight); without it (the --method no_align
+    ablation, or lambda_pred = 0) it is fitted afterwards on the frozen training latents, so that
     probe_auroc always measures a trained probe."""
-    return cfg.align and cfg.lambda_pred > 0
+    return (cfg.align or cfg.pred_weight == "adaptive") and cfg.lambda_pred > 0
 
 
 class VAETask:
@@ -73,6 +74,7 @@ class VAETask:
         self.align_skipped = 0
         self.select_on = (cfg.select_on, "min")
         self.joint_probe = joint_probe(cfg)
+        self.pred_weight = cfg.lambda_pred  # the adaptive weight of the last training batch
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         """The autoencoder, and the probe when L_pred shapes the latent (see `joint_probe`)."""
@@ -94,14 +96,17 @@ class VAETask:
         recon = self.vae.decode(z).sample
         rec, kl = reconstruction_loss(x, recon), kl_loss(posterior.mean, posterior.logvar)
         total = rec + cfg.lambda_kl * kl
+        nll = rec  # the reconstruction terms, against which an adaptive L_pred is weighted
         terms = {"rec": _value(rec), "kl": _value(kl)}
         if cfg.lambda_grad > 0:
             grad = gradient_loss(x, recon)
             total = total + cfg.lambda_grad * grad
+            nll = nll + cfg.lambda_grad * grad
             terms["grad"] = _value(grad)
         if self.perceptual is not None:
             lp = self.perceptual(x, recon)
             total = total + cfg.lambda_lpips * lp
+            nll = nll + cfg.lambda_lpips * lp
             terms["lpips"] = _value(lp)
         with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.align):
             align = alignment_loss(z, batch["features"], cfg.sigma_f, cfg.sigma_z, cfg.temperature, cfg.projection)
@@ -113,9 +118,23 @@ class VAETask:
         terms["loss_without_pred"] = _value(total)  # what vae.select_on may select on
         if self.joint_probe:
             pred, n_labelled = prediction_loss(self.probe(z), batch["label"], self.class_weights)
-            total = total + cfg.lambda_pred * pred
+            total = total + self._weight_of_pred(nll, pred, x) * pred
             terms.update(pred=_value(pred), pred_n=float(n_labelled))
+            if cfg.pred_weight == "adaptive":
+                terms["pred_weight"] = float(self.pred_weight)
         return total, terms
+
+    def _weight_of_pred(self, nll: torch.Tensor, pred: torch.Tensor,
+                        x: torch.Tensor) -> float | torch.Tensor:
+        """lambda_pred (NAMD), or DDL-CXR's adaptive weight x lambda_pred from this batch's
+        gradients at the encoder's last convolution (validation, without gradients, reuses the
+        last training batch's)."""
+        if self.cfg.pred_weight == "fixed":
+            return self.cfg.lambda_pred
+        if torch.is_grad_enabled() and nll.requires_grad:
+            layer = self.vae.encoder.conv_out.weight
+            self.pred_weight = self.cfg.lambda_pred * adaptive_weight(nll, pred, layer, x[0].numel())
+        return self.pred_weight
 
     def _note_skipped(self, n_used: int) -> None:
         """Say (once, then every 100th time) that a batch had no alignment term."""

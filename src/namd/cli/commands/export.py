@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a trained run (vae, cond and evaluator stages)")
     p.add_argument("out", help="the model folder to write")
-    p.add_argument("--method", choices=methods.loadable(), default=methods.REFERENCE,
+    p.add_argument("--method", choices=methods.exportable(), default=methods.REFERENCE,
                    help="which model of the run (default namd)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=run)

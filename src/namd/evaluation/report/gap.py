@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from namd.evaluation.gap_closure import PAPER_CLOSURE
 from namd.evaluation.report.html import esc
 from namd.evaluation.report.inputs import missing_block
-from namd.evaluation.rows import generated, row_label
+from namd.evaluation.rows import generated, listed, row_label
 
 if TYPE_CHECKING:
     from namd.evaluation.report.inputs import Context
@@ -50,7 +50,7 @@ def gap_table(block: dict[str, Any]) -> str:
             "<th>AUROC real follow-up</th><th>closure of the mean AUROC over K</th>"
             "<th>draws dropped (denominator ≤ 0)</th></tr>")
     body = []
-    for name in generated():
+    for name in (n for n in generated() if listed(n, block.get("generated") or {})):
         e = (block.get("generated") or {}).get(name) or {"status": "not in metrics.json"}
         cls = ' class="namd"' if name == "namd" else ""
         label = f"{esc(row_label(name))}<br><span class=muted>{esc(name)}</span>"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from namd.evaluation.report.html import esc
 from namd.evaluation.report.inputs import missing_block
-from namd.evaluation.rows import generated, row_label
+from namd.evaluation.rows import generated, listed, row_label
 
 if TYPE_CHECKING:
     from namd.evaluation.report.inputs import Context
@@ -36,7 +36,7 @@ def growth_table(block: dict[str, Any]) -> str:
             "<th>benign: generated − real (mm)</th></tr>")
     rows = [("real_followup", block.get("real_followup") or {})]
     rows += [(name, block.get("generated", {}).get(name) or {"status": "not in metrics.json"})
-             for name in generated()]
+             for name in generated() if listed(name, block.get("generated", {}))]
     body = []
     for name, r in rows:
         cls = ' class="namd"' if name == "namd" else ""

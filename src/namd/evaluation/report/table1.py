@@ -82,6 +82,11 @@ def _why_absent(metrics: dict) -> list[str]:
     return notes
 
 
+def inferred(name: str) -> str:
+    """What a compared method's row rests on that no source gives ('' for other rows)."""
+    return methods.METHODS[name].inferred if name in methods.METHODS else ""
+
+
 def table1(metrics: dict[str, Any]) -> str:
     """Table 1 of the paper from metrics.json, as HTML."""
     rows = {r.get("name"): r for r in metrics.get("rows", [])}
@@ -98,7 +103,7 @@ def table1(metrics: dict[str, Any]) -> str:
             if row is None:
                 continue
             cls = ' class="namd"' if name == methods.REFERENCE else ""
-            label = html.escape(row_label(name))
+            label = html.escape(row_label(name)) + ("<sup>†</sup>" if inferred(name) else "")
             if row.get("status", "ok") != "ok":
                 body.append(f"<tr{cls}><td>{label}</td><td colspan=7 class=muted>"
                             f"{html.escape(str(row.get('status')))}</td>"
@@ -114,6 +119,7 @@ def table1(metrics: dict[str, Any]) -> str:
                      _stat(row.get("auprc"), runs), mean_p, _paper_cell(name)]
             body.append(f"<tr{cls}><td>{label}</td>"
                         + "".join(f"<td class=num>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    notes = _why_absent(metrics)
+    notes = _why_absent(metrics) + [f"† {row_label(n)}: {inferred(n)} (inferred: no source says "
+                                    "it; docs/compared-methods.md)." for n in rows if inferred(n)]
     foot = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)  # not a failure
     return f"<table>{head}{''.join(body)}</table>{foot}"
