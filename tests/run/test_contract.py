@@ -450,3 +450,16 @@ def test_every_method_of_the_run_loads_in_the_pipeline_and_predicts(finished):
         assert np.isfinite(pred.samples).all() and pipe.provenance(pipe.sampling_config(), "key")["method"] == name
     with pytest.raises(ValueError, match="flux has networks of its own: load it with NAMDPipeline.from_run"):
         NAMDPipeline.from_run(finished.path, method="flux").save_pretrained(finished.path.parent / "x")
+
+
+def test_a_compared_methods_steps_are_its_own_and_steps_sets_them(finished, tmp_path, capsys):
+    """`namd sample --method flux` draws with flux.sampling_steps (not NAMD's sampling.steps),
+    says so in its estimate and its run_info; `--steps N` sets the method's own field."""
+    run = _copy(finished, tmp_path)
+    assert main(["sample", "--run", str(run), "--method", "flux", "--overwrite", "--k", "2"]) == 0
+    info = json.loads((run / "samples_flux" / "run_info.json").read_text())
+    assert info["steps"] == finished.config.flux.sampling_steps == 2
+    assert main(["sample", "--run", str(run), "--method", "flux", "--overwrite", "--k", "2",
+                 "--steps", "3"]) == 0
+    assert json.loads((run / "samples_flux" / "run_info.json").read_text())["steps"] == 3
+    assert "x 3 steps" in capsys.readouterr().out

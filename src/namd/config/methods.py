@@ -86,6 +86,7 @@ class Method:
     # follow-ups (FollowUpSampler's protocol); the sample stage and NAMDPipeline load it
     sampler: str = SAMPLER_NAMD
     inferred: str = ""  # what no source says and the project chose (the report flags the row)
+    steps: str = "sampling.steps"  # the config field of its sampler's steps (`--steps` sets it)
     stochastic: bool = True  # K random draws; False: one deterministic follow-up
     flags: Mapping[str, bool] = field(default_factory=dict)  # what its stages do differently
     about: str = ""  # what it changes against NAMD, for the report's reading
@@ -168,6 +169,14 @@ def get(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
+
+
+def sampler_steps(config: Any, method: Method) -> int:
+    """The steps `method`'s sampler takes under `config` (its Method.steps field)."""
+    value: Any = config
+    for part in method.steps.split("."):
+        value = getattr(value, part)
+    return int(value)
 
 
 def loadable() -> tuple[str, ...]:
@@ -285,6 +294,7 @@ register(Method(
            train_config="namd.models.flux:stage_train_config"),),
     {"vae": "vae_no_align", "cond": "cond_flux"},
     sample=SAMPLE_NAMD, sampler="namd.inference.flux_sampler:FluxSampler.from_run",
+    steps="flux.sampling_steps",
     in_demo=False, about="Flux's rectified-flow transformer fine-tuned (Euler sampling)",
     inferred="the paper does not say which Flux, how it was fine-tuned or how the baseline "
              "enters: a widened input embedding, as diffusers' Flux Control training",
@@ -304,7 +314,8 @@ register(Method(
            sizing="namd.models.ddlcxr:sizing_parts",
            train_config="namd.models.ddlcxr:stage_train_config")),
     {"vae": "vae_ddlcxr", "cond": "cond_ddlcxr"},
-    sampler="namd.inference.ddlcxr_sampler:DDLCXRSampler.from_run", in_demo=False,
+    sampler="namd.inference.ddlcxr_sampler:DDLCXRSampler.from_run", steps="ddlcxr.sampling_steps",
+    in_demo=False,
     about="DDL-CXR trained from scratch: its label-supervised VAE, a record transformer and "
           "a three-term loss; DDIM with eta 1",
     inferred="NLST's 13 static fields as one token each, in place of its clinical time series",

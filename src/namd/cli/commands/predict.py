@@ -121,7 +121,9 @@ def _estimate(args: argparse.Namespace, config) -> str:
     files = ({p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
              if folder else run_files(RunDir(args.run), dict(methods.get(args.method).uses)))
     s = config.sampling
-    request = Request(1, s.k, s.steps, config.data.crop_size, s.guidance_scale != 1.0,
+    steps = args.steps if args.steps is not None or folder else methods.sampler_steps(
+        config, methods.get(args.method))
+    request = Request(1, s.k, steps or s.steps, config.data.crop_size, s.guidance_scale != 1.0,
                       s.max_batch, samples_in_memory=True)
     return estimate(request, safe_model_cost(files), str(resolve_device(args.device))).line()
 

@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="run directory (cohort, vae, cond)")
     p.add_argument("--split", choices=("train", "val", "test"), default=None, help="pairs to sample (default test)")
     p.add_argument("--k", type=int, default=None, help="samples per nodule (paper: 20)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (paper: 50)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (paper: 50); a compared "
+                   "method's own (e.g. flux.sampling_steps) for its --method")
     p.add_argument("--scheduler", choices=("ddim", "dpmsolver++"), default=None,
                    help="DDIM (paper) or DPM-Solver++ (fewer steps)")
     p.add_argument("--guidance-scale", type=float, default=None,
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace, run_dir: RunDir) -> Path:
     """Resolve the config (flags override sampling.*) and write the samples folder."""
     from namd.cli.options import resolve_config
-    from namd.config import SamplingConfig
+    from namd.config import SamplingConfig, validated_update
     from namd.config.diffusion import check_sampling_steps
     from namd.models.device import resolve_device
 
@@ -67,6 +68,8 @@ def _sample(args: argparse.Namespace, run_dir: RunDir) -> Path:
     check_sampling_steps(config.sampling, config.diffusion.num_train_timesteps)
     device = resolve_device(args.device)
     method = methods.get(args.method)
+    if args.steps is not None and method.steps != "sampling.steps":  # its own sampler's steps
+        config = validated_update(config, {method.steps: args.steps})
     if args.overwrite or not run_dir.stage(method.samples).exists():
         print(_estimate(config, run_dir, method, str(device)), flush=True)
     return method.sample_function()(config, run_dir, method, overwrite=args.overwrite, device=device)
@@ -85,6 +88,6 @@ def _estimate(config, run_dir: RunDir, method, device: str) -> str:
     nodules = len(pairs_to_sample(Cohort(run_dir.require("cohort", "sample")), s.split))
     cost = (safe_model_cost(run_files(run_dir, uses)) if {"cond", "vae"} <= set(uses)
             else None)
-    request = Request(nodules, s.k, s.steps, config.data.crop_size, s.guidance_scale != 1.0,
-                      s.max_batch, samples_in_memory=False)
+    request = Request(nodules, s.k, methods.sampler_steps(config, method), config.data.crop_size,
+                      s.guidance_scale != 1.0, s.max_batch, samples_in_memory=False)
     return estimate(request, cost, device, grids=min(s.grids, nodules)).line()
