@@ -31,12 +31,9 @@ def _read(path: Path) -> dict | None:
 def cost(name: str, seconds: dict[str, float]) -> dict:
     """The seconds of a method's own stages and its sample stage, and the stages it reads."""
     m = methods.get(name)
-    own = {s.folder: seconds.get(s.folder) for s in m.trains}
-    own[m.samples] = seconds.get(m.samples)
-    shared = sorted({f for s in m.trains for f in s.needs if f != "cohort"} - set(own)
-                    | ({m.uses["vae"]} - set(own) if "vae" in m.uses else set()))
+    own = {f: seconds.get(f) for f in (*(s.folder for s in m.trains), m.samples)}
     total = None if any(v is None for v in own.values()) else sum(own.values())
-    return {"stages": own, "reads": shared, "seconds": total}
+    return {"stages": own, "reads": sorted(set(m.uses.values()) - set(own)), "seconds": total}
 
 
 def _cell(stat: dict | None) -> str:

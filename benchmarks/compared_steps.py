@@ -34,10 +34,9 @@ def study(run: RunDir, method: str, steps: list[int], n: int, k: int) -> dict:
     follow = cohort.images(pairs["followup_index"])
     cond = sampler.conditioning(pairs["pair_id"].tolist(), cohort.images(pairs["baseline_index"]),
                                 [Cohort.ehr(r) for _, r in pairs.iterrows()])
-    cfg = validated_update(config, {"sampling.k": k}).sampling
     latents, seconds = {}, {}
     for s in steps:
-        sampler.steps = s
+        cfg = validated_update(config, {"sampling.k": k, "sampling.steps": s}).sampling
         start = time.perf_counter()
         latents[s] = sampler.generate(cond, cfg, show_progress=False)
         seconds[s] = time.perf_counter() - start

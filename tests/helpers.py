@@ -32,20 +32,14 @@ def disc(radius: float, rng: np.random.Generator, size: int = SIZE) -> np.ndarra
             + rng.normal(0, 10, (size, size))).astype(np.float32)
 
 
-def build_tiny_run(path):
-    """A finished run (cohort, untrained VAE, prior, cond, evaluator) with 16 x 16 crops at 1 mm."""
-    import torch
-
-    from namd.cli.main import main
+def write_tiny_cohort(folder) -> None:
+    """Eight pairs of 16 x 16 crops at 1 mm (4 train, 2 val, 2 test): a disc whose follow-up
+    grows when the pair is malignant (odd pairs)."""
     from namd.cohort.ehr import EHR
     from namd.cohort.store import CohortWriter
-    from namd.config import load_config, save_config
-    from namd.models.vae import build_vae, save_trained_vae
-    from namd.run.layout import RunDir
 
-    run = RunDir(path)
     rng = np.random.default_rng(0)
-    writer = CohortWriter(run.stage("cohort"), crop_size=SIZE, pixel_spacing_mm=1.0, source="test")
+    writer = CohortWriter(folder, crop_size=SIZE, pixel_spacing_mm=1.0, source="test")
     for i, split in enumerate(["train"] * 4 + ["val"] * 2 + ["test"] * 2):
         label = i % 2
         ehr = EHR(SCT_LONG_DIA=4.0 + i, SCT_PERP_DIA=3.0, age=60.0, gender=1)
@@ -54,6 +48,19 @@ def build_tiny_run(path):
                        kind=("baseline", "followup")[t], split=split, label=label, ehr=ehr,
                        pair_id=f"pair{i}", timepoint=t)
     writer.close()
+
+
+def build_tiny_run(path):
+    """A finished run (cohort, untrained VAE, prior, cond, evaluator) with 16 x 16 crops at 1 mm."""
+    import torch
+
+    from namd.cli.main import main
+    from namd.config import load_config, save_config
+    from namd.models.vae import build_vae, save_trained_vae
+    from namd.run.layout import RunDir
+
+    run = RunDir(path)
+    write_tiny_cohort(run.stage("cohort"))
     config = load_config("tiny", overrides=TINY)
     save_config(config, run.path / "config.yaml")
     torch.manual_seed(0)

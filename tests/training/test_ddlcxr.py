@@ -12,9 +12,10 @@ import torch
 
 from namd.cohort.ehr import EHR
 from namd.cohort.store import CohortWriter
-from namd.config import SamplingConfig, TrainConfig, load_config, save_config
+from namd.config import SamplingConfig, TrainConfig, load_config, methods, save_config
 from namd.config.ddlcxr import DDLCXRConfig, DDLCXRUNetConfig, RecordEncoderConfig
-from namd.inference.ddlcxr_sampler import FILES, DDLCXRSampler
+from namd.config.methods import DDLCXR_FILES as FILES
+from namd.inference.ddlcxr_sampler import DDLCXRSampler
 from namd.models.ddlcxr import (
     RecordEncoder,
     build_unet,
@@ -25,7 +26,7 @@ from namd.models.ddlcxr import (
 from namd.run.contract import RunFileError
 from namd.run.layout import RunDir
 from namd.training.ddlcxr import DDLCXRTask, RampClock
-from namd.training.trainer import Trainer, step_generator
+from namd.training.trainer import Trainer
 
 CFG = DDLCXRConfig(unet=DDLCXRUNetConfig(block_out_channels=(8, 16), head_channels=8, norm_num_groups=4),
                    record=RecordEncoderConfig(d_model=16, heads=2, feedforward=16, dropout=0.0))
@@ -58,8 +59,7 @@ def _task(data: Pairs, steps: int, cfg: DDLCXRConfig = CFG) -> DDLCXRTask:
     unet = build_unet(cfg.unet, latent_channels=4, context_dim=cfg.record.d_model, sample_size=4, seed=0)
     torch.manual_seed(1)
     encoder = RecordEncoder(cfg.record, fit_standardiser(data.ehrs))
-    micro = cfg.train.grad_accum
-    clock = RampClock(cfg.train.seed, len(data), steps, cfg.train.batch_size * micro, micro)
+    clock = RampClock(len(data), steps, cfg.train.batch_size * cfg.train.grad_accum)
     return DDLCXRTask(unet, encoder, label_head(cfg.record, 2), training_scheduler(cfg), cfg, clock)
 
 
@@ -73,11 +73,11 @@ def _fit(tmp_path, data: Pairs, steps: int, lr: float = 3e-3) -> tuple[DDLCXRTas
     return task, rows
 
 
-def _sampler(task: DDLCXRTask, steps: int = 4) -> DDLCXRSampler:
+def _sampler(task: DDLCXRTask) -> DDLCXRSampler:
     task.unet.eval()
     task.encoder.eval()
     return DDLCXRSampler(task.unet, task.encoder, torch.nn.Identity(), 1.0, dict(task.scheduler.config),
-                         (-1000.0, 400.0), steps, 1.0)
+                         (-1000.0, 400.0), 1.0)
 
 
 def _cond(sampler: DDLCXRSampler, data: Pairs, keys=None):
@@ -90,15 +90,38 @@ def _cond(sampler: DDLCXRSampler, data: Pairs, keys=None):
 
 
 # -- the ramp's clock -----------------------------------------------------------------------------
-def test_the_ramp_reads_the_trainers_step_and_counts_epochs(tmp_path):
-    trainer = Trainer(TrainConfig(batch_size=4, grad_accum=2, seed=7), tmp_path)
-    clock = RampClock(7, 40, 25, 8, 2)  # 40 pairs, effective batch 8: 5 steps per epoch, 5 epochs
-    for step in (0, 3, 4, 5, 17, 24):
-        for micro in range(2):
-            gen = step_generator(7, trainer.micro_id(step, micro))
-            assert clock.step_of(gen) == step
-            assert clock(gen) == (step // 5) / 5
-    assert trainer.batch_indices(40, 5).tolist() != trainer.batch_indices(40, 4).tolist()
+def test_the_ramp_counts_the_trainers_epochs(tmp_path):
+    """The trainer tells the task each optimizer step (at_step, 0-based, each step once); the
+    ramp is the completed epochs of that step over the plan's epochs."""
+    clock = RampClock(40, 25, 8)  # 40 pairs, effective batch 8: 5 steps per epoch, 5 epochs
+    assert [clock(s) for s in (0, 3, 4, 5, 17, 24)] == [0.0, 0.0, 0.0, 0.2, 0.6, 0.8]
+
+    class Counting:
+        def __init__(self):
+            self.w, self.steps = torch.nn.Linear(1, 1), []
+
+        def trainable(self):
+            return {"w": self.w}
+
+        def frozen(self):
+            return {}
+
+        def at_step(self, step):
+            self.steps.append(step)
+
+        def loss(self, batch, generator, train):
+            return self.w(batch["x"]).pow(2).mean(), {}
+
+    class Data:
+        def __len__(self):
+            return 8
+
+        def batch(self, idx):
+            return {"x": torch.ones(len(idx), 1)}
+
+    task = Counting()
+    Trainer(TrainConfig(batch_size=4, grad_accum=2, max_steps=3, seed=7), tmp_path).fit(task, Data(), None)
+    assert task.steps == [0, 1, 2]
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -113,7 +136,7 @@ def test_overfits_a_handful_of_pairs_and_samples_approach_the_real_followups(tmp
     data = _pairs(4, seed=3)
     untrained = _sampler(_task(data, 1))
     task, _ = _fit(tmp_path, data, 250, lr=5e-3)
-    cfg = SamplingConfig(k=4, seed=1)
+    cfg = SamplingConfig(k=4, seed=1, steps=4)
     before = untrained.generate(_cond(untrained, data), cfg, show_progress=False)
     after = _sampler(task).generate(_cond(_sampler(task), data), cfg, show_progress=False)
     err_before = (before - data.z2[:, None]).pow(2).mean().item()
@@ -154,20 +177,20 @@ def test_resume_matches_an_uninterrupted_run_ramp_and_batchnorm_included(tmp_pat
 # -- sampling -------------------------------------------------------------------------------------
 def test_samples_are_per_seed_batch_independent_and_differ_over_k():
     data = _pairs(3)
-    sampler = _sampler(_task(data, 1), steps=3)
+    sampler = _sampler(_task(data, 1))
     cond = _cond(sampler, data)
-    small = sampler.generate(cond, SamplingConfig(k=3, max_batch=2), show_progress=False)
-    large = sampler.generate(cond, SamplingConfig(k=3, max_batch=64), show_progress=False)
+    small = sampler.generate(cond, SamplingConfig(k=3, max_batch=2, steps=3), show_progress=False)
+    large = sampler.generate(cond, SamplingConfig(k=3, max_batch=64, steps=3), show_progress=False)
     assert small.shape == (3, 3, *SHAPE) and torch.isfinite(small).all()
     torch.testing.assert_close(small, large, rtol=1e-4, atol=1e-4)
     alone = sampler.generate(_cond(sampler, Pairs(data.z1[1:2], data.z2[1:2], data.ehrs[1:2], data.labels[1:2]),
-                                   ["pair1"]), SamplingConfig(k=3), show_progress=False)
+                                   ["pair1"]), SamplingConfig(k=3, steps=3), show_progress=False)
     torch.testing.assert_close(alone[0], large[1], rtol=1e-4, atol=1e-4)
     assert (large[:, 0] - large[:, 1]).abs().amax() > 1e-2  # x_T drawn per seed: K samples differ
-    other = sampler.generate(cond, SamplingConfig(k=3, seed=24), show_progress=False)
+    other = sampler.generate(cond, SamplingConfig(k=3, seed=24, steps=3), show_progress=False)
     assert (other - large).abs().amax() > 1e-2
-    own = sampler.sampling_config(SamplingConfig(steps=50, eta=0.0))
-    assert (own.steps, own.eta, own.scheduler) == (3, 1.0, "ddim")
+    own = sampler.sampling_config(SamplingConfig(steps=50, eta=0.0, scheduler="dpmsolver++"))
+    assert (own.steps, own.eta, own.scheduler) == (50, 1.0, "ddim")  # its DDIM and eta, cfg's steps
 
 
 # -- the stages end to end ------------------------------------------------------------------------
@@ -225,7 +248,7 @@ def test_stages_write_namds_vae_files_and_the_samplers_files(ddlcxr_run):
     with (vae / "log.csv").open() as fh:
         assert "pred_weight" in next(csv.reader(fh))  # the adaptive label weight is logged
     sampler = DDLCXRSampler.from_run(run, {"vae": "vae_ddlcxr", "cond": "cond_ddlcxr"}, config)
-    assert set(sampler.files()) == set(FILES) and sampler.steps == 2 and sampler.eta == 1.0
+    assert methods.sampler_steps(config, methods.get("ddlcxr")) == 2 and sampler.eta == 1.0
     baselines = np.stack([np.full((16, 16), -800.0, np.float32)] * 2)
     cond = sampler.conditioning(["a", "b"], baselines, [EHR(age=60.0), EHR()])
     latents = sampler.generate(cond, config.sampling, show_progress=False)

@@ -10,33 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import SIZE, write_tiny_cohort
 
 from namd.cli.main import main
 from namd.cohort.ehr import EHR
-from namd.cohort.store import CohortWriter
 from namd.config import load_config, methods, save_config
 from namd.models.token_text import FrozenTextEncoder
 from namd.models.unet import build_unet, load_pretrained_into, save_unet
 from namd.models.vae import build_vae, save_trained_vae
 from namd.run.layout import RunDir
 from namd.training.diffusion import run_stage
-
-SIZE = 16
-
-
-def _cohort(path) -> None:
-    """Four training pairs whose follow-up disc grows by the label, two val, two test."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:SIZE, :SIZE] - (SIZE - 1) / 2
-    writer = CohortWriter(path, crop_size=SIZE, pixel_spacing_mm=0.7, source="test")
-    for i, split in enumerate(["train"] * 4 + ["val", "val", "test", "test"]):
-        label, r = i % 2, 2 + i % 3
-        ehr = EHR(SCT_LONG_DIA=1.4 * r, SCT_PERP_DIA=1.2 * r, age=60.0 + i, gender=1)
-        for kind, t, rad in (("baseline", 0, r), ("followup", 1, r + 2 * label)):
-            img = np.where(xx ** 2 + yy ** 2 <= rad * rad, 40.0, -800.0) + rng.normal(0, 10, (SIZE, SIZE))
-            writer.add(img.astype(np.float32), patient_id=f"p{i}", nodule_id="n", kind=kind,
-                       split=split, label=label, ehr=ehr, pair_id=f"pair{i}", timepoint=t)
-    writer.close()
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +28,11 @@ def sd15_run(tmp_path_factory):
     embedded MiniLM's width, and the SD1.5 cond stage trained on it."""
     root = tmp_path_factory.mktemp("sd15")
     run = RunDir(root / "run")
-    _cohort(run.stage("cohort"))
+    write_tiny_cohort(run.stage("cohort"))
     torch.manual_seed(0)
     unet_cfg = {"block_out_channels": (8, 16), "norm_num_groups": 4, "attention_head_dim": 2}
     config = load_config("tiny", overrides=[
-        "data.crop_size=16", "data.pixel_spacing_mm=0.7", "vae.block_out_channels=[8,8,8]",
+        "data.crop_size=16", "data.pixel_spacing_mm=1.0", "vae.block_out_channels=[8,8,8]",
         "vae.norm_num_groups=4", "vae.pretrained=null", "vae.align=false",
         "diffusion.unet.block_out_channels=[8,16]", "diffusion.unet.norm_num_groups=4",
         "diffusion.unet.attention_head_dim=2", f"diffusion.unet.pretrained={root / 'pretrained'}",
@@ -126,10 +109,10 @@ def test_sd15_overfits_a_handful_of_pairs(tmp_path):
     from namd.inference.sampler import encode_hu
 
     run = RunDir(tmp_path / "run")
-    _cohort(run.stage("cohort"))
+    write_tiny_cohort(run.stage("cohort"))
     torch.manual_seed(0)
     config = load_config("tiny", overrides=[
-        "data.crop_size=16", "data.pixel_spacing_mm=0.7", "vae.block_out_channels=[8,8,8]",
+        "data.crop_size=16", "data.pixel_spacing_mm=1.0", "vae.block_out_channels=[8,8,8]",
         "vae.norm_num_groups=4", "vae.pretrained=null", "vae.align=false",
         "diffusion.unet.block_out_channels=[16,32]",
         "diffusion.unet.norm_num_groups=4", "diffusion.unet.attention_head_dim=2",

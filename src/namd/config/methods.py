@@ -69,6 +69,7 @@ class Stage:
     files: tuple[str, ...] = ()
     # "module:function" -> (trainable, frozen, loss, note) of one step on meta tensors, and
     # "module:function" -> its TrainConfig: how `namd check` sizes a stage of its own kind
+    # (both set together)
     sizing: str | None = None
     train_config: str | None = None
 
@@ -177,6 +178,11 @@ def sampler_steps(config: Any, method: Method) -> int:
     for part in method.steps.split("."):
         value = getattr(value, part)
     return int(value)
+
+
+def sampling_of(config: Any, method: Method) -> Any:
+    """config.sampling as `method` samples: its own steps (every sampler reads cfg.steps)."""
+    return config.sampling.model_copy(update={"steps": sampler_steps(config, method)})
 
 
 def loadable() -> tuple[str, ...]:

@@ -9,14 +9,14 @@ seed, or the K samples of a nodule would differ only by the per-step noise (proj
 docs/compared-methods.md). Sample k of nodule i draws x_T and every step's noise from its own
 generator, seeded by namd.inference.sampler.sample_seed(sampling.seed, pair id, k), so it does
 not depend on the batch (namd.inference.sampler.sample_latents, shared with NAMD's sampler).
-The steps and eta in use are those of the run's config (ddlcxr.sampling_steps, ddlcxr.sampling_eta), recorded at
-from_run; K, the seed and the batch are sampling.*.
+The steps are the sampling config's, which the sample stage and NAMDPipeline take from
+ddlcxr.sampling_steps (Method.steps); eta is ddlcxr.sampling_eta, read at from_run; K, the
+seed and the batch are sampling.*.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,18 +31,14 @@ from namd.inference.sampler import (
     sample_latents,
     unet_latent_shape,
 )
-from namd.models.ddlcxr import RECORD_FILE, RECORD_SPEC, RecordEncoder, load_record_encoder
-from namd.models.schedules import SCHEDULER_DIR, load_scheduler_config
-from namd.models.unet import MODEL_DIR, load_unet
+from namd.models.ddlcxr import RecordEncoder, load_record_encoder
+from namd.models.schedules import load_scheduler_config
+from namd.models.unet import load_unet
 from namd.models.vae import load_trained_vae, vae_fingerprint
-from namd.run.contract import DIFFUSERS_WEIGHTS, RunFileError
+from namd.run.contract import RunFileError
 from namd.run.layout import RunDir
 from namd.run.provenance import RUN_INFO
 from namd.run.readers import read_json
-
-# what the sampler reads in RUN/cond_ddlcxr (the table's Stage.files)
-FILES = (f"{MODEL_DIR}/config.json", f"{MODEL_DIR}/{DIFFUSERS_WEIGHTS}",
-         f"{SCHEDULER_DIR}/scheduler_config.json", RECORD_SPEC, RECORD_FILE, RUN_INFO)
 
 
 class DDLCXRSampler:
@@ -50,12 +46,10 @@ class DDLCXRSampler:
 
     def __init__(self, unet: torch.nn.Module, encoder: RecordEncoder, vae: torch.nn.Module,
                  scale_factor: float, schedule: dict[str, Any], window: tuple[float, float],
-                 steps: int, eta: float, device: torch.device | str = "cpu",
-                 files: dict[str, Path] | None = None):
+                 eta: float, device: torch.device | str = "cpu"):
         self.unet, self.encoder, self.vae, self.scale = unet, encoder, vae, scale_factor
         self.schedule, self.window, self.device = schedule, window, device
-        self.steps, self.eta = steps, eta
-        self._files = files or {}
+        self.eta = eta
 
     @classmethod
     def from_run(cls, run: RunDir, dirs: dict[str, str], config: NamdConfig,
@@ -75,13 +69,8 @@ class DDLCXRSampler:
         if info.get("vae_fingerprint") and info["vae_fingerprint"] != vae_fingerprint(vae_dir):
             raise ValueError(f"{vae_dir} changed after {cond_dir} was trained on it; retrain it "
                              "(namd train cond --method ddlcxr --overwrite)")
-        files = {rel: cond_dir / rel for rel in FILES}
         return cls(unet, encoder, vae, scale, schedule, tuple(config.data.window_hu),
-                   config.ddlcxr.sampling_steps, config.ddlcxr.sampling_eta, device, files)
-
-    def files(self) -> dict[str, Path]:
-        """The model files it read (cond_ddlcxr's), for provenance."""
-        return dict(self._files)
+                   config.ddlcxr.sampling_eta, device)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -100,10 +89,14 @@ class DDLCXRSampler:
         return Conditioning(list(keys), z1, tokens, torch.zeros(self.encoder.n_tokens, self.encoder.dim))
 
     def sampling_config(self, cfg: SamplingConfig) -> SamplingConfig:
-        """cfg (K, seed, batch) with DDL-CXR's sampler: DDIM, its steps and eta, CompVis spacing."""
-        return validated_update(cfg, {"scheduler": "ddim", "steps": self.steps, "eta": self.eta,
+        """cfg (K, seed, batch, steps) with DDL-CXR's sampler: DDIM, its eta, CompVis spacing."""
+        return validated_update(cfg, {"scheduler": "ddim", "eta": self.eta,
                                       "timestep_spacing": "leading", "steps_offset": 1,
                                       "guidance_scale": 1.0}, "sampling")
+
+    def info(self) -> dict[str, Any]:
+        """How it samples, for the sample stage's run_info.json."""
+        return {"sampler": "ddim", "eta": self.eta}
 
     def generate(self, cond: Conditioning, cfg: SamplingConfig, show_progress: bool = True) -> torch.Tensor:
         """(N, K, C, h, w) latents of the virtual follow-ups."""

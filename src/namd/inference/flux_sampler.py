@@ -1,7 +1,8 @@
 """K virtual follow-ups per nodule from the Flux row's model (RUN/cond_flux): Euler flow
 matching (diffusers' FlowMatchEulerDiscreteScheduler with the stage's fixed shift; sigmas
 linspace(1, 1/N, N) as FluxPipeline sets them, then 0) from Gaussian noise at s = 1 to x_0,
-N = flux.sampling_steps (CPU presets 8, paper preset 28), read when the sampler is loaded.
+N = the sampling config's steps, which the sample stage and NAMDPipeline take from
+flux.sampling_steps (Method.steps; CPU presets 8, paper preset 28).
 
 The sampler protocol of namd.inference.sampler.FollowUpSampler: `conditioning` computes each
 nodule's baseline latent and text states once; `generate` draws sample k of nodule i from the
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,9 +23,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from namd.cohort.ehr import EHR
 from namd.config import NamdConfig, SamplingConfig
-from namd.inference.sampler import decode_to_hu, encode_hu, sample_seed, seeded_noise
+from namd.inference.sampler import decode_to_hu, draw_latents, encode_hu
 from namd.models.flux import (
-    MODEL_DIR,
     SCHEDULER_DIR,
     TEXT_FILE,
     FluxText,
@@ -33,14 +32,12 @@ from namd.models.flux import (
     velocity,
 )
 from namd.models.vae import load_trained_vae, vae_fingerprint
-from namd.run.contract import DIFFUSERS_WEIGHTS, RunFileError
+from namd.run.contract import RunFileError
 from namd.run.layout import RunDir
-from namd.run.provenance import RUN_INFO, progress
+from namd.run.provenance import RUN_INFO
 from namd.run.readers import read_json, reading
 
 SCHEDULE_FILE = f"{SCHEDULER_DIR}/scheduler_config.json"
-# the files of RUN/cond_flux this sampler reads (the stage contract damages each)
-FILES = (f"{MODEL_DIR}/config.json", f"{MODEL_DIR}/{DIFFUSERS_WEIGHTS}", SCHEDULE_FILE, TEXT_FILE)
 
 
 @dataclass
@@ -79,13 +76,12 @@ class FluxSampler:
     """The Flux row's transformer, frozen VAE and scale factor, and text path, ready to draw."""
 
     def __init__(self, model: torch.nn.Module, vae: torch.nn.Module, scale_factor: float,
-                 text: FluxText, schedule: dict[str, Any], steps: int,
+                 text: FluxText, schedule: dict[str, Any],
                  latent_shape: tuple[int, int, int], window: tuple[float, float],
-                 device: torch.device | str = "cpu", read: dict[str, Path] | None = None):
+                 device: torch.device | str = "cpu"):
         self.model, self.vae, self.scale, self.text = model, vae, scale_factor, text
         self.latent_shape = tuple(int(v) for v in latent_shape)  # (C, h, w) of a follow-up
-        self.schedule, self.steps, self.window, self.device = schedule, steps, window, device
-        self._files = dict(read or {})
+        self.schedule, self.window, self.device = schedule, window, device
 
     @classmethod
     def from_run(cls, run: RunDir, dirs: dict[str, str], config: NamdConfig,
@@ -114,18 +110,11 @@ class FluxSampler:
             raise RunFileError(cond_dir / TEXT_FILE, f"its text path now gives widths {text.dim} / "
                                f"{text.pooled_dim}, but the stage was trained with {spec['dim']} / "
                                f"{spec['pooled_dim']}")
-        read = {f: cond_dir / f for f in (*FILES, RUN_INFO)}
-        return cls(model, vae, scale, text, schedule, config.flux.sampling_steps,
-                   tuple(info["latent_shape"]), tuple(config.data.window_hu), device, read)
-
-    def files(self) -> dict[str, Path]:
-        """The model files this sampler read (for provenance)."""
-        return dict(self._files)
+        return cls(model, vae, scale, text, schedule, tuple(info["latent_shape"]), tuple(config.data.window_hu), device)
 
     def info(self) -> dict[str, Any]:
         """How it samples, for the sample stage's run_info.json."""
-        return {"sampler": "flow-matching Euler", "steps": self.steps,
-                "shift": float(self.schedule.get("shift", 1.0))}
+        return {"sampler": "flow-matching Euler", "shift": float(self.schedule.get("shift", 1.0))}
 
     def conditioning(self, keys: Sequence[str], baselines_hu: np.ndarray, ehrs: Sequence[EHR],
                      batch: int = 16) -> FluxConditioning:
@@ -138,23 +127,18 @@ class FluxSampler:
 
     @torch.inference_mode()
     def generate(self, cond: FluxConditioning, cfg: SamplingConfig, show_progress: bool = True) -> torch.Tensor:
-        """(N, K, C, h, w) scaled latents, at most cfg.max_batch per transformer call."""
-        shape = self.latent_shape
-        jobs = [(i, k) for i in range(len(cond)) for k in range(cfg.k)]
-        out = torch.empty((len(cond), cfg.k, *shape), dtype=torch.float32)
-        chunks = [jobs[s:s + cfg.max_batch] for s in range(0, len(jobs), cfg.max_batch)]
+        """(N, K, C, h, w) scaled latents in cfg.steps Euler steps, at most cfg.max_batch per
+        transformer call."""
         dtype = next(self.model.parameters()).dtype
-        for chunk in progress(chunks, desc="sample flux", unit="batch", disable=None if show_progress else True):
-            nodule = torch.tensor([i for i, _ in chunk])
-            replica = torch.tensor([k for _, k in chunk])
-            gens = [torch.Generator().manual_seed(sample_seed(cfg.seed, cond.keys[i], k)) for i, k in chunk]
-            x = seeded_noise(gens, shape).to(self.device, dtype)
-            x = integrate(self.model, self.schedule, self.steps, x,
-                          cond.baseline[nodule].to(self.device, dtype),
-                          cond.tokens[nodule].to(self.device, dtype),
-                          cond.pooled[nodule].to(self.device, dtype))
-            out[nodule, replica] = x.float().cpu()
-        return out
+
+        def run(x: torch.Tensor, nodule: torch.Tensor, _gens: list) -> torch.Tensor:
+            return integrate(self.model, self.schedule, cfg.steps, x,
+                             cond.baseline[nodule].to(self.device, dtype),
+                             cond.tokens[nodule].to(self.device, dtype),
+                             cond.pooled[nodule].to(self.device, dtype))
+
+        return draw_latents(cond.keys, cfg, self.latent_shape, dtype, self.device, run,
+                            cfg.max_batch, show_progress)
 
     def decode(self, latents: torch.Tensor, batch: int = 16) -> np.ndarray:
         """(M, C, h, w) latents -> (M, H, W) crops in HU."""

@@ -239,8 +239,8 @@ class NAMDPipeline:
         """config.sampling with k, steps, seed (None = keep; a compared method's sampler keeps
         its own steps) validated like any config value, its steps inside the noise schedule
         (before any model work)."""
-        if steps is None and hasattr(self.sampler, "steps"):
-            steps = int(self.sampler.steps)  # a compared method's own sampler steps
+        if steps is None:  # the method's own sampler steps (Method.steps)
+            steps = methods.sampler_steps(self.config, methods.get(self.method))
         changes = {f"sampling.{name}": v for name, v in (("k", k), ("steps", steps), ("seed", seed))
                    if v is not None}
         config = validated_update(self.config, changes) if changes else self.config
@@ -262,14 +262,7 @@ class NAMDPipeline:
         for key, ehr in zip(keys, ehrs, strict=True):
             ehr.check(key)
         cond = self.sampler.conditioning(keys, crops, list(ehrs), cfg.aux_batch)
-        own = getattr(self.sampler, "steps", None)  # a compared method's sampler: its own steps
-        try:
-            if own is not None:
-                self.sampler.steps = cfg.steps
-            latents = self.sampler.generate(cond, cfg, show_progress=False)
-        finally:
-            if own is not None:
-                self.sampler.steps = own
+        latents = self.sampler.generate(cond, cfg, show_progress=False)
         n, k = latents.shape[:2]
         flat = latents.reshape(n * k, *latents.shape[2:])
         parts = [self.sampler.decode(flat[s:s + cfg.aux_batch], cfg.aux_batch)
@@ -360,7 +353,7 @@ class NAMDPipeline:
         from namd.inference.finite import check_weights
         from namd.inference.model_card import write_model_card
 
-        if own_files(self.method):
+        if self.method not in methods.exportable():
             raise ValueError(f"save_pretrained exports NAMD's layout (methods "
                              f"{', '.join(methods.exportable())}); {self.method} has networks of "
                              "its own: load it with NAMDPipeline.from_run")

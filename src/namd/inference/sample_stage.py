@@ -110,7 +110,7 @@ def run_sample_stage(config: NamdConfig, run: RunDir, method: Method, *, overwri
     """Draw config.sampling.k follow-ups for every pair of config.sampling.split with the
     trained model of `method` (its table entry's sampler: NAMD's VAE and conditional U-Net, or
     a compared method's own) and write its sample folder; returns it."""
-    cfg, dirs = config.sampling, method.uses
+    cfg, dirs = methods.sampling_of(config, method), method.uses
     cohort, pairs = open_sample_stage(run, method, cfg.split, overwrite)
     sampler = method.load_sampler(run, config, device)
     start = time.perf_counter()
@@ -126,11 +126,11 @@ def run_sample_stage(config: NamdConfig, run: RunDir, method: Method, *, overwri
 
 
 def sampler_info(sampler: Sampler, cfg: SamplingConfig) -> dict[str, object]:
-    """How the follow-ups were drawn: a compared method's own sampler and steps (its
-    `info()`), else NAMD's sampling section."""
+    """How the follow-ups were drawn: the steps, and a compared method's own sampler (its
+    `info()`) or NAMD's scheduler and eta."""
     own = getattr(sampler, "info", None)
-    return dict(own()) if callable(own) else {"sampler": cfg.scheduler, "steps": cfg.steps,
-                                              "eta": cfg.eta}
+    return {"steps": cfg.steps, **(own() if callable(own) else {"sampler": cfg.scheduler,
+                                                                  "eta": cfg.eta})}
 
 
 def open_sample_stage(run: RunDir, method: Method, split: str,

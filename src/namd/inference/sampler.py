@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -114,27 +114,41 @@ def denoise(unet: torch.nn.Module, train_schedule: dict[str, Any], cfg: Sampling
 
 
 @torch.inference_mode()
+def draw_latents(keys: Sequence[str], cfg: SamplingConfig, latent_shape: tuple[int, int, int],
+                 dtype: torch.dtype, device: torch.device | str,
+                 run: Callable[[torch.Tensor, torch.Tensor, list[torch.Generator]], torch.Tensor],
+                 per_call: int, show_progress: bool = True) -> torch.Tensor:
+    """K samples per nodule, (N, K, C, h, w) float32 on the CPU, `per_call` at a time: each
+    sample's initial noise from its own generator (sample_seed(cfg.seed, key, k)), then
+    `run(x, nodule indices, generators)` takes the batch to clean latents. Every method's
+    sampler draws through here, so sample k of a nodule never depends on the batch."""
+    jobs = [(i, k) for i in range(len(keys)) for k in range(cfg.k)]
+    out = torch.empty((len(keys), cfg.k, *latent_shape), dtype=torch.float32)
+    chunks = [jobs[s:s + per_call] for s in range(0, len(jobs), per_call)]
+    for chunk in progress(chunks, desc="sample", unit="batch", disable=None if show_progress else True):
+        nodule = torch.tensor([i for i, _ in chunk])
+        replica = torch.tensor([k for _, k in chunk])
+        gens = [torch.Generator().manual_seed(sample_seed(cfg.seed, keys[i], k)) for i, k in chunk]
+        x = seeded_noise(gens, latent_shape).to(device, dtype)
+        out[nodule, replica] = run(x, nodule, gens).float().cpu()
+    return out
+
+
+@torch.inference_mode()
 def sample_latents(unet: torch.nn.Module, train_schedule: dict[str, Any], cond: Conditioning,
                    cfg: SamplingConfig, latent_shape: tuple[int, int, int],
                    device: torch.device | str = "cpu", show_progress: bool = True) -> torch.Tensor:
-    """K samples per nodule: (N, K, C, h, w) scaled latents, in batches of <= cfg.max_batch
-    latents per U-Net call (half as many samples with guidance, which needs two)."""
-    jobs = [(i, k) for i in range(len(cond)) for k in range(cfg.k)]
-    per_call = max(1, cfg.max_batch // (2 if cfg.guidance_scale != 1.0 else 1))
-    out = torch.empty((len(cond), cfg.k, *latent_shape), dtype=torch.float32)
-    chunks = [jobs[s:s + per_call] for s in range(0, len(jobs), per_call)]
-    bar = progress(chunks, desc="sample", unit="batch", disable=None if show_progress else True)
+    """K samples per nodule from a conditional U-Net: (N, K, C, h, w) scaled latents, at most
+    cfg.max_batch latents per U-Net call (half as many samples with guidance, which needs two)."""
     dtype = next(unet.parameters()).dtype
-    for chunk in bar:
-        nodule = torch.tensor([i for i, _ in chunk])
-        replica = torch.tensor([k for _, k in chunk])
-        gens = [torch.Generator().manual_seed(sample_seed(cfg.seed, cond.keys[i], k)) for i, k in chunk]
-        x = seeded_noise(gens, latent_shape).to(device, dtype)
+
+    def run(x: torch.Tensor, nodule: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
         base = None if cond.baseline is None else cond.baseline[nodule].to(device, dtype)
-        ctx = cond.context[nodule].to(device, dtype)
-        x = denoise(unet, train_schedule, cfg, x, base, ctx, cond.null.to(device, dtype), gens)
-        out[nodule, replica] = x.float().cpu()
-    return out
+        return denoise(unet, train_schedule, cfg, x, base, cond.context[nodule].to(device, dtype),
+                       cond.null.to(device, dtype), gens)
+
+    per_call = max(1, cfg.max_batch // (2 if cfg.guidance_scale != 1.0 else 1))
+    return draw_latents(cond.keys, cfg, latent_shape, dtype, device, run, per_call, show_progress)
 
 
 @torch.inference_mode()

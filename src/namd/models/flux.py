@@ -33,9 +33,10 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from torch import Tensor
 
-from namd.cohort.ehr import EHR, report_sentence
+from namd.cohort.ehr import EHR
 from namd.config import NamdConfig, TrainConfig
 from namd.config.flux import FluxConfig, FluxTransformerConfig
+from namd.models.token_text import FrozenTextEncoder
 from namd.models.unet import TransferReport, load_model, save_model
 
 log = logging.getLogger(__name__)
@@ -169,45 +170,29 @@ def load_transformer(stage_dir: Path, device: str | torch.device = "cpu") -> Flu
 
 
 # -- the record's text path -----------------------------------------------------------------------
-class T5Tokens:
-    """T5's last hidden states of the report sentence, padded to `length` with T5's pad token
-    and run without a mask (FluxPipeline._get_t5_prompt_embeds); a longer sentence is an error
-    (FluxPipeline would cut it). Frozen, memoised per sentence."""
+def load_t5(folder: Path, length: int) -> FrozenTextEncoder:
+    """FLUX.1's T5 (text_encoder_2/, tokenizer_2/ of a FLUX.1 folder, or a T5 folder) as a
+    frozen padded encoder: padded to `length` with T5's pad token, run without a mask
+    (FluxPipeline._get_t5_prompt_embeds); a longer sentence is an error (FluxPipeline would
+    cut it). Local files, safetensors only."""
+    from transformers import AutoTokenizer, T5EncoderModel
 
-    def __init__(self, folder: Path, length: int):
-        from transformers import AutoTokenizer, T5EncoderModel
-
-        model_dir = folder / "text_encoder_2" if (folder / "text_encoder_2").is_dir() else folder
-        tok_dir = folder / "tokenizer_2" if (folder / "tokenizer_2").is_dir() else folder
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-            self.model = T5EncoderModel.from_pretrained(model_dir, local_files_only=True,
-                                                        use_safetensors=True).eval().requires_grad_(False)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"flux.t5: {folder} holds no T5 tokenizer and encoder (safetensors): "
-                             f"{' '.join(str(exc).split())[:200]}") from exc
-        self.length, self.dim = int(length), int(self.model.config.d_model)
-        self._memo: dict[str, Tensor] = {}
-
-    @torch.no_grad()
-    def __call__(self, sentences: Sequence[str]) -> Tensor:
-        """(B, length, d_model) float32 on the CPU."""
-        new = sorted({s for s in sentences if s not in self._memo})
-        if new:
-            ids = self.tokenizer(new, padding="max_length", max_length=self.length, truncation=False,
-                                 return_tensors="pt")["input_ids"]
-            if ids.shape[1] > self.length:
-                raise ValueError(f"a report sentence has {ids.shape[1]} T5 tokens > flux.text_length "
-                                 f"= {self.length}")
-            hidden = self.model(ids.to(self.model.device)).last_hidden_state.float().cpu()
-            self._memo.update({s: hidden[i] for i, s in enumerate(new)})
-        return torch.stack([self._memo[s] for s in sentences])
+    model_dir = folder / "text_encoder_2" if (folder / "text_encoder_2").is_dir() else folder
+    tok_dir = folder / "tokenizer_2" if (folder / "tokenizer_2").is_dir() else folder
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        model = T5EncoderModel.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"flux.t5: {folder} holds no T5 tokenizer and encoder (safetensors): "
+                         f"{' '.join(str(exc).split())[:200]}") from exc
+    return FrozenTextEncoder(model, tokenizer, length, padded=True)
 
 
 class FluxText:
     """The record -> (token states (B, length, dim), pooled (B, pooled_dim)), frozen."""
 
-    def __init__(self, pooled_source: Any, tokens_source: T5Tokens | None, length: int):
+    def __init__(self, pooled_source: FrozenTextEncoder, tokens_source: FrozenTextEncoder | None,
+                 length: int):
         self.pooled_source, self.tokens_source, self.length = pooled_source, tokens_source, length
         self.dim = tokens_source.dim if tokens_source is not None else int(pooled_source.dim)
         self.pooled_dim = int(pooled_source.dim)
@@ -216,19 +201,18 @@ class FluxText:
     def from_spec(cls, spec: dict[str, Any]) -> FluxText:
         """Build the text path a stage recorded (`spec`: text_spec's dict)."""
         from namd.config import TextConfig
-        from namd.models.token_text import FrozenTextEncoder
 
         text = TextConfig.model_validate(spec["text"])
         if spec["text_encoder"] == "shared":
             return cls(FrozenTextEncoder.from_config(text, spec["length"]), None, spec["length"])
-        clip = FrozenTextEncoder.from_config(text, spec["length"], clip=spec["clip"])
-        return cls(clip, T5Tokens(Path(spec["t5"]).expanduser(), spec["length"]), spec["length"])
+        clip = FrozenTextEncoder.from_config(text, spec["length"], clip=spec["clip"], field="flux.clip")
+        return cls(clip, load_t5(Path(spec["t5"]).expanduser(), spec["length"]), spec["length"])
 
     def encode(self, ehrs: Sequence[EHR]) -> tuple[Tensor, Tensor]:
         """Token states and pooled vectors of the records (float32, CPU)."""
         states, pooled = self.pooled_source.encode(list(ehrs))
         if self.tokens_source is not None:
-            states = self.tokens_source([report_sentence(e) for e in ehrs])
+            states = self.tokens_source.encode(list(ehrs))[0]
         return states.float().cpu(), pooled.float().cpu()
 
 

@@ -34,23 +34,31 @@ TOKEN_KIND = "tokens"  # context_encoder.json's "kind" of a cond stage that uses
 
 class FrozenTextEncoder(ContextEncoder):
     """Report sentence -> (token states (B, length, D), pooled (B, D)), frozen; as a
-    ContextEncoder its C is the token states (m = length)."""
+    ContextEncoder its C is the token states (m = length).
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, length: int, clip: bool) -> None:
+    `padded` (a pipeline's own encoder: SD1.5's CLIP, Flux's T5): the sentence padded with the
+    tokenizer's pad token to `length` and run without a mask, as the diffusers pipelines do,
+    every position's state kept; pooled = the model's pooler output (CLIP), else the mean over
+    the real tokens. Otherwise (the run's language model standing in): the real tokens' states,
+    zero rows after them, and their mean as the pooled vector."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, length: int, padded: bool) -> None:
         super().__init__()
         self.model = model.requires_grad_(False).eval()
-        self.tokenizer, self.length, self.clip = tokenizer, int(length), clip
+        self.tokenizer, self.length, self.padded = tokenizer, int(length), padded
         self.dim = int(model.config.hidden_size)
         self.n_tokens = self.length
         self._memo: dict[str, tuple[Tensor, Tensor]] = {}
         self.source: str | None = None  # the CLIP folder it was loaded from (None: text.model)
 
     @classmethod
-    def from_config(cls, text: TextConfig, length: int, clip: str | Path | None = None) -> FrozenTextEncoder:
-        """CLIP's text encoder from a local SD1.5 (or CLIP) folder when `clip` is set, else the
-        run's language model (text.model, checked as namd.models.text checks it)."""
+    def from_config(cls, text: TextConfig, length: int, clip: str | Path | None = None,
+                    field: str = "sd15.text = clip") -> FrozenTextEncoder:
+        """CLIP's text encoder from a local SD1.5 (or CLIP) folder when `clip` is set (errors
+        name `field`, the setting that pointed there), else the run's language model
+        (text.model, checked as namd.models.text checks it)."""
         if clip is not None:
-            model, tokenizer = load_clip_text(clip, "sd15.text = clip")
+            model, tokenizer = load_clip_text(clip, field)
             encoder = cls(model, tokenizer, min(length, tokenizer.model_max_length), True)
             encoder.source = str(clip)
             return encoder
@@ -94,7 +102,7 @@ class FrozenTextEncoder(ContextEncoder):
     def _run(self, sentences: list[str]) -> tuple[Tensor, Tensor]:
         """One pass of the frozen model over `sentences`; a sentence longer than `length`
         tokens is an error (a cut record would silently lose fields)."""
-        padding = "max_length" if self.clip else "longest"
+        padding = "max_length" if self.padded else "longest"
         batch = self.tokenizer(sentences, padding=padding, max_length=self.length,
                                truncation=False, return_tensors="pt")
         ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -102,12 +110,14 @@ class FrozenTextEncoder(ContextEncoder):
             worst = int(mask.sum(1).argmax())
             raise ValueError(f"report sentence of {int(mask[worst].sum())} tokens exceeds the text "
                              f"path's {self.length}: {sentences[worst][:80]!r}...")
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+        out = self.model(input_ids=ids.to(self.device),
+                         **({} if self.padded else {"attention_mask": mask.to(self.device)}))
         hidden = out.last_hidden_state.float().cpu()
-        if self.clip:
-            return hidden.contiguous(), out.pooler_output.float().cpu()
         weights = mask[..., None].float()
         pooled = (hidden * weights).sum(1) / weights.sum(1)
+        if self.padded:
+            pooler = getattr(out, "pooler_output", None)
+            return hidden.contiguous(), pooled if pooler is None else pooler.float().cpu()
         states = torch.zeros(len(sentences), self.length, self.dim)
         states[:, :hidden.shape[1]] = hidden * weights
         return states, pooled

@@ -285,10 +285,8 @@ def _own_stage(stage: str) -> methods.Stage | None:
 
 def _train_config(config: NamdConfig, stage: str) -> Any:
     own = _own_stage(stage)
-    if own is not None and own.train_config:
-        return methods.resolve(own.train_config)(config)
     if own is not None:
-        return config.diffusion.cond
+        return methods.resolve(own.train_config)(config)
     return {"vae": config.vae.train, "prior": config.diffusion.prior, "cond": config.diffusion.cond,
             "evaluator": config.evaluator.train}[stage]
 

@@ -14,8 +14,8 @@ nearly a point, and unit-variance latents suit a DDPM's N(0, I) end at any VAE),
 only unless ddlcxr.train.rotation_augment (the source does not rotate).
 
 The ramp's epoch is the shared trainer's (namd.training.trainer.Trainer.batch_indices: an epoch
-is len(train) // effective batch steps), read from the step the micro-batch generator was
-seeded for, so a resumed run ramps exactly as an uninterrupted one. The validation value that
+is len(train) // effective batch steps), told by the trainer before each optimizer step
+(TrainTask.at_step), so a resumed run ramps exactly as an uninterrupted one. The validation value that
 picks the checkpoint is the MSE term alone (the source monitors val/simple_loss_ema); with
 ddlcxr.train.ema_decay (the paper preset: 0.9999, as its LitEma) the EMA weights are exported.
 
@@ -63,7 +63,6 @@ from namd.training.trainer import Batch, Trainer
 log = logging.getLogger(__name__)
 
 METHOD = "ddlcxr"
-STEP_SEED = 1_000_003  # namd.training.trainer.step_generator: seed x 1,000,003 + micro id
 
 
 class LabelledPairs(LatentPairs):
@@ -78,21 +77,16 @@ class LabelledPairs(LatentPairs):
 
 
 class RampClock:
-    """The triplet ramp of a training micro-batch: completed epochs / epochs of the trainer's
-    plan, the step read back from the micro-batch generator's seed."""
+    """The triplet ramp at an optimizer step: completed epochs / epochs of the trainer's plan (an
+    epoch = len(train) // effective batch steps, as the trainer's batch order counts them)."""
 
-    def __init__(self, seed: int, n_train: int, steps: int, effective_batch: int, micro_per_step: int):
-        self.seed, self.micro_per_step = seed, micro_per_step
+    def __init__(self, n_train: int, steps: int, effective_batch: int):
         self.per_epoch = max(1, n_train // effective_batch)
         self.epochs = math.ceil(steps / self.per_epoch)
 
-    def step_of(self, generator: torch.Generator) -> int:
-        """The optimizer step a training micro-batch generator was seeded for."""
-        return (generator.initial_seed() - self.seed * STEP_SEED) // self.micro_per_step
-
-    def __call__(self, generator: torch.Generator) -> float:
-        """ramp(epoch of this micro-batch's step, epochs)."""
-        return ramp(self.step_of(generator) // self.per_epoch, self.epochs)
+    def __call__(self, step: int) -> float:
+        """ramp(the epoch of optimizer step `step`, epochs)."""
+        return ramp(step // self.per_epoch, self.epochs)
 
 
 class DDLCXRTask:
@@ -103,7 +97,7 @@ class DDLCXRTask:
         self.unet, self.encoder, self.head, self.scheduler = unet, encoder, head, scheduler
         self.cfg, self.clock = cfg, clock
         self.weights = triplet_timestep_weight(scheduler.alphas_cumprod)
-        self.last_ramp = 0.0  # validation reports the loss at the last training ramp
+        self.last_ramp = 0.0  # the ramp of the current step; validation reports the loss at it
         self.select_on = ("mse", "min")
 
     def trainable(self) -> dict[str, torch.nn.Module]:
@@ -111,6 +105,10 @@ class DDLCXRTask:
 
     def frozen(self) -> dict[str, torch.nn.Module]:
         return {"label_head": self.head}
+
+    def at_step(self, step: int) -> None:
+        """The trainer's hook before each optimizer step: the ramp of that step."""
+        self.last_ramp = self.clock(step)
 
     def loss(self, batch: Batch, generator: torch.Generator, train: bool) -> tuple[torch.Tensor, dict[str, float]]:
         """The three-term loss of one batch of pairs (namd.models.ddlcxr.three_term_loss)."""
@@ -120,8 +118,6 @@ class DDLCXRTask:
         blend = torch.randn(tokens.shape, generator=generator).to(tokens)
         negative = tokens * (1.0 - self.cfg.blend) + blend * self.cfg.blend
         eps_pos, eps_neg = predict_both(self.unet, noisy, t, z1, tokens, negative)
-        if train:
-            self.last_ramp = self.clock(generator)
         target = training_target(self.scheduler, z2, noise, t)
         return three_term_loss(eps_pos, eps_neg, target, self.head(cls)[:, 0], batch["label"].to(z2.device),
                                self.weights.to(z2.device)[t], self.last_ramp, self.cfg)
@@ -139,7 +135,7 @@ def _task(config: NamdConfig, store: LatentStore, train: pd.DataFrame, steps: in
         torch.manual_seed(seed + 1)
         encoder = RecordEncoder(cfg.record, fit_standardiser(ehrs))
     micro = cfg.train.grad_accum * acc.num_processes
-    clock = RampClock(seed, len(train), steps, cfg.train.batch_size * micro, micro)
+    clock = RampClock(len(train), steps, cfg.train.batch_size * micro)
     return DDLCXRTask(unet, encoder, label_head(cfg.record, seed + 2), training_scheduler(cfg), cfg, clock)
 
 

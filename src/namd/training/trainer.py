@@ -92,7 +92,9 @@ class TrainTask(Protocol):
     #       source (e.g. AUROC), computed in eval mode and logged beside the loss terms;
     #   select_on: tuple[str, "min" | "max"] | None: the validation value that picks the best
     #       checkpoint (default ("loss", "min")); None = validate and log only, export the last
-    #       weights (for validation sets too small to choose between checkpoints).
+    #       weights (for validation sets too small to choose between checkpoints);
+    #   at_step(step: int) -> None: called before each optimizer step with its index (0-based,
+    #       the same on resume), for a loss that changes over training (DDL-CXR's ramp).
 
 
 class TaskModule(torch.nn.Module):
@@ -312,7 +314,10 @@ class Trainer:
         bar = progress(total=total, desc=f"train {self.out.name}", unit="step",
                        disable=None if acc.is_main_process else True)
         bar.update(step)
+        at_step = getattr(task, "at_step", None)
         while step < total:
+            if at_step is not None:
+                at_step(step)
             lr = learning_rate(cfg, step, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr
