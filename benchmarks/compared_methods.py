@@ -48,8 +48,8 @@ def _paper(name: str) -> str:
     p = dict(methods.METHODS[name].paper) if name in methods.METHODS else {}
     if not p:
         return ""
-    return (f"{p['auroc']:.3f} ± {p['auroc_std']:.3f} / {p['auprc']:.3f} / {p['lpips']:.3f} / "
-            f"{p['fid']:.1f}")
+    sd = f" ± {p['auroc_std']:.3f}" if "auroc_std" in p else ""  # deterministic rows: none
+    return f"{p['auroc']:.3f}{sd} / {p['auprc']:.3f} / {p['lpips']:.3f} / {p['fid']:.1f}"
 
 
 def markdown(r: dict) -> str:

@@ -47,7 +47,8 @@ def toy():
 
 
 def test_the_table_declares_namd_and_its_ablations_once():
-    assert list(methods.METHODS) == ["namd", "no_align", "null_context", "sd15", "flux", "ddlcxr"]
+    assert list(methods.METHODS) == ["namd", "no_align", "null_context", "sd15", "flux", "ddlcxr",
+                                     "mcwgan", "corrflownet_ode", "corrflownet_sde", "imageflownet"]
     assert demo_methods() == ("namd", "no_align", "null_context")
     namd, no_align, null = (methods.get(n) for n in demo_methods())
     assert [s.folder for s in namd.trains] == ["vae", "prior", "cond"]
@@ -92,3 +93,38 @@ def test_a_toy_method_runs_through_sample_evaluate_and_report(toy, tiny_run, tmp
     assert "Baseline plus noise (toy)" in (run.stage("report") / "index.html").read_text()
     # the command line knows it too: sampling it again is refused without --overwrite
     assert main(["sample", "--run", str(run.path), "--method", "toy_noise"]) == 1
+
+
+@pytest.fixture
+def toy_once():
+    method = methods.register(Method("toy_once", "Baseline plus noise, once (toy)",
+                                     sample=sample_baseline_plus_noise, loadable=False,
+                                     in_demo=False, stochastic=False))
+    yield method
+    methods.unregister("toy_once")
+
+
+def test_a_deterministic_method_samples_once_and_is_scored_as_one_follow_up(toy_once, tiny_run,
+                                                                             tmp_path):
+    from namd.evaluation.report.table1 import groups
+    from namd.evaluation.table_text import k_differs
+
+    config = load_config("tiny")
+    assert methods.sampling_of(config, toy_once).k == 1
+    assert methods.sampling_of(config, methods.get("namd")).k == config.sampling.k
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(tiny_run.path, run.path)
+    run.mark_done("cohort", config, 0)
+    run_pipeline(run, ("toy_once",), jobs=1)
+    assert np.load(run.stage("samples_toy_once") / "samples.npy").shape[1] == 1
+    metrics = json.loads((run.stage("eval") / "metrics.json").read_text())
+    row = next(r for r in metrics["rows"] if r["name"] == "toy_once")
+    assert row["status"] == "ok" and row["k"] == 1 and row["auroc"]["std"] == 0.0
+    assert "toy_once" not in k_differs(metrics)  # one follow-up by design, not another K
+    assert "toy_once" in dict(groups())["Deterministic"]
+    assert "Baseline plus noise, once (toy)" in (run.stage("report") / "index.html").read_text()
+
+
+def test_only_methods_with_a_vae_and_a_conditional_model_load_in_the_pipeline():
+    assert {"mcwgan", "imageflownet", "corrflownet_ode"}.isdisjoint(methods.loadable())
+    assert {"namd", "sd15", "flux", "ddlcxr"} <= set(methods.loadable())

@@ -141,7 +141,13 @@ def test_outputs_record_the_values_used_and_no_path(tiny_run, tmp_path, capsys):
     assert info["seed"] == info["config"]["sampling"]["seed"] and info["stage"] == "predict"
     assert "secret-patient-folder" not in (out / "prediction.json").read_text()
     assert np.load(out / "samples.npy").shape == (3, SIZE, SIZE)
-    assert "Lung cancer screening" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Lung cancer screening" in printed
+    readout = result["readout"]  # the radiologist's readout (namd.clinical.readout)
+    assert readout["k"] == 3 and readout["lung_rads"] == "v2022"
+    assert readout["attenuation"]["source"].startswith("image (the record's SCT_PRE_ATT is missing")
+    assert f"readout of the 3 virtual follow-ups: {readout['summary']}" in printed
+    assert "Lung-RADS v2022 at baseline:" in printed and readout["notice"] in printed
 
 
 def test_each_patient_has_its_own_noises(tiny_run, monkeypatch):

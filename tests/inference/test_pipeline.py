@@ -149,6 +149,8 @@ def test_model_card_has_data_table_and_curves(exported):
     assert pngs == ["cond.png", "evaluator.png", "prior.png"]  # the VAE was not trained by namd
     assert all(f"curves/{name}" in card for name in pngs)
     assert all((exported / "curves" / n).read_bytes()[:4] == b"\x89PNG" for n in pngs)
+    assert "## Radiologist's readout" in card and "| solid | +0.74 | 1.10 | 0.67 |" in card
+    assert "Sizes are read from one 2D crop" in card  # the readout's notice
 
 
 def test_a_tampered_file_is_refused_naming_it(exported, tmp_path):

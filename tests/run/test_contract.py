@@ -42,18 +42,35 @@ from namd.models.vae import load_trained_vae
 from namd.run.contract import RunFile, RunFileError, contracts, sampler_reader
 from namd.run.layout import RunDir
 from namd.run.readers import check_safetensors
+from namd.training import imageflownet as imageflownet_stage
 from namd.training.latents import LatentStore, cache_path, load_or_build
+from namd.training.mcwgan import read_classifier
 
 # The folders of a run of NAMD and the compared methods, without the ablations (whose folders
 # hold the same files, read by the same functions); "" is RUN itself. A compared method's VAE
 # and samples are read as NAMD's are; its conditional model is its own.
 FOLDERS = ("", "cohort", "cache", "vae", "prior", "cond", "evaluator", "samples", "eval", "report",
-           "cond_sd15", "cond_flux", "cond_ddlcxr")
-COMPARED = ("sd15", "flux", "ddlcxr")
+           "cond_sd15", "cond_flux", "cond_ddlcxr", "classifier_mcwgan", "cond_mcwgan",
+           "autoencoder_corrflownet", "cond_corrflownet", "autoencoder_imageflownet",
+           "cond_imageflownet")
+COMPARED = ("sd15", "flux", "ddlcxr", "mcwgan", "corrflownet_ode", "corrflownet_sde", "imageflownet")
 # their stages at their smallest: they check that the files fit together, not what they learn
 COMPARED_SMALL = ["--set", "flux.train.max_steps=2", "--set", "flux.sampling_steps=2",
                   "--set", "ddlcxr.vae.train.max_steps=2", "--set", "ddlcxr.train.max_steps=2",
                   "--set", "ddlcxr.sampling_steps=2"]
+COMPARED_SMALL += [x for o in (
+    "mcwgan.classifier.train.max_steps=2", "mcwgan.classifier.train.batch_size=4",
+    "mcwgan.classifier.widths=[8,16]", "mcwgan.train.max_steps=2", "mcwgan.train.batch_size=4",
+    "mcwgan.train.val_every=1", "mcwgan.predictor_widths=[8,16]", "mcwgan.critic_widths=[8,16]",
+    "corrflownet.autoencoder.channels=[8,8]", "corrflownet.autoencoder.norm_groups=4",
+    "corrflownet.autoencoder.head_width=8", "corrflownet.autoencoder.train.max_steps=2",
+    "corrflownet.autoencoder.train.batch_size=4", "corrflownet.flow.block_out_channels=[8,16]",
+    "corrflownet.flow.norm_num_groups=4", "corrflownet.train.max_steps=2",
+    "corrflownet.train.batch_size=4", "corrflownet.sampling_steps=2",
+    "imageflownet.unet.channels=[4,8]", "imageflownet.unet.norm_groups=2",
+    "imageflownet.recon.train.max_steps=1", "imageflownet.recon.train.batch_size=4",
+    "imageflownet.train.max_steps=1", "imageflownet.train.batch_size=4",
+    "imageflownet.solver_steps=1", "imageflownet.sampling_steps=1") for x in ("--set", o)]
 LOCKS = ".locks"  # namd.run.locking: RUN/.locks/<stage>.lock, runtime state rather than run data
 LEFTOVER = re.compile(r"^\..*\.(partial|tmp)$|\.old-\d+$")
 
@@ -114,8 +131,8 @@ def _images(c: Case) -> np.ndarray:
 
 
 def _sampler(c: Case) -> Any:
-    """The sampler of the method whose conditional model is c.folder (NAMD's otherwise)."""
-    owner = next((m for m in methods.METHODS.values() if m.uses.get("cond") == c.folder),
+    """The sampler of the first method that reads c.folder (NAMD's otherwise)."""
+    owner = next((m for m in methods.METHODS.values() if c.folder in m.uses.values()),
                  methods.get(methods.REFERENCE))
     return owner.load_sampler(RunDir(c.run), c.finished.config)
 
@@ -137,6 +154,10 @@ READERS: dict[str, Callable[[Case], Any]] = {
     "namd.inference.sampler.load_context_encoder": lambda c: load_context_encoder(c.run / c.folder),
     "namd.inference.sampler.FollowUpSampler.from_run": _sampler,
     **{sampler_reader(methods.get(n)): _sampler for n in COMPARED},
+    "namd.training.mcwgan.read_classifier": lambda c: read_classifier(RunDir(c.run), c.folder,
+                                                                      "mcwgan"),
+    "namd.training.imageflownet.load_unet": lambda c: imageflownet_stage.load_unet(
+        RunDir(c.run), c.folder, c.finished.config.imageflownet, 0),
     "namd.models.evaluator.load_evaluator": lambda c: load_evaluator(c.run / c.folder),
     "namd.models.calibration.load_calibration": lambda c: load_calibration(c.run / c.folder),
     "namd.evaluation.sample_folder.load_samples": lambda c: evaluate.load_samples(
@@ -443,7 +464,7 @@ def test_every_method_of_the_run_loads_in_the_pipeline_and_predicts(finished):
     from namd.inference.pipeline import NAMDPipeline
 
     crop = Cohort(finished.path / "cohort").images([0])[0]
-    for name in ("namd", *COMPARED):
+    for name in ("namd", *(n for n in COMPARED if n in methods.loadable())):
         pipe = NAMDPipeline.from_run(finished.path, method=name)
         [pred] = pipe.predict([crop], [EHR(age=61.0, gender=1, SCT_LONG_DIA=6.0)], keys=["p"], k=2)
         assert pred.samples.shape == (2, finished.crop_size, finished.crop_size), name
@@ -463,3 +484,15 @@ def test_a_compared_methods_steps_are_its_own_and_steps_sets_them(finished, tmp_
                  "--steps", "3"]) == 0
     assert json.loads((run / "samples_flux" / "run_info.json").read_text())["steps"] == 3
     assert "x 3 steps" in capsys.readouterr().out
+
+
+def test_the_deterministic_rows_sample_once_and_the_stochastic_ones_k_times(finished):
+    """McWGAN and the CorrFlowNet ODE draw one follow-up per nodule, whatever sampling.k; the
+    CorrFlowNet SDE and ImageFlowNet draw K; each through the same sample files."""
+    for name in ("mcwgan", "corrflownet_ode", "corrflownet_sde", "imageflownet"):
+        method = methods.get(name)
+        k = np.load(finished.path / method.samples / "samples.npy", mmap_mode="r").shape[1]
+        assert k == (finished.config.sampling.k if method.stochastic else 1), name
+    ode = np.load(finished.path / "samples_corrflownet_ode" / "samples.npy")
+    sde = np.load(finished.path / "samples_corrflownet_sde" / "samples.npy")
+    assert not np.array_equal(ode[:, 0], sde[:, 0])  # the SDE's diffusion term is drawn

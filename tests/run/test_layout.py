@@ -14,9 +14,12 @@ from namd.run.layout import RunDir, stages
 def test_the_stage_list_follows_the_table_in_the_order_stages_are_made():
     assert stages() == ("cohort", "vae", "prior", "cond", "vae_no_align", "prior_no_align",
                         "cond_no_align", "cond_null_context", "cond_sd15", "cond_flux",
-                        "vae_ddlcxr", "cond_ddlcxr", "evaluator", "samples", "samples_no_align",
+                        "vae_ddlcxr", "cond_ddlcxr", "classifier_mcwgan", "cond_mcwgan",
+                        "autoencoder_corrflownet", "cond_corrflownet", "autoencoder_imageflownet",
+                        "cond_imageflownet", "evaluator", "samples", "samples_no_align",
                         "samples_null_context", "samples_sd15", "samples_flux", "samples_ddlcxr",
-                        "eval", "report")
+                        "samples_mcwgan", "samples_corrflownet_ode", "samples_corrflownet_sde",
+                        "samples_imageflownet", "eval", "report")
 
 
 @pytest.mark.parametrize("old", ["cond_null", "samples_null"])

@@ -5,6 +5,7 @@ The page itself is driven by tests/serve/test_browser.py."""
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import subprocess
@@ -22,7 +23,7 @@ from namd.cohort.ingest.errors import IngestError
 from namd.inference.scan import crop_nodule
 from namd.serve.bundle import EPOCH
 from namd.serve.form import MISSING, ehr_from_form, field_specs, form_from_ehr, sentence_of
-from namd.serve.readout import fmt_p, numbers_html, provenance_html
+from namd.serve.readout import READOUT_NOTICE, fmt_p, numbers_html, provenance_html
 from namd.serve.server import is_loopback, where_line
 from namd.serve.session import CohortNodules, Session, page_line
 from namd.serve.upload import Limits, ScanStore, UploadError, open_upload, unsafe_member
@@ -266,6 +267,12 @@ def test_a_test_nodule_prediction_is_namd_pipeline_predict(session, tiny_run):
     for i, p in enumerate(expected.p_followup):
         assert f'data-namd="p_followup_{i}" data-value="{p!r}">{fmt_p(p)}<' in shown
     assert f"{fmt_p(expected.p_followup_mean)}</span> ± " in shown and "p_real_followup" in shown
+    readout = expected.readout  # the radiologist's readout, with its notice, under the numbers
+    assert 'data-namd="lungrads_baseline_record"' in shown and READOUT_NOTICE in html.unescape(shown)
+    assert f'data-namd="lungrads_not_measurable">{readout["not_measurable"]["count"]} of 2' in shown
+    if readout["followup"].get("status") == "ok":
+        p = readout["followup"]["p_growth_gt_1_5mm"]
+        assert f'data-namd="lungrads_p_growth_1_5" data-value="{p!r}">{fmt_p(p)}<' in shown
     prov = provenance_html(result)
     assert session.pipe.model_hash in prov and ">5<" in prov and "pair id" in prov
 
@@ -282,7 +289,7 @@ def test_the_bundle_holds_everything_and_no_file_name_or_id(session, tmp_path):
     assert result.bundle.name == "namd-prediction.zip"
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         names = sorted(archive.namelist())
-        assert names == sorted(["README.txt", "prediction.json", "baseline.npy", "samples.npy", "mean.npy",
+        assert names == sorted(["README.txt", "prediction.json", "readout.txt", "baseline.npy", "samples.npy", "mean.npy",
                                 "variance.npy", "png/baseline.png", "png/mean.png", "png/variance.png",
                                 "png/probabilities.png", "png/grid.png",
                                 *(f"png/followup_{i:03d}.png" for i in (1, 2, 3))])
@@ -291,10 +298,13 @@ def test_the_bundle_holds_everything_and_no_file_name_or_id(session, tmp_path):
         samples = np.load(io.BytesIO(archive.read("samples.npy")))
         contents = b"".join(archive.read(n) for n in names) + "".join(names).encode()
         text = (archive.read("prediction.json") + archive.read("README.txt")).decode() + "".join(names)
+        text_readout = archive.read("readout.txt").decode()
     np.testing.assert_array_equal(samples, result.prediction.samples)
     assert record["p_followup"] == result.prediction.p_followup and record["ehr"]["age"] == 70.0
     assert record["provenance"]["model_sha256"] == session.pipe.model_hash
     assert record["notice"] == "Research use only, not a medical device."
+    assert record["readout"] == result.prediction.readout and record["readout"]["k"] == 3
+    assert result.prediction.readout["summary"] in text_readout and READOUT_NOTICE in text_readout
     for secret in ("SMITH", "77123456", NAME, str(tmp_path), str(session.root)):
         assert secret.encode() not in contents and secret.encode() not in data
     assert "nii" not in text  # the upload's type, too short to search for in binary data

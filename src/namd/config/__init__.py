@@ -15,12 +15,16 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from namd.config.base import FOUNDATION, Section, TrainConfig
+from namd.config.corrflownet import CorrFlowNetConfig
 from namd.config.data import DataConfig, IngestConfig, SynthConfig
 from namd.config.ddlcxr import DDLCXRConfig
 from namd.config.diffusion import DiffusionConfig, SamplingConfig, UNetConfig
 from namd.config.evaluation import EvalConfig, EvaluatorConfig
 from namd.config.flux import FluxConfig
 from namd.config.foundation import FoundationConfig
+from namd.config.imageflownet import ImageFlowNetConfig
+from namd.config.mcwgan import McWGANConfig
+from namd.config.readout import ReadoutConfig
 from namd.config.sd15 import SD15Config
 from namd.config.text import TextConfig
 from namd.config.vae import VAEConfig
@@ -61,6 +65,10 @@ class NamdConfig(Section):
     flux: FluxConfig = FluxConfig()
     sd15: SD15Config = SD15Config()
     ddlcxr: DDLCXRConfig = DDLCXRConfig()
+    mcwgan: McWGANConfig = McWGANConfig()
+    corrflownet: CorrFlowNetConfig = CorrFlowNetConfig()
+    imageflownet: ImageFlowNetConfig = ImageFlowNetConfig()
+    readout: ReadoutConfig = ReadoutConfig()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -72,6 +72,9 @@ class Stage:
     # (both set together)
     sizing: str | None = None
     train_config: str | None = None
+    # "module.function" that reads its `files` when its method's sampler does not (a stage
+    # only the method's next stage reads: McWGAN's classifier, ImageFlowNet's reconstruction)
+    reader: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,14 +184,21 @@ def sampler_steps(config: Any, method: Method) -> int:
 
 
 def sampling_of(config: Any, method: Method) -> Any:
-    """config.sampling as `method` samples: its own steps (every sampler reads cfg.steps)."""
-    return config.sampling.model_copy(update={"steps": sampler_steps(config, method)})
+    """config.sampling as `method` samples: its own steps (every sampler reads cfg.steps), and
+    one follow-up per nodule for a deterministic method (K copies of one image would score as
+    K samples with no spread)."""
+    update: dict[str, int] = {"steps": sampler_steps(config, method)}
+    if not method.stochastic:
+        update["k"] = 1
+    return config.sampling.model_copy(update=update)
 
 
 def loadable() -> tuple[str, ...]:
     """The methods NAMDPipeline.from_run loads (namd predict, namd serve): a VAE and a
-    conditional model its sampler reads."""
-    return tuple(m.name for m in METHODS.values() if m.loadable)
+    conditional model its sampler reads (a pixel-space method or one with an autoencoder of its
+    own is sampled by `namd sample` only)."""
+    return tuple(m.name for m in METHODS.values()
+                 if m.loadable and {"vae", "cond"} <= set(m.uses))
 
 
 def exportable() -> tuple[str, ...]:
@@ -199,11 +209,16 @@ def exportable() -> tuple[str, ...]:
 
 
 def kinds() -> dict[str, str]:
-    """`namd train` kind -> the help text of its first stage in the table."""
+    """`namd train` kind -> the help text of its first stage in the table; a kind only compared
+    methods train (their own autoencoders) names each method's."""
     out: dict[str, str] = {}
+    first: dict[str, Method] = {}
     for m in METHODS.values():
         for s in m.trains:
-            out.setdefault(s.kind, s.help)
+            if s.kind not in out:
+                out[s.kind], first[s.kind] = s.help, m
+            elif not first[s.kind].in_demo and s.help not in out[s.kind]:
+                out[s.kind] += f"; --method {m.name}: {s.help}"
     return out
 
 
@@ -327,3 +342,87 @@ register(Method(
     inferred="NLST's 13 static fields as one token each, in place of its clinical time series",
     paper={"lpips": 0.235, "lpips_std": 0.004, "fid": 122.410, "fid_std": 2.409,
            "auroc": 0.701, "auroc_std": 0.026, "auprc": 0.237, "auprc_std": 0.030}))
+
+# -- part 2: the methods that predict progression itself (docs/compared-methods.md) ------------
+# Image only (no record), each in its own space: McWGAN and ImageFlowNet in pixels, CorrFlowNet
+# in the latent space of its own correlational autoencoder; deterministic rows draw one sample.
+MCWGAN_FILES = ("predictor.json", "predictor.safetensors", "run_info.json")
+MCWGAN_CLASSIFIER_FILES = ("classifier.json", "classifier.safetensors", "run_info.json")
+CORRFLOWNET_AE_FILES = ("autoencoder.json", "autoencoder.safetensors", "run_info.json")
+CORRFLOWNET_FILES = ("flow.json", "flow.safetensors", "run_info.json")
+IMAGEFLOWNET_FILES = ("model.json", "model.safetensors", "run_info.json")
+
+register(Method(
+    "mcwgan", "McWGAN (GP-WGAN)",
+    (Stage("classifier", "classifier_mcwgan", ("cohort",), "namd.training.mcwgan_classifier",
+           "McWGAN's nodule classifier (training split only): the feature space of its "
+           "perceptual loss", ("data", "mcwgan.classifier"), files=MCWGAN_CLASSIFIER_FILES,
+           sizing="namd.models.mcwgan:classifier_sizing_parts",
+           train_config="namd.models.mcwgan:classifier_train_config",
+           reader="namd.training.mcwgan.read_classifier"),
+     Stage("cond", "cond_mcwgan", ("classifier_mcwgan",), "namd.training.mcwgan",
+           "McWGAN: a baseline-to-follow-up predictor against a WGAN-GP critic, with L1, SSIM "
+           "and the classifier's perceptual distance", ("data", "mcwgan"), files=MCWGAN_FILES,
+           sizing="namd.models.mcwgan:sizing_parts",
+           train_config="namd.models.mcwgan:stage_train_config")),
+    {"cond": "cond_mcwgan"},
+    sampler="namd.inference.mcwgan_sampler:McWGANSampler.from_run", stochastic=False,
+    in_demo=False, about="McWGAN: a deterministic image-to-image predictor trained against a "
+                         "WGAN-GP critic (image only)",
+    inferred="no public code: the predictor and critic follow its paper's appendices at their "
+             "depth; the perceptual classifier is trained on namd's training split",
+    paper={"lpips": 0.364, "fid": 80.443, "auroc": 0.763, "auprc": 0.307}))
+register(Method(
+    "corrflownet_ode", "CorrFlowNet-style (ODE)",
+    (Stage("autoencoder", "autoencoder_corrflownet", ("cohort",), "namd.training.corrflownet_ae",
+           "CorrFlowNet's correlational autoencoder: baseline and follow-up latents whose "
+           "correlation is rewarded, with a malignancy head", ("data", "corrflownet.autoencoder"),
+           files=CORRFLOWNET_AE_FILES, sizing="namd.models.corrflownet:ae_sizing_parts",
+           train_config="namd.models.corrflownet:ae_train_config"),
+     Stage("cond", "cond_corrflownet", ("autoencoder_corrflownet",), "namd.training.corrflownet",
+           "CorrFlowNet's rectified flow from the baseline latent to the follow-up latent",
+           ("data", "corrflownet"), ("corrflownet.sampling_steps", "corrflownet.sde_scale"),
+           files=CORRFLOWNET_FILES, sizing="namd.models.corrflownet:sizing_parts",
+           train_config="namd.models.corrflownet:stage_train_config")),
+    {"autoencoder": "autoencoder_corrflownet", "cond": "cond_corrflownet"},
+    sampler="namd.inference.corrflownet_sampler:CorrFlowNetSampler.ode",
+    steps="corrflownet.sampling_steps", stochastic=False, in_demo=False,
+    about="CorrFlowNet-style: a rectified flow from the baseline's latent to the follow-up's, "
+          "integrated as an ODE (one deterministic follow-up)",
+    inferred="only the abstract is public: the most plausible reading of it (its autoencoder, "
+             "losses and flow are the project's)",
+    paper={"lpips": 0.202, "fid": 91.695, "auroc": 0.779, "auprc": 0.318}))
+register(Method(
+    "corrflownet_sde", "CorrFlowNet-style (SDE)", (),
+    {"autoencoder": "autoencoder_corrflownet", "cond": "cond_corrflownet"},
+    sampler="namd.inference.corrflownet_sampler:CorrFlowNetSampler.sde",
+    steps="corrflownet.sampling_steps", in_demo=False,
+    about="CorrFlowNet-style: the same flow with a diffusion term (K random follow-ups)",
+    inferred="only the abstract is public: the same flow as the ODE row, sampled with a "
+             "diffusion term of the project's choosing",
+    paper={"lpips": 0.202, "lpips_std": 0.001, "fid": 88.560, "fid_std": 0.231,
+           "auroc": 0.776, "auroc_std": 0.004, "auprc": 0.321, "auprc_std": 0.011}))
+register(Method(
+    "imageflownet", "ImageFlowNet (SDE)",
+    (Stage("autoencoder", "autoencoder_imageflownet", ("cohort",),
+           "namd.training.imageflownet_ae",
+           "ImageFlowNet's U-Net trained first to reconstruct", ("data", "imageflownet.unet",
+                                                                   "imageflownet.recon"),
+           files=IMAGEFLOWNET_FILES, reader="namd.training.imageflownet.load_unet",
+           sizing="namd.models.imageflownet:recon_sizing_parts",
+           train_config="namd.models.imageflownet:recon_train_config"),
+     Stage("cond", "cond_imageflownet", ("autoencoder_imageflownet",),
+           "namd.training.imageflownet",
+           "ImageFlowNet: SDEs on the U-Net's skip connections and bottleneck, baseline to "
+           "follow-up", ("data", "imageflownet"), ("imageflownet.sampling_steps",),
+           files=IMAGEFLOWNET_FILES, sizing="namd.models.imageflownet:sizing_parts",
+           train_config="namd.models.imageflownet:stage_train_config")),
+    {"cond": "cond_imageflownet"},
+    sampler="namd.inference.imageflownet_sampler:ImageFlowNetSampler.from_run",
+    steps="imageflownet.sampling_steps", in_demo=False,
+    about="ImageFlowNet: a U-Net whose skip connections and bottleneck evolve by learned SDEs "
+          "over the interval (pixel space, image only)",
+    inferred="built from its paper (the code's licence forbids copying): batched, at CPU size a "
+             "small U-Net",
+    paper={"lpips": 0.362, "lpips_std": 0.001, "fid": 217.706, "fid_std": 1.051,
+           "auroc": 0.782, "auroc_std": 0.014, "auprc": 0.339, "auprc_std": 0.022}))

@@ -12,12 +12,22 @@ nodule's own thickness. From that one mask:
 - `equivalent_mm`: the diameter 2 sqrt(A / pi) of the disc of its area A;
 - `density_hu`: the mean HU of the crop inside it;
 - `solid_mm`: the equivalent diameter of its pixels above -300 HU (after the same smoothing),
-  the solid part of a part-solid nodule, for the Lung-RADS readout.
+  the solid part of a part-solid nodule, for the Lung-RADS readout;
+- `short_mm`: the minor axis of the same ellipse (the short axis Lung-RADS averages with the long
+  one: `mean_mm` = (long + short) / 2, namd.clinical.lungrads rounds it to 0.1 mm);
+- `cut_by_border`: the mask reaches the crop's edge, so the nodule may go on outside the crop
+  and its size is a lower bound (not measurable, as no nodule at the centre is: `measurable`,
+  `not_measurable_reason`);
+- `volume_mm3`: an approximate volume, the ellipsoid of the long and short axes whose third
+  (depth) axis equals the short one, pi / 6 x long x short^2: a 2D crop does not see depth.
+
+These last three are new with the readout (issue 31) and change none of the others' values.
 
 A crop with no tissue above the threshold within `DIAMETER_SEARCH_PX` of its centre has no
 visible nodule: its sizes are 0 and its density is the mean HU within that radius of the centre
 (what lies where the nodule should be, about -850 HU for lung), so a generator that erases the
-nodule is far from one that draws it, and no value is NaN.
+nodule is far from one that draws it, and no value is NaN. The readout (namd.clinical) reads
+such a crop as not measurable, never as a size of 0.
 
 Speed: the steps that touch whole crops (smoothing, thresholds, labelling, the choice of the
 central component) run on a chunk of crops at once; the per-crop steps (the opening's distance
@@ -43,8 +53,10 @@ DIAMETER_THRESHOLD_HU = -650.0  # lung about -900..-850, ground glass -750..-300
 DIAMETER_SMOOTH_PX = 1.0  # a 1-pixel Gaussian lowers LDCT noise of 20-60 HU
 DIAMETER_SEARCH_PX = 4  # the component may miss the exact centre by this many pixels
 SOLID_THRESHOLD_HU = -300.0  # ground glass ends, solid tissue begins (reference-facts, section 4)
+NO_NODULE, CUT_BY_BORDER = "no nodule at the centre", "nodule cut by the crop's border"
 CHUNK = 256  # crops per vectorised step: a few float64 copies of 256 x 64 x 64 stay ~10 MB each
 
+KEYS = ("longest", "equivalent", "density", "solid", "found", "short", "border")
 _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity, as skimage's connectivity=1
 _PLANAR = np.stack([np.zeros_like(_CROSS), _CROSS, np.zeros_like(_CROSS)])  # never across crops
 
@@ -58,6 +70,29 @@ class Measurements:
     density_hu: np.ndarray  # mean HU inside the mask (no nodule: mean HU near the centre)
     solid_mm: np.ndarray  # equivalent diameter of the mask's part above SOLID_THRESHOLD_HU
     found: np.ndarray  # bool: a nodule was found at the centre
+    short_mm: np.ndarray  # minor axis of the same ellipse (0: no nodule)
+    cut_by_border: np.ndarray  # bool: the nodule's mask reaches the crop's edge
+
+    @property
+    def mean_mm(self) -> np.ndarray:
+        """(long + short) / 2, unrounded: the mean diameter Lung-RADS reads (0: no nodule)."""
+        return 0.5 * (self.longest_mm + self.short_mm)
+
+    @property
+    def volume_mm3(self) -> np.ndarray:
+        """pi / 6 x long x short^2: the ellipsoid whose unseen depth axis equals the short axis
+        (an assumption: one 2D crop shows no depth); 0 without a nodule."""
+        return np.pi / 6.0 * self.longest_mm * self.short_mm ** 2
+
+    @property
+    def measurable(self) -> np.ndarray:
+        """bool: a nodule at the centre that the crop's edge does not cut."""
+        return self.found & ~self.cut_by_border
+
+    def not_measurable_reason(self) -> np.ndarray:
+        """Per crop '' (measurable), 'no nodule at the centre' or 'nodule cut by the crop's
+        border': why a size is not read (never a size of 0)."""
+        return np.where(~self.found, NO_NODULE, np.where(self.cut_by_border, CUT_BY_BORDER, ""))
 
 
 @dataclass
@@ -81,14 +116,15 @@ def measure(crops: np.ndarray, spacing_mm: np.ndarray | float) -> Measurements:
     spacing = np.repeat(per_nodule, int(np.prod(lead[1:], dtype=int))) if lead else per_nodule
     spacing = np.broadcast_to(spacing, len(flat))
     parts = [_measure_chunk(flat[i:i + CHUNK].astype(np.float64)) for i in range(0, len(flat), CHUNK)]
-    px = {key: np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
-          for key in ("longest", "equivalent", "density", "solid", "found")}
+    px = {key: np.concatenate([p[key] for p in parts]) if parts else np.zeros(0) for key in KEYS}
     return Measurements(
         longest_mm=(px["longest"] * spacing).reshape(lead),
         equivalent_mm=(px["equivalent"] * spacing).reshape(lead),
         density_hu=px["density"].reshape(lead),
         solid_mm=(px["solid"] * spacing).reshape(lead),
-        found=px["found"].astype(bool).reshape(lead))
+        found=px["found"].astype(bool).reshape(lead),
+        short_mm=(px["short"] * spacing).reshape(lead),
+        cut_by_border=px["border"].astype(bool).reshape(lead))
 
 
 def measure_rows(rows: Mapping[str, np.ndarray], spacing_mm: np.ndarray) -> dict[str, Measurements]:
@@ -113,13 +149,16 @@ def _measure_chunk(raw: np.ndarray) -> dict[str, np.ndarray]:
         cores[i] = _detached(blob, raw.shape[1:])
         half[i] = 0.5 * (np.median(_values(raw[i], cores[i])) + background)
     edges = _central_blobs(smooth > half[:, None, None])
-    out = {key: np.zeros(b) for key in ("longest", "equivalent", "density", "solid", "found")}
+    out = {key: np.zeros(b) for key in KEYS}
     out["density"] = _centre_mean(raw)
     for i, core in enumerate(cores):
         if core is None:
             continue
         nodule = core if edges[i] is None else _detached(edges[i], raw.shape[1:])
-        out["longest"][i] = max(_major_axis(nodule.mask), 1.0)
+        major, minor = _axes(nodule.mask)
+        out["longest"][i] = max(major, 1.0)
+        out["short"][i] = min(max(minor, 1.0), out["longest"][i])
+        out["border"][i] = float(_touches_edge(nodule, raw.shape[1:]))
         out["equivalent"][i] = _equivalent(int(nodule.mask.sum()))
         out["density"][i] = float(_values(raw[i], nodule).mean())
         out["solid"][i] = _equivalent(int((_values(smooth[i], nodule) > SOLID_THRESHOLD_HU).sum()))
@@ -253,11 +292,21 @@ def disc_opening(mask: np.ndarray, radius: int) -> np.ndarray:
     return _opening_of_distance(ndimage.distance_transform_edt(padded), radius)[1:-1, 1:-1]
 
 
-def _major_axis(mask: np.ndarray) -> float:
-    """Major axis (px) of the equal-moment ellipse of a mask: 4 sqrt of the larger eigenvalue
-    of its pixels' coordinate covariance (skimage's regionprops axis_major_length)."""
+def _axes(mask: np.ndarray) -> tuple[float, float]:
+    """Major and minor axis (px) of the equal-moment ellipse of a mask: 4 sqrt of the larger
+    and smaller eigenvalue of its pixels' coordinate covariance (skimage's regionprops
+    axis_major_length / axis_minor_length)."""
     yy, xx = np.nonzero(mask)
     dy, dx = yy - yy.mean(), xx - xx.mean()
     a, c, b = (dy * dy).mean(), (dx * dx).mean(), (dy * dx).mean()
-    l1 = 0.5 * (a + c) + np.sqrt(0.25 * (a - c) ** 2 + b * b)
-    return 4.0 * float(np.sqrt(max(l1, 0.0)))
+    root = np.sqrt(0.25 * (a - c) ** 2 + b * b)
+    l1, l2 = 0.5 * (a + c) + root, 0.5 * (a + c) - root
+    return 4.0 * float(np.sqrt(max(l1, 0.0))), 4.0 * float(np.sqrt(max(l2, 0.0)))
+
+
+def _touches_edge(blob: _Blob, shape: tuple[int, ...]) -> bool:
+    """Whether a blob's mask (its box may be wider than the mask) reaches the crop's first or
+    last row or column."""
+    rows, cols = np.flatnonzero(blob.mask.any(axis=1)), np.flatnonzero(blob.mask.any(axis=0))
+    return bool(blob.y0 + rows[0] == 0 or blob.x0 + cols[0] == 0
+                or blob.y0 + rows[-1] == shape[0] - 1 or blob.x0 + cols[-1] == shape[1] - 1)

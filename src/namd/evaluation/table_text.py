@@ -4,15 +4,18 @@ and mean-of-K probability are then not comparable with its)."""
 
 from __future__ import annotations
 
+from namd.config import methods
 from namd.evaluation.rows import generated
 
 
 def k_differs(result: dict) -> dict[str, int]:
     """Generated rows that ran with another K than the table's (metrics.json "k": the reference
-    method's K, or sampling.k when it did not run): row name -> its K."""
+    method's K, or sampling.k when it did not run): row name -> its K. A deterministic method
+    draws one follow-up by design (Method.stochastic), which is not a difference."""
     reference = result.get("k")
     return {row["name"]: row["k"] for row in result.get("rows", [])
-            if row.get("name") in generated() and row.get("status") == "ok"
+            if row.get("name") in generated() and methods.get(row["name"]).stochastic
+            and row.get("status") == "ok"
             and row.get("k") is not None and row.get("k") != reference}
 
 

@@ -22,7 +22,9 @@ CURVES_DIR = "curves"
 LIMITS = ("Research use only: not a medical device, not validated for clinical decisions.",
           "Trained on the run's cohort only; a synthetic cohort says nothing about real patients.",
           "Small training budgets (CPU presets) give models far from the paper's; check Table 1.",
-          "Virtual follow-ups are samples of a generative model, not predictions of the real scan.")
+          "Virtual follow-ups are samples of a generative model, not predictions of the real scan.",
+          "The Lung-RADS readout measures one 2D crop per image, not the nodule's volume or other "
+          "slices; its categories are not a radiologist's.")
 
 
 def cohort_section(run: RunDir) -> str:
@@ -106,6 +108,32 @@ def curves_section(run: RunDir, folder: Path, stages: list[str]) -> str:
     return "\n\n".join(lines) + "\n"
 
 
+def readout_section(run: RunDir) -> str:
+    """The radiologist's readout every prediction carries (namd.clinical.readout): what it
+    reports, the Lung-RADS version and interval, and the measurer error it draws per type."""
+    from namd.clinical import READOUT_NOTICE
+    from namd.config import load_config
+
+    saved = run.saved_config()
+    cfg = load_config(base=saved).readout if saved is not None else load_config().readout
+    lines = ["Each prediction carries a readout of its K virtual follow-ups: the baseline's "
+             f"Lung-RADS v{cfg.version} category (from the record and from the image), the "
+             "distribution of the follow-up category and the management of the most likely one, "
+             "P(growth > 1.5 mm), P(growth >= 2 mm), the volume-doubling time (median, 95% "
+             "interval, P(VDT < 400 days); \"no growth\" when it does not grow) and the count of "
+             f"samples that could not be measured. Interval: {cfg.interval_days:g} days; "
+             f"{cfg.draws} drawn measurement errors per sample. See docs/readout.md.", "",
+             "| nodule type | bias (mm) | sd of one size (mm) | sd of a growth (mm) |",
+             "|---|---|---|---|"]
+    for kind in ("solid", "part-solid", "non-solid"):
+        e = cfg.error(kind)
+        lines.append(f"| {kind} | {e.bias_mm:+.2f} | {e.size_sd_mm:.2f} | {e.growth_sd_mm:.2f} |")
+    lines += ["", "The measurer's error was measured on synthetic nodules against the generator's "
+              "true diameters; no real nodule of the project has a diameter reference.", "",
+              READOUT_NOTICE]
+    return "\n".join(lines) + "\n"
+
+
 def write_model_card(folder: Path, run: RunDir, dirs: dict[str, str], facts: dict[str, Any]) -> Path:
     """Write folder/README.md and folder/curves/*.png for the model of `run` (stage names `dirs`)."""
     folder = Path(folder)
@@ -122,6 +150,7 @@ def write_model_card(folder: Path, run: RunDir, dirs: dict[str, str], facts: dic
         "## Training data", "", cohort_section(run),
         "## Table 1", "", metrics_section(run),
         "## Training curves", "", curves_section(run, folder, stages),
+        "## Radiologist's readout (Lung-RADS, growth, doubling time)", "", readout_section(run),
         "## Known limits", "", *[f"- {line}" for line in LIMITS], ""])
     atomic_write_text(folder / "README.md", card)
     return folder / "README.md"

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from namd import __version__
+from namd.clinical.readout import read_patient
 from namd.cohort.brock import brock_probability
 from namd.cohort.ehr import EHR, report_sentence
 from namd.config import (
@@ -316,17 +317,20 @@ class NAMDPipeline:
 
     def predict(self, baselines: Any, ehrs: Sequence[EHR], k: int | None = None,
                 num_inference_steps: int | None = None, seed: int | None = None,
-                keys: Sequence[str | None] | None = None, units: str = "HU") -> list[Prediction]:
+                keys: Sequence[str | None] | None = None, units: str = "HU",
+                readout: bool = True, new_nodule: bool = False) -> list[Prediction]:
         """One Prediction per patient: the evaluator on its baseline and on its K follow-ups
-        (each sample's probability calibrated before the mean over K); a sample or probability
-        that is not finite is a one-line error naming the weights, never "p = nan"."""
+        (each sample's probability calibrated before the mean over K) and, with `readout`, the
+        radiologist's readout of them (namd.clinical.readout, config.readout; `new_nodule`:
+        the baseline's category by the new-nodule rules); a sample or probability that is not
+        finite is a one-line error naming the weights, never "p = nan"."""
         from namd.inference.finite import check_probabilities, check_samples
 
         cfg = self.sampling_config(k, num_inference_steps, seed)
         crops, ehrs = self._crops(baselines, units), list(ehrs)
         ids = list(keys) if keys is not None else [None] * len(crops)
-        samples = check_samples(self._sample(crops, ehrs, self.seed_keys(crops, ids), cfg),
-                                self.files, self.run)
+        seed_keys = self.seed_keys(crops, ids)
+        samples = check_samples(self._sample(crops, ehrs, seed_keys, cfg), self.files, self.run)
         n, kk, h, w = samples.shape
         p_base = check_probabilities(self.probabilities(crops), self.files, self.run)
         p_follow = check_probabilities(self.probabilities(samples.reshape(n * kk, h, w)),
@@ -341,7 +345,9 @@ class NAMDPipeline:
                 p_followup_std=float(p_follow[i].std()), brock=None if np.isnan(brock) else float(brock),
                 k=kk, steps=cfg.steps, sampling=cfg.model_dump(mode="json"), seed_from=seed_from,
                 baseline_sha256=crop_digest(crops[i]), samples=samples[i],
-                provenance=self.provenance(cfg, seed_from)))
+                provenance=self.provenance(cfg, seed_from),
+                readout=read_patient(crops[i], samples[i], ehr, self.config.data.pixel_spacing_mm,
+                                     self.config.readout, seed_keys[i], new_nodule) if readout else {}))
         return out
 
     # -- saving -----------------------------------------------------------------------------

@@ -23,7 +23,9 @@ UNITS = ("HU", *WINDOWED)
 @dataclass
 class Prediction:
     """What one patient gets: the evaluator on the real baseline and on each virtual follow-up,
-    and what produced them (the sampling settings used, the crop's digest, the seed source)."""
+    the radiologist's readout of the K follow-ups (Lung-RADS category, growth, doubling time:
+    namd.clinical.readout; {} when not asked for), and what produced them (the sampling
+    settings used, the crop's digest, the seed source)."""
 
     report_sentence: str
     p_baseline: float
@@ -38,9 +40,10 @@ class Prediction:
     baseline_sha256: str
     samples: np.ndarray = field(repr=False)
     provenance: dict = field(default_factory=dict)  # model sha256, variant, seed rule, probability
+    readout: dict = field(default_factory=dict)  # namd.clinical.readout: Lung-RADS, growth, VDT
 
     def as_json(self) -> dict:
-        """The numbers, without the image array."""
+        """The numbers (the readout's included, JSON-ready), without the image array."""
         out = asdict(self)
         out.pop("samples")
         return out

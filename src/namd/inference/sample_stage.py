@@ -120,7 +120,7 @@ def run_sample_stage(config: NamdConfig, run: RunDir, method: Method, *, overwri
     return write_sample_stage(
         config, run, method, cohort, pairs, cfg.k,
         lambda arr: _decode_into(sampler, latents, arr, cfg.aux_batch), start,
-        cond_dir=dirs["cond"], vae_dir=dirs["vae"],
+        cond_dir=dirs["cond"], vae_dir=dirs.get("vae"),
         seed_rule="sample k of nodule i: seed = sha256(f'{seed}:{pair_id}:{k}')[:8]",
         device=str(device), **sampler_info(sampler, cfg))
 

@@ -169,14 +169,32 @@ def sampler_reader(method: Method) -> str:
 
 
 def _own(method: Method, stage: Stage) -> StageContract:
-    """A compared method's own model (Stage.files): every file read by its sampler, on the
-    latents of the VAE it uses."""
-    reader = sampler_reader(method)
+    """A compared method's own model (Stage.files): every file read by its sampler when the
+    sampler reads the folder, else by its Stage.reader (McWGAN's classifier); on the
+    latents of the VAE it uses, or on the model files of the stages it needs."""
+    sampled = stage.folder in method.uses.values()
+    reader = (sampler_reader(method),) if sampled else ((stage.reader,) if stage.reader else ())
     return StageContract(stage.folder, f"namd train {stage.kind} --run {{run}}{_flag(method)}", (
-        *(RunFile(p, _kind(p), (reader,)) for p in stage.files if p != RUN_INFO),
-        _run_info(reader), *internal_files()),
-        (CONFIG_FILE, *(f"cohort/{p}" for p in _COHORT_FILES),
-         *_model_files(method.uses["vae"], _VAE_FILES), "cache/latents_*.safetensors"))
+        *(RunFile(p, _kind(p), reader) for p in stage.files if p != RUN_INFO),
+        _run_info(*reader), *internal_files()),
+        (CONFIG_FILE, *(f"cohort/{p}" for p in _COHORT_FILES), *_inputs(method, stage.needs)))
+
+
+def _stage_files(folder: str) -> tuple[str, ...]:
+    """`folder/file` of every model file a trained stage folder holds: its Stage.files, a VAE's
+    (with the latent cache built from it), else NAMD's conditional model's."""
+    found = methods.owner(folder)
+    stage = found[1] if found else None
+    if stage is not None and stage.files:
+        return _model_files(folder, tuple(p for p in stage.files if p != RUN_INFO))
+    if stage is not None and stage.kind == "vae":
+        return (*_model_files(folder, _VAE_FILES), "cache/latents_*.safetensors")
+    return _model_files(folder, _COND_FILES[:-1])
+
+
+def _inputs(method: Method, folders: tuple[str, ...]) -> tuple[str, ...]:
+    """The model files of the trained folders a stage of `method` reads."""
+    return tuple(dict.fromkeys(f for n in folders if n != "cohort" for f in _stage_files(n)))
 
 
 def _stage(method: Method, stage: Stage) -> StageContract:
@@ -199,13 +217,10 @@ KINDS = {"vae": _vae, "prior": _prior, "cond": _cond}
 
 
 def _samples(method: Method) -> StageContract:
-    """A method's K virtual follow-ups per nodule (decoded by its VAE, when it has one)."""
-    own = next((s for s in method.trains if s.folder == method.uses.get("cond") and s.files), None)
-    cond = (_model_files(method.uses["cond"], own.files if own else _COND_FILES[:-1])
-            if "cond" in method.uses else
-            tuple(f"{n}/{RUN_INFO}" for n in method.sample_needs if n != "cohort"))
-    models = (*(_model_files(method.uses["vae"], _VAE_FILES) if "vae" in method.uses else ()),
-              *dict.fromkeys(cond))
+    """A method's K virtual follow-ups per nodule, from the model folders its sampler reads (its
+    VAE, when it has one, and its own networks; not the prior, which only training reads)."""
+    folders = tuple(f for k, f in method.uses.items() if k != "prior") or method.sample_needs
+    models = tuple(f for f in _inputs(method, folders) if not f.startswith("cache/"))
     return StageContract(method.samples, f"namd sample --run {{run}} --split test{_flag(method)}", (
         RunFile("samples.npy", "npy", (LOAD_SAMPLES, REPORT_SAMPLES)),
         RunFile("index.csv", "csv", (LOAD_SAMPLES, REPORT_SAMPLES)),

@@ -1,7 +1,9 @@
 """The download: one zip with everything a prediction made, and nothing that names the patient.
 
-    prediction.json     the numbers (Prediction.as_json: probabilities, Brock, provenance with
-                        model sha256, seed, k, steps), the EHR values, how the crop was made
+    prediction.json     the numbers (Prediction.as_json: probabilities, Brock, the readout,
+                        provenance with model sha256, seed, k, steps), the EHR values, how the
+                        crop was made
+    readout.txt         the radiologist's readout in words (Lung-RADS, growth, doubling time)
     baseline.npy        (H, W) float32 HU; samples.npy (K, H, W); mean.npy; variance.npy (HU^2);
                         real_followup.npy for a test nodule
     png/                the same as the page shows them (lung window, enlarged), the strip of
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from namd.run.provenance import atomic_write_bytes
-from namd.serve.readout import NOTICE
+from namd.serve.readout import NOTICE, readout_text
 from namd.serve.views import crop_image, png_bytes, probability_strip, variance_image
 
 if TYPE_CHECKING:
@@ -37,7 +39,9 @@ README = """namd serve: one prediction
 
 prediction.json    probabilities (evaluator on the baseline crop and on each of the K virtual
                    follow-ups, {probability}), the Brock score, the EHR values the model read,
-                   and the provenance: model sha256, seed, k, steps, scheduler
+                   the readout (Lung-RADS category, growth, doubling time over the K
+                   follow-ups), and the provenance: model sha256, seed, k, steps, scheduler
+readout.txt        the readout in words, with its notice
 baseline.npy       the baseline crop, float32 HU, {size} x {size} pixels at {spacing} mm
 samples.npy        the K = {k} virtual one-year follow-ups, float32 HU, shape (K, H, W)
 mean.npy           their pixel-wise mean (HU); variance.npy: their pixel-wise variance (HU^2)
@@ -84,7 +88,8 @@ def bundle_files(result: Result) -> dict[str, bytes]:
              "png/mean.png": png_bytes(crop_image(mean, window)),
              "png/variance.png": png_bytes(variance_image(variance)),
              "png/probabilities.png": probability_strip(pred.p_followup, pred.p_baseline),
-             "png/grid.png": grid_png(result)}
+             "png/grid.png": grid_png(result),
+             "readout.txt": readout_text(pred.readout).encode()}
     for i, sample in enumerate(samples, 1):
         files[f"png/followup_{i:03d}.png"] = png_bytes(crop_image(sample, window))
     if base.followup is not None:

@@ -292,11 +292,13 @@ def _train_config(config: NamdConfig, stage: str) -> Any:
 
 
 def train_kinds() -> tuple[str, ...]:
-    """Every kind of stage the table of methods trains (NAMD's vae, prior, cond), each stage
-    of a compared method that sizes its own networks (by folder: cond_flux, ...), and the
-    evaluator."""
-    own = tuple(s.folder for m in methods.METHODS.values() for s in m.trains if s.sizing)
-    return (*methods.kinds(), *own, "evaluator")
+    """Every kind of stage NAMD and its ablations train (vae, prior, cond), each stage of a
+    compared method that sizes its own networks (by folder: cond_flux, classifier_mcwgan,
+    ...), and the evaluator."""
+    table = methods.METHODS.values()
+    namd = dict.fromkeys(s.kind for m in table if m.in_demo for s in m.trains)
+    own = tuple(s.folder for m in table for s in m.trains if s.sizing)
+    return (*namd, *own, "evaluator")
 
 
 def stage_batch(config: NamdConfig, stage: str) -> int:
@@ -384,13 +386,14 @@ def format_table(rows: Sequence[StageEstimate], gpu_gb: float = 48.0, title: str
     def count(n: int) -> str:
         return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
-    head = (f"{'stage':<10} {'batch':>5} {'params':>8} {'trainable':>9} {'weights':>7} {'grads':>6} "
+    w = max([10, *(len(r.stage) for r in rows)])  # the stage column fits its longest name
+    head = (f"{'stage':<{w}} {'batch':>5} {'params':>8} {'trainable':>9} {'weights':>7} {'grads':>6} "
             f"{'AdamW':>6} {'activ.':>7} {'opt.tmp':>7} {'total':>6}  fits {gpu_gb:g} GB")
     lines = [title, head] if title else [head]
     for r in rows:
         gb = [f"{v / 1e9:.2f}" if v >= 1e8 or not v else f"{v / 1e9:.3f}"
               for v in (r.weights, r.grads, r.adam, r.activations, r.step_temp, r.total)]
-        lines.append(f"{r.stage:<10} {r.batch:>5} {count(r.params):>8} {count(r.trainable):>9} {gb[0]:>7} "
+        lines.append(f"{r.stage:<{w}} {r.batch:>5} {count(r.params):>8} {count(r.trainable):>9} {gb[0]:>7} "
                      f"{gb[1]:>6} {gb[2]:>6} {gb[3]:>7} {gb[4]:>7} {gb[5]:>6}  {'yes' if r.fits(gpu_gb) else 'no'}")
     lines.append(f"GB = 10^9 bytes; total = weights + grads + AdamW + max(activations, optimiser "
                  f"temporaries); fits = total + {HEADROOM / 1e9:g} GB headroom <= {gpu_gb:g} GB.")

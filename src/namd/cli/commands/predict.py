@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "data.window_hu")
     p.add_argument("--k", type=int, default=None, help="number of virtual follow-ups (default: config)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: config)")
+    p.add_argument("--new-nodule", action="store_true",
+                   help="the nodule was not seen on an earlier screen: the readout categorises "
+                        "the baseline by Lung-RADS' new-nodule rules")
     p.add_argument("--out", default=None, help="folder for prediction.json, samples.npy, grid.png "
                                               f"(the first {GRID_MAX} follow-ups), written atomically")
     p.add_argument("--hash-ids", action="store_true",
@@ -146,17 +149,32 @@ def run(args: argparse.Namespace) -> int:
     else:
         pipe = NAMDPipeline.from_run(args.run, args.method, args.device, config=config)
     result = pipe.predict([raw], [ehr], k=args.k, num_inference_steps=args.steps, keys=[ident],
-                          units=args.units)[0]
+                          units=args.units, new_nodule=args.new_nodule)[0]
     print(result.report_sentence)
     print(f"evaluator on the baseline crop:        p = {result.p_baseline:.3f}")
     print(f"evaluator on {result.k} virtual follow-ups:   p = {result.p_followup_mean:.3f} "
           f"± {result.p_followup_std:.3f} (mean ± std over samples)")
     if result.brock is not None:
         print(f"Brock model (no image):                p = {result.brock:.3f}")
+    for line in readout_lines(result.readout):
+        print(line)
     if args.out:
         _write_outputs(args, config, pipe, result, crop, baseline, hasher)
         print(f"outputs: {args.out}")
     return 0
+
+
+def readout_lines(readout: dict) -> list[str]:
+    """The radiologist's readout as `namd predict` prints it: the baseline's categories, the
+    one-sentence summary of the follow-ups and the notice (nothing without a readout)."""
+    if not readout:
+        return []
+    base = readout["baseline_category"]
+    shown = {src: base[src].get("category") or base[src]["status"] for src in ("record", "image")}
+    return [f"Lung-RADS {readout['lung_rads']} at baseline: {shown['record']} (record), "
+            f"{shown['image']} (image); attenuation from the {readout['attenuation']['source']}",
+            f"readout of the {readout['k']} virtual follow-ups: {readout['summary']}",
+            readout["notice"]]
 
 
 def _write_outputs(args: argparse.Namespace, config, pipe, result, crop, baseline: dict,

@@ -88,6 +88,7 @@ def _estimate(config, run_dir: RunDir, method, device: str) -> str:
     nodules = len(pairs_to_sample(Cohort(run_dir.require("cohort", "sample")), s.split))
     cost = (safe_model_cost(run_files(run_dir, uses)) if {"cond", "vae"} <= set(uses)
             else None)
-    request = Request(nodules, s.k, methods.sampler_steps(config, method), config.data.crop_size,
+    request = Request(nodules, methods.sampling_of(config, method).k,
+                      methods.sampler_steps(config, method), config.data.crop_size,
                       s.guidance_scale != 1.0, s.max_batch, samples_in_memory=False)
     return estimate(request, cost, device, grids=min(s.grids, nodules)).line()

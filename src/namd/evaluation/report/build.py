@@ -22,6 +22,7 @@ from namd.evaluation import variance
 from namd.evaluation.reading import ok_rows, reading
 from namd.evaluation.report import figures as F
 from namd.evaluation.report import figures_examples as FX
+from namd.evaluation.report import methods_figure as MF
 from namd.evaluation.report.calibration import section_calibration
 from namd.evaluation.report.gap import section_gap
 from namd.evaluation.report.growth import section_growth
@@ -35,6 +36,7 @@ from namd.evaluation.report.html import (
 )
 from namd.evaluation.report.inputs import Context, MissingInput
 from namd.evaluation.report.known_futures import section_known_futures
+from namd.evaluation.report.lungrads import section_lungrads
 from namd.evaluation.report.table1 import table1
 from namd.evaluation.rows import row_label
 from namd.evaluation.schema import TABLE_FIELDS
@@ -256,6 +258,39 @@ def section_variance(ctx: Context) -> str:
     return body + (_p("No case for: " + "; ".join(absent) + ".") if absent else "")
 
 
+def section_methods(ctx: Context) -> str:
+    """Figure 3, extended: each sampled method's follow-up for the same test nodules."""
+    sampled = [m for m in methods.METHODS.values() if ctx.run.stage(m.samples).is_dir()]
+    if not sampled:
+        raise MissingInput(ctx.run.stage(methods.get(methods.REFERENCE).samples) / "samples.npy",
+                           methods.get(methods.REFERENCE).samples, ctx.run)
+    loaded = {m.name: ctx.samples(m.samples) for m in sampled}
+    index = next(iter(loaded.values()))[1]
+    known = index[index["followup_index"].notna() & index["label"].notna()]
+    pairs = [p for p in MF.common_pairs({n: i for n, (_, i) in loaded.items()})
+             if p in set(known["pair_id"])]
+    if not pairs:
+        raise ValueError("no test pair with a known follow-up and label is in every sample folder")
+    rows = known.set_index("pair_id").loc[pairs]
+    cohort = ctx.cohort()
+    base = cohort.images(rows["baseline_index"].astype(np.int64).to_numpy())
+    follow = cohort.images(rows["followup_index"].astype(np.int64).to_numpy())
+    labels = rows["label"].astype(int).to_numpy()
+    picked = MF.pick_pairs(MF.central_change(base, follow), labels)
+    chosen = [pairs[i] for i in picked]
+    shown = {}
+    for name, (samples, idx) in loaded.items():
+        where = {p: i for i, p in enumerate(idx["pair_id"])}
+        shown[name] = np.stack([np.asarray(samples[where[p]], np.float32) for p in chosen])
+    fig = MF.methods_figure(base[picked], follow[picked], shown, labels[picked], chosen,
+                            tuple(ctx.config.data.window_hu))
+    return ctx.figure("fig3_methods.png", fig,
+                      "Figure 3, extended: the same test nodules (per label, the largest, "
+                      "upper-quartile and median real change at the centre) through every "
+                      "method sampled in this run; sample 1 of a stochastic method (the same "
+                      "seed rule for all), the one follow-up of a deterministic one.")
+
+
 def section_running_variance(ctx: Context) -> str:
     """Figure 5: running variance against K for every evaluated generated variant."""
     df = ctx.per_nodule()
@@ -301,10 +336,13 @@ BUILDERS = (
      section_known_futures),
     ("gap", "Gap closure: how much of the way from baseline to follow-up does generation go?",
      section_gap),
+    ("lungrads", "What a radiologist reads: Lung-RADS, growth and doubling time",
+     section_lungrads),
     ("curves", "ROC and precision-recall curves", section_curves),
     ("calibration", "Calibration: does a probability mean what it says?", section_calibration),
     ("latent", "Figure 2: the latent space (t-SNE)", section_latent),
     ("variance", "Figure 3: prediction error and predictive variance", section_variance),
+    ("methods", "Figure 3, extended: every method on the same nodules", section_methods),
     ("running", "Figure 5: running variance against K", section_running_variance),
     ("provenance", "Configs and versions", section_provenance),
 )

@@ -1,0 +1,112 @@
+"""The report's section "What a radiologist reads": per row (the baseline's copy, the known
+futures when the cohort has them, every method sampled in the run, the real follow-up) the
+Lung-RADS readout of its K follow-ups on the test pairs, scored against what happened
+(namd.clinical.rows): weighted kappa of the most likely follow-up category, AUROC and Brier of
+P(growth > 1.5 mm) and of P(4A or higher), Brock's AUROC beside them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from namd.clinical import READOUT_NOTICE
+from namd.clinical.rows import BASELINE_COPY, KNOWN_FUTURES, REAL_FOLLOWUP, score_rows
+from namd.cohort.known_futures import read_known_futures
+from namd.config import methods
+from namd.config.readout import ReadoutConfig
+from namd.evaluation.report.html import esc
+from namd.evaluation.report.inputs import MissingInput
+
+if TYPE_CHECKING:
+    from namd.evaluation.report.inputs import Context
+
+TITLE = "What a radiologist reads: Lung-RADS, growth and doubling time against what happened"
+LABELS = {BASELINE_COPY: "copy of the baseline (no change)",
+          KNOWN_FUTURES: "known futures (the synthetic generator's own)",
+          REAL_FOLLOWUP: "real follow-up (through the measurement error: the ceiling)"}
+HEAD = ("<tr><th>Row</th><th>K</th><th>pairs</th><th>samples not measurable</th>"
+        "<th>weighted kappa (linear)</th><th>exact category</th>"
+        "<th>P(growth &gt; 1.5 mm): AUROC</th><th>Brier</th><th>recorded growth: AUROC</th>"
+        "<th>P(≥ 4A): AUROC</th><th>Brier</th><th>Brock AUROC (growth / ≥ 4A)</th></tr>")
+
+
+def _f(value: Any) -> str:
+    """Three decimals, – when absent or NaN."""
+    return "–" if value is None or value != value else f"{value:.3f}"
+
+
+def _row(name: str, s: dict[str, Any]) -> str:
+    """One table row."""
+    label = LABELS.get(name) or methods.get(name).label
+    cls = ' class="namd"' if name == methods.REFERENCE else ""
+    head = f"<tr{cls}><td>{esc(label)}<br><span class=muted>{esc(name)}</span></td>"
+    if s.get("status") != "ok":
+        return head + f"<td colspan=11 class=muted>{esc(s.get('status', 'not scored'))}</td></tr>"
+    g, h, rec, b = s["growth"], s["at_least_4a"], s.get("growth_recorded", {}), s.get("brock", {})
+    cells = (str(s["k"]), str(s["n"]), f"{s['not_measurable_share']:.1%}", _f(s["kappa_linear"]),
+             f"{s['exact_agreement']:.0%}", _f(g["auroc"]), _f(g["brier"]), _f(rec.get("auroc")),
+             _f(h["auroc"]), _f(h["brier"]),
+             f"{_f(b.get('auroc_growth'))} / {_f(b.get('auroc_at_least_4a'))}")
+    return head + "".join(f"<td class=num>{esc(c)}</td>" for c in cells) + "</tr>"
+
+
+def reliability_table(scores: dict[str, dict[str, Any]]) -> str:
+    """The reliability points of P(growth > 1.5 mm) and P(4A or higher) per row: per
+    equal-width bin holding pairs, mean predicted -> observed share (pairs)."""
+    def cells(points: list[dict[str, Any]]) -> str:
+        return "; ".join(f"{p['mean_prob']:.2f} → {p['frac_pos']:.2f} ({p['n']})" for p in points)
+
+    body = "".join(
+        f"<tr><td>{esc(LABELS.get(name) or methods.get(name).label)}</td>"
+        f"<td>{esc(cells(s['growth']['reliability']))}</td>"
+        f"<td>{esc(cells(s['at_least_4a']['reliability']))}</td></tr>"
+        for name, s in scores.items() if s.get("status") == "ok")
+    return ("<table><tr><th>Row</th><th>reliability of P(growth &gt; 1.5 mm): predicted → "
+            "observed (pairs)</th><th>reliability of P(≥ 4A)</th></tr>" + body + "</table>")
+
+
+def _samples(ctx: Context) -> tuple[dict[str, Any], list[str]]:
+    """Each sampled method's (samples, index) and the test pairs (with a follow-up and a label)
+    that every one of them holds, in the first one's order."""
+    sampled = [m for m in methods.METHODS.values() if ctx.run.stage(m.samples).is_dir()]
+    if not sampled:
+        first = methods.get(methods.REFERENCE)
+        raise MissingInput(ctx.run.stage(first.samples) / "samples.npy", first.samples, ctx.run)
+    loaded = {m.name: ctx.samples(m.samples) for m in sampled}
+    index = next(iter(loaded.values()))[1]
+    known = index[index["followup_index"].notna() & index["label"].notna()]
+    held = [set(i["pair_id"]) for _, i in loaded.values()]
+    return loaded, [p for p in known["pair_id"] if all(p in h for h in held)]
+
+
+def section_lungrads(ctx: Context) -> str:
+    """The per-row readout table with how it was made."""
+    loaded, pairs = _samples(ctx)
+    if not pairs:
+        raise ValueError("no test pair with a known follow-up and label is in every sample folder")
+    cohort = ctx.cohort()
+    table = cohort.pairs("test").set_index("pair_id").loc[pairs].reset_index()
+    rows = {}
+    for name, (samples, index) in loaded.items():
+        where = {p: i for i, p in enumerate(index["pair_id"])}
+        rows[name] = np.stack([np.asarray(samples[where[p]], np.float32) for p in pairs])
+    known = read_known_futures(cohort.path)
+    futures = None
+    if not isinstance(known, str) and set(pairs) <= set(known.pair_ids):
+        futures = known.of(pairs)[:, :known.reference]
+    cfg = getattr(ctx.config, "readout", None) or ReadoutConfig()
+    scores = score_rows(cohort, table, rows, cfg, futures)
+    ctx.facts["lungrads"] = scores
+    intro = (f"{len(pairs)} test pairs. Each row's K follow-ups of a nodule are measured by the "
+             f"project's one measurer and read by Lung-RADS v{cfg.version} (namd.clinical; "
+             f"{cfg.draws} drawn measurement errors per sample); what happened is the real "
+             "follow-up crop against the real baseline, measured the same way (recorded growth: "
+             "the cohort's recorded diameters). Kappa and the exact share compare the most likely "
+             "follow-up category with the real one; the AUROCs and Brier scores score "
+             "P(growth > 1.5 mm) and P(4A or higher); Brock's AUROC (record only) on the same pairs "
+             "is beside them. docs/readout.md says how each number is made.")
+    body = "".join(_row(name, s) for name, s in scores.items())
+    return (f"<p>{esc(intro)}</p><table>{HEAD}{body}</table>{reliability_table(scores)}"
+            f"<p class=muted>{esc(READOUT_NOTICE)}</p>")
