@@ -15,6 +15,8 @@ once (a quantile already taken moves to the next smaller change).
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -51,8 +53,9 @@ def pick_pairs(change: np.ndarray, labels: np.ndarray) -> list[int]:
 
 
 def short_label(name: str) -> str:
-    """A method's column title: its label without the long qualifiers."""
-    return methods.get(name).label.split(" (generated")[0].replace(", fine-tuned", "")
+    """A method's column title: its label without the long qualifiers, wrapped to the column."""
+    label = methods.get(name).label.split(" (generated")[0].replace(", fine-tuned", "")
+    return textwrap.fill(label, 18)
 
 
 def methods_figure(baseline: np.ndarray, followup: np.ndarray, shown: dict[str, np.ndarray],
