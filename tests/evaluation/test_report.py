@@ -244,11 +244,11 @@ def test_full_run_renders_every_section_with_embedded_figures(full_run):
     assert _statuses(text) == {key: "ok" for key in SECTION_KEYS}
     assert 'class="missing"' not in text and 'class="error"' not in text
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(embedded) == 7
+    assert len(embedded) == 8
     assert all(base64.b64decode(e).startswith(PNG) for e in embedded)
     for name in ("roc_pr.png", "calibration_reliability.png", "fig2_tsne.png",
                  "fig3_error_variance.png", "fig3_examples.png", "fig3_methods.png",
-                 "fig5_running_variance.png"):
+                 "fig5_running_variance.png", "readout_reliability.png"):
         assert (run.stage("report") / name).read_bytes().startswith(PNG)
     assert "and 0." in text.split("latent t-SNE")[1][:200]  # both maps measured (with / without)
     assert "Stages" in text and "torch" in text

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
 from namd.clinical import READOUT_NOTICE
 from namd.clinical.rows import BASELINE_COPY, KNOWN_FUTURES, REAL_FOLLOWUP, score_rows
@@ -67,6 +69,28 @@ def reliability_table(scores: dict[str, dict[str, Any]]) -> str:
             "observed (pairs)</th><th>reliability of P(≥ 4A)</th></tr>" + body + "</table>")
 
 
+def reliability_figure(scores: dict[str, dict[str, Any]]) -> Figure:
+    """Reliability diagrams of P(growth > 1.5 mm) and P(4A or higher): per row its binned mean
+    predicted probability against the observed share, the diagonal being perfect calibration."""
+    fig = Figure(figsize=(10, 5.4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    colours = colormaps["tab20"]  # one colour per row: the table has more rows than tab10
+    for ax, key, title in ((axes[0], "growth", "P(growth > 1.5 mm)"),
+                           (axes[1], "at_least_4a", "P(4A or higher)")):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+        for i, (name, s) in enumerate(scores.items()):
+            points = s.get(key, {}).get("reliability") if s.get("status") == "ok" else None
+            if points:
+                ax.plot([p["mean_prob"] for p in points], [p["frac_pos"] for p in points],
+                        marker="o", ms=3, lw=2.0 if name == methods.REFERENCE else 0.9,
+                        color=colours(i % 20), label=LABELS.get(name) or methods.get(name).label)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability (bin)",
+               ylabel="observed share", title=title)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)
+    return fig
+
+
 def _samples(ctx: Context) -> tuple[dict[str, Any], list[str]]:
     """Each sampled method's (samples, index) and the test pairs (with a follow-up and a label)
     that every one of them holds, in the first one's order."""
@@ -108,5 +132,8 @@ def section_lungrads(ctx: Context) -> str:
              "P(growth > 1.5 mm) and P(4A or higher); Brock's AUROC (record only) on the same pairs "
              "is beside them. docs/readout.md says how each number is made.")
     body = "".join(_row(name, s) for name, s in scores.items())
-    return (f"<p>{esc(intro)}</p><table>{HEAD}{body}</table>{reliability_table(scores)}"
+    diagram = ctx.figure("readout_reliability.png", reliability_figure(scores),
+                         "Reliability of the readout's probabilities against what happened, per "
+                         "row (the dashed diagonal: perfectly calibrated).")
+    return (f"<p>{esc(intro)}</p><table>{HEAD}{body}</table>{diagram}{reliability_table(scores)}"
             f"<p class=muted>{esc(READOUT_NOTICE)}</p>")
