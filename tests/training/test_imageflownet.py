@@ -28,7 +28,8 @@ from namd.config.imageflownet import (
     ImageFlowNetReconConfig,
     ImageFlowNetUNetConfig,
 )
-from namd.inference.imageflownet_sampler import ImageFlowNetConditioning, ImageFlowNetSampler
+from namd.inference.imageflownet_sampler import ImageFlowNetSampler
+from namd.inference.sampler import PixelConditioning
 from namd.models.imageflownet import build_model, sizing_parts, stage_train_config
 from namd.run.contract import RunFileError
 from namd.run.layout import RunDir
@@ -123,9 +124,9 @@ def _sampler(scale: float, seed: int = 2) -> ImageFlowNetSampler:
     return ImageFlowNetSampler(model, SIZE, WINDOW)
 
 
-def _cond(rows) -> ImageFlowNetConditioning:
+def _cond(rows) -> PixelConditioning:
     x1, _ = _discs(4, seed=7)
-    return ImageFlowNetConditioning([f"pair{i}" for i in rows], x1[rows])
+    return PixelConditioning([f"pair{i}" for i in rows], x1[rows])
 
 
 def test_without_diffusion_the_sampler_is_deterministic():

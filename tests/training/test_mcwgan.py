@@ -16,7 +16,8 @@ from helpers import SIZE, flip_bit, write_tiny_cohort
 from namd.cohort.store import Cohort
 from namd.config import SamplingConfig, TrainConfig, load_config, methods, save_config
 from namd.config.mcwgan import McWGANClassifierConfig, McWGANConfig
-from namd.inference.mcwgan_sampler import McWGANConditioning, McWGANSampler
+from namd.inference.mcwgan_sampler import McWGANSampler
+from namd.inference.sampler import PixelConditioning
 from namd.models.mcwgan import (
     build_classifier,
     build_critic,
@@ -200,7 +201,7 @@ def test_stage_writes_its_files_and_the_sampler_is_deterministic(mcwgan_run):
     assert one.shape == (8, 3, 1, SIZE, SIZE)
     torch.testing.assert_close(one, many, rtol=0, atol=1e-6)  # no seed, no batch in it
     torch.testing.assert_close(many[:, 1:], many[:, :1].expand(-1, 2, -1, -1, -1), rtol=0, atol=1e-6)
-    alone = sampler.generate(McWGANConditioning(cond.keys[2:3], cond.baseline[2:3]), SamplingConfig(k=1),
+    alone = sampler.generate(PixelConditioning(cond.keys[2:3], cond.baseline[2:3]), SamplingConfig(k=1),
                              show_progress=False)
     torch.testing.assert_close(alone[0, 0], many[2, 0], rtol=0, atol=1e-6)
     crops = sampler.decode(many[:, 0])

@@ -27,7 +27,7 @@ import torch
 
 from namd.cohort.imaging import hu_to_unit, unit_to_hu
 from namd.config import NamdConfig, SamplingConfig
-from namd.inference.sampler import draw_latents, seeded_noise
+from namd.inference.sampler import draw_latents, finished_stage, seeded_noise
 from namd.models.corrflownet import (
     AE_WEIGHTS,
     CorrAutoencoder,
@@ -36,7 +36,6 @@ from namd.models.corrflownet import (
     load_flow,
     velocity,
 )
-from namd.run.contract import RunFileError
 from namd.run.layout import RunDir
 from namd.run.provenance import RUN_INFO, file_sha256
 from namd.run.readers import read_json
@@ -82,11 +81,7 @@ class CorrFlowNetSampler:
                  device: torch.device | str = "cpu", sde_scale: float = 0.0) -> CorrFlowNetSampler:
         """Load both stages (finished, agreeing with the config); refuses an autoencoder changed
         since the flow was trained on it. A missing or damaged file: RunFileError naming it."""
-        folders = {kind: run.require(dirs[kind], "sample") for kind in ("autoencoder", "cond")}
-        for kind, path in folders.items():
-            if not run.is_done(dirs[kind]):
-                raise RunFileError(path / RUN_INFO, "missing or not complete: the stage did not finish")
-            run.agree(config, dirs[kind])
+        folders = {kind: finished_stage(run, dirs[kind], config) for kind in ("autoencoder", "cond")}
         ae, _ = load_autoencoder(folders["autoencoder"], device)
         net, spec = load_flow(folders["cond"], device)
         trained_on = read_json(folders["cond"] / RUN_INFO).get("autoencoder_sha256")

@@ -17,32 +17,23 @@ starts from the baseline. The "latents" are the follow-up crops themselves, (1, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from namd.cohort.imaging import hu_to_unit, unit_to_hu
 from namd.config import NamdConfig, SamplingConfig
-from namd.inference.sampler import draw_latents, seeded_noise
+from namd.inference.sampler import (
+    PixelConditioning,
+    draw_latents,
+    finished_stage,
+    pixels_to_hu,
+    seeded_noise,
+)
 from namd.models.imageflownet import ALL_PARTS, ImageFlowNet, load_model
-from namd.run.contract import RunFileError
 from namd.run.layout import RunDir
-from namd.run.provenance import RUN_INFO
 
 SOLVER = "euler_maruyama"
-
-
-@dataclass
-class ImageFlowNetConditioning:
-    """Per nodule: keys (N pair ids) and baselines (N, 1, H, W) in window units."""
-
-    keys: list[str]
-    baseline: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.keys)
 
 
 class ImageFlowNetSampler:
@@ -58,10 +49,7 @@ class ImageFlowNetSampler:
                  device: torch.device | str = "cpu") -> ImageFlowNetSampler:
         """Load cond_imageflownet (finished, trained under a config that agrees with `config`);
         a missing or damaged file is a RunFileError naming it."""
-        cond_dir = run.require(dirs["cond"], "sample")
-        if not run.is_done(dirs["cond"]):
-            raise RunFileError(cond_dir / RUN_INFO, "missing or not complete: the stage did not finish")
-        run.agree(config, dirs["cond"])
+        cond_dir = finished_stage(run, dirs["cond"], config)
         model, spec = load_model(cond_dir, ALL_PARTS, device)
         if int(spec["image_size"]) != config.data.crop_size:
             raise ValueError(f"{cond_dir} was trained on {spec['image_size']} px crops, the run's "
@@ -75,10 +63,9 @@ class ImageFlowNetSampler:
         return 1, self.size, self.size
 
     def conditioning(self, keys: Sequence[str], baselines_hu: np.ndarray, ehrs: Sequence,
-                     batch: int = 16) -> ImageFlowNetConditioning:
+                     batch: int = 16) -> PixelConditioning:
         """The baselines in window units (the record is not used: image only)."""
-        crops = torch.from_numpy(np.asarray(baselines_hu, dtype=np.float32))
-        return ImageFlowNetConditioning(list(keys), hu_to_unit(crops, self.window)[:, None].contiguous())
+        return PixelConditioning.of(keys, baselines_hu, self.window)
 
     def info(self) -> dict[str, Any]:
         """How it samples, for the sample stage's run_info.json."""
@@ -86,7 +73,7 @@ class ImageFlowNetSampler:
                 "noise": "per sample generator, one draw per Euler-Maruyama step"}
 
     @torch.inference_mode()
-    def generate(self, cond: ImageFlowNetConditioning, cfg: SamplingConfig,
+    def generate(self, cond: PixelConditioning, cfg: SamplingConfig,
                  show_progress: bool = True) -> torch.Tensor:
         """(N, K, 1, H, W) follow-ups in window units, K = cfg.k draws of the SDEs per nodule."""
         dtype = next(self.model.parameters()).dtype
@@ -104,4 +91,4 @@ class ImageFlowNetSampler:
 
     def decode(self, latents: torch.Tensor, batch: int = 16) -> np.ndarray:
         """(M, 1, H, W) window units -> (M, H, W) crops in HU (clipped to the window)."""
-        return unit_to_hu(latents[:, 0].float().cpu(), self.window).numpy().astype(np.float32)
+        return pixels_to_hu(latents, self.window)

@@ -13,29 +13,17 @@ under the run's window.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from namd.cohort.imaging import hu_to_unit, unit_to_hu
 from namd.config import NamdConfig, SamplingConfig
+from namd.inference.sampler import PixelConditioning, finished_stage, pixels_to_hu
 from namd.models.mcwgan import PREDICTOR, Predictor, load_predictor
 from namd.run.contract import RunFileError
 from namd.run.layout import RunDir
-from namd.run.provenance import RUN_INFO, progress
-
-
-@dataclass
-class McWGANConditioning:
-    """Per nodule: keys (N pair ids) and the baseline in window units (N, 1, H, W)."""
-
-    keys: list[str]
-    baseline: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.keys)
+from namd.run.provenance import progress
 
 
 class McWGANSampler:
@@ -50,10 +38,7 @@ class McWGANSampler:
                  device: torch.device | str = "cpu") -> McWGANSampler:
         """Load RUN/cond_mcwgan (finished, trained under a config that agrees with this one);
         a missing or damaged file is a RunFileError naming it."""
-        cond_dir = run.require(dirs["cond"], "sample")
-        if not run.is_done(dirs["cond"]):
-            raise RunFileError(cond_dir / RUN_INFO, "missing or not complete: the stage did not finish")
-        run.agree(config, dirs["cond"])
+        cond_dir = finished_stage(run, dirs["cond"], config)
         predictor, spec = load_predictor(cond_dir, device)
         window = tuple(float(v) for v in spec["window_hu"])
         if window != tuple(float(v) for v in config.data.window_hu):
@@ -72,13 +57,12 @@ class McWGANSampler:
                 "space": "pixels, HU window mapped to [-1, 1]"}
 
     def conditioning(self, keys: Sequence[str], baselines_hu: np.ndarray, ehrs: Sequence,
-                     batch: int = 16) -> McWGANConditioning:
+                     batch: int = 16) -> PixelConditioning:
         """The baselines in window units (image only: the records are not used)."""
-        base = torch.from_numpy(hu_to_unit(np.asarray(baselines_hu, np.float32), self.window))
-        return McWGANConditioning(list(keys), base.float()[:, None])
+        return PixelConditioning.of(keys, baselines_hu, self.window)
 
     @torch.inference_mode()
-    def generate(self, cond: McWGANConditioning, cfg: SamplingConfig,
+    def generate(self, cond: PixelConditioning, cfg: SamplingConfig,
                  show_progress: bool = True) -> torch.Tensor:
         """(N, K, 1, H, W): each nodule's one prediction (cfg.max_batch nodules per call),
         repeated for every k: K costs nothing, and no seed enters."""
@@ -92,4 +76,4 @@ class McWGANSampler:
 
     def decode(self, latents: torch.Tensor, batch: int = 16) -> np.ndarray:
         """(M, 1, H, W) window units -> (M, H, W) float32 HU (clipped to the window)."""
-        return unit_to_hu(latents[:, 0].float().cpu().numpy(), self.window).astype(np.float32)
+        return pixels_to_hu(latents, self.window)

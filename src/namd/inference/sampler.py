@@ -27,6 +27,7 @@ import torch
 
 import namd.models.context as context_module
 import namd.models.context_factory as context_factory
+from namd.cohort.imaging import hu_to_unit, unit_to_hu
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig, SamplingConfig, TextConfig
 from namd.config.diffusion import check_sampling_steps
@@ -149,6 +150,40 @@ def sample_latents(unet: torch.nn.Module, train_schedule: dict[str, Any], cond: 
 
     per_call = max(1, cfg.max_batch // (2 if cfg.guidance_scale != 1.0 else 1))
     return draw_latents(cond.keys, cfg, latent_shape, dtype, device, run, per_call, show_progress)
+
+
+def finished_stage(run: RunDir, folder: str, config: NamdConfig) -> Path:
+    """RUN/<folder> for a sampler to read: finished (else a RunFileError on its run_info.json)
+    and trained under a config that agrees with `config` (RunDir.agree)."""
+    path = run.require(folder, "sample")
+    if not run.is_done(folder):
+        raise RunFileError(path / RUN_INFO, "missing or not complete: the stage did not finish")
+    run.agree(config, folder)
+    return path
+
+
+@dataclass
+class PixelConditioning:
+    """A pixel-space method's per-nodule input: keys (N pair ids) and the baselines in the HU
+    window's [-1, 1] units, (N, 1, H, W) (the record unused: image only)."""
+
+    keys: list[str]
+    baseline: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def of(cls, keys: Sequence[str], baselines_hu: np.ndarray,
+           window: tuple[float, float]) -> PixelConditioning:
+        """The baselines (N, H, W) HU mapped to window units."""
+        crops = torch.from_numpy(np.asarray(baselines_hu, dtype=np.float32))
+        return cls(list(keys), hu_to_unit(crops, window)[:, None].float().contiguous())
+
+
+def pixels_to_hu(images: torch.Tensor, window: tuple[float, float]) -> np.ndarray:
+    """(M, 1, H, W) window units -> (M, H, W) float32 HU (clipped to the window)."""
+    return unit_to_hu(images[:, 0].float().cpu(), window).numpy().astype(np.float32)
 
 
 @torch.inference_mode()
