@@ -57,8 +57,10 @@ def one_run(run: Path, n: int) -> dict:
             "best_val": _losses(run)}
 
 
-def resample(run: Path, n: int, steps: list[int]) -> list[dict]:
-    """The same nodules and seeds redrawn by NAMD's trained model with other sampler steps."""
+def resample(run: Path, n: int, steps: list[str]) -> list[dict]:
+    """The same nodules and seeds redrawn by NAMD's trained model with other sampler steps; a
+    step count may end in 't' for DDIM's 'trailing' spacing ('5t': t = 999, 799, ..., 199), else
+    the run's own spacing."""
     import torch
 
     from namd.cohort.store import Cohort
@@ -72,14 +74,16 @@ def resample(run: Path, n: int, steps: list[int]) -> list[dict]:
     pairs = pairs_to_sample(cohort, "test").head(n)
     out = []
     for s in steps:
-        cfg = validated_update(config, {"sampling.steps": s})
+        spacing = ({"sampling.timestep_spacing": "trailing", "sampling.steps_offset": 0}
+                   if s.endswith("t") else {})
+        cfg = validated_update(config, {"sampling.steps": int(s.rstrip("t")), **spacing})
         sampler = FollowUpSampler.from_run(rd, methods.get("namd").uses, cfg, "cpu")
         cond = sampler.conditioning(pairs["pair_id"].tolist(), cohort.images(pairs["baseline_index"]),
                                     [Cohort.ehr(r) for _, r in pairs.iterrows()], 16)
         latents = sampler.generate(cond, cfg.sampling, show_progress=False)
         k = latents.shape[1]
         images = sampler.decode(latents.reshape(-1, *latents.shape[2:]), 16).reshape(len(pairs), k, *cohort.images([0]).shape[1:])
-        out.append({"steps": s, **_measured(images, config.data.pixel_spacing_mm)})
+        out.append({"steps": s, "spacing": cfg.sampling.timestep_spacing, **_measured(images, config.data.pixel_spacing_mm)})
     return out
 
 
@@ -96,8 +100,9 @@ def markdown(record: dict) -> str:
                      f"{v['prior']:.3f} | {v['cond']:.3f} | {v['cond'] / v['prior']:.2f} |")
     if record.get("resampled"):
         lines += ["", f"NAMD's model of {record['resample_run']} redrawn (same nodules, same seeds):", "",
-                  "| sampler steps | density (HU) | diameter (mm) |", "|---|---|---|"]
-        lines += [f"| {r['steps']} | {r['density_hu']:.1f} | {r['diameter_mm']:.2f} |" for r in record["resampled"]]
+                  "| sampler steps | spacing | density (HU) | diameter (mm) |", "|---|---|---|---|"]
+        lines += [f"| {str(r['steps']).rstrip('t')} | {r.get('spacing', 'leading')} | {r['density_hu']:.1f} | "
+                  f"{r['diameter_mm']:.2f} |" for r in record["resampled"]]
     return "\n".join(lines) + "\n"
 
 
@@ -106,7 +111,8 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", required=True, help="finished demo runs")
     parser.add_argument("--nodules", type=int, default=120)
     parser.add_argument("--resample", default=None, help="a run whose NAMD model redraws the nodules")
-    parser.add_argument("--steps", default="5,10,20")
+    parser.add_argument("--steps", default="5,10,20", help="sampler steps to redraw with; '5t' = "
+                        "DDIM 5 with 'trailing' spacing")
     parser.add_argument("--out", default=str(HERE / "results" / "nodule_density"))
     args = parser.parse_args()
     load = start_load()
@@ -116,7 +122,7 @@ def main() -> None:
               "runs": [one_run(Path(r), args.nodules) for r in args.runs]}
     if args.resample:
         record["resample_run"] = args.resample
-        record["resampled"] = resample(Path(args.resample), args.nodules, [int(s) for s in args.steps.split(",")])
+        record["resampled"] = resample(Path(args.resample), args.nodules, args.steps.split(","))
     record["machine"] = machine(load)
     publish(args.out, record, markdown)
 

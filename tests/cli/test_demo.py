@@ -80,3 +80,13 @@ def test_predict_one_new_patient(demo_run, tmp_path, capsys):
     assert 0.0 <= result["p_followup_mean"] <= 1.0
     assert np.load(out / "samples.npy").shape == (3, 64, 64)
     assert "Lung cancer screening" in capsys.readouterr().out
+
+
+def test_demo_refuses_a_change_its_stages_would_ignore(demo_run, capsys):
+    """A --set on an existing run differs from RUN/config.yaml, which every stage reads: refused
+    in one line naming the field, and nothing of the run is touched."""
+    saved = (demo_run / "config.yaml").read_bytes()
+    assert main(["demo", "--out", str(demo_run), "--jobs", "1", "--set", "sampling.steps_offset=1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sampling.steps_offset = 0, not 1" in err and "config.yaml" in err
+    assert (demo_run / "config.yaml").read_bytes() == saved

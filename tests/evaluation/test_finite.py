@@ -19,6 +19,7 @@ from namd.evaluation import evaluate, measure, quality
 from namd.evaluation.report.build import build_report
 from namd.evaluation.report.html import quality_table
 from namd.evaluation.report.inputs import Context
+from namd.evaluation.schema import SCHEMA_VERSION
 from namd.inference.sample_stage import write_sample_stage
 from namd.inference.sampler import pairs_to_sample
 from namd.run.contract import RunFileError
@@ -198,7 +199,7 @@ def _metrics_file(run: RunDir, metrics: dict) -> None:
 
 def _ok_metrics() -> dict:
     stat = {"mean": 0.7, "std": 0.01, "ci95": [0.6, 0.8]}
-    return {"schema_version": 3, "split": "test", "n_test": 10, "n_malignant": 3, "k": 2,
+    return {"schema_version": SCHEMA_VERSION, "split": "test", "n_test": 10, "n_malignant": 3, "k": 2,
             "rows": [{"name": "real_baseline", "status": "ok", "k": 1, "auroc": dict(stat),
                       "auprc": dict(stat)}]}
 

@@ -20,6 +20,7 @@ from namd.config import load_config, methods
 from namd.evaluation import evaluate
 from namd.evaluation.report.build import build_report
 from namd.evaluation.report.inputs import Context
+from namd.evaluation.schema import SCHEMA_VERSION
 from namd.evaluation.table_text import format_table, k_differs
 from namd.inference.model_card import write_model_card
 from namd.inference.sample_stage import write_sample_stage
@@ -166,10 +167,10 @@ def test_samples_older_than_their_retrained_weights_are_refused(evaluated, tmp_p
 
 @pytest.mark.parametrize("metrics, message", [
     ({}, "lacks schema_version, rows"),
-    ({"schema_version": 3, "rows": []}, "lacks split, which the tables state"),
-    ({"schema_version": 3, "rows": [], "split": "test", "n_test": 0, "n_malignant": 0, "k": 2},
+    ({"schema_version": SCHEMA_VERSION, "rows": []}, "lacks split, which the tables state"),
+    ({"schema_version": SCHEMA_VERSION, "rows": [], "split": "test", "n_test": 0, "n_malignant": 0, "k": 2},
      "n_test is 0, not a valid value"),
-    ({"schema_version": 3, "rows": [{"name": "namd"}], "split": "test"},
+    ({"schema_version": SCHEMA_VERSION, "rows": [{"name": "namd"}], "split": "test"},
      "rows[0] is not an object with a name and a status"),
 ])
 def test_metrics_without_what_the_tables_state_are_refused(tmp_path, capsys, metrics, message):

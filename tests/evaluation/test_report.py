@@ -101,6 +101,7 @@ def make_metrics(n_mal: int, namd: float = 0.80, base: float = 0.70,
                                   "per_sample_mae_hu": 95.0, "spread_over_k_hu": 33.0, "k": K,
                                   "n": N_TEST}},
             "growth": GROWTH, "gap_closure": GAP_CLOSURE, "known_futures": KNOWN_FUTURES,
+            "readout": READOUT,
             "probability": "calibrated (Platt, validation split)",
             "calibration": CALIBRATION}
 
@@ -163,6 +164,21 @@ CALIBRATION = {"method": "platt", "status": "ok", "slope": 0.62, "intercept": -1
                         "namd": {"status": "ok", "k": K, "raw": _measures(0.30, 0.25),
                                  "calibrated": _measures(0.15, 0.04)},
                         "null_context": {"status": "not run: samples_null_context not found"}}}
+
+
+def _readout_row(k: int, auroc: float) -> dict:
+    """One row of the readout block as namd.clinical.rows.score_row gives it."""
+    def prob(a: float) -> dict:
+        return {"auroc": a, "brier": 0.2, "reliability": [{"mean_prob": 0.2, "frac_pos": 0.3, "n": 5},
+                                                          {"mean_prob": 0.7, "frac_pos": 0.6, "n": 3}]}
+    return {"status": "ok", "k": k, "n": 8, "not_measurable_share": 0.0, "kappa_linear": 0.5,
+            "exact_agreement": 0.6, "growth": prob(auroc), "at_least_4a": prob(auroc - 0.1),
+            "growth_recorded": {"auroc": auroc}, "brock": {"auroc_growth": 0.7, "auroc_at_least_4a": 0.6}}
+
+
+READOUT = {"status": "ok", "n": 8, "version": "2022", "draws": 25,
+           "rows": {"baseline_copy": _readout_row(1, 0.55), "namd": _readout_row(K, 0.61),
+                    "real_followup": _readout_row(1, 0.97)}}
 
 
 BASELINE_USE = {"n_pairs": 56, "loss_true": 0.03, "loss_shuffled": 0.12, "loss_prior": 0.07,

@@ -125,7 +125,9 @@ def test_the_steps_rule_is_what_the_schedulers_do(config, changes):
 
 
 def test_steps_past_the_schedule_are_one_line_with_the_allowed_range(config):
-    assert max_sampling_steps(config.sampling, 1000) == 999  # DDIM 'leading' + 1, the default
+    assert max_sampling_steps(config.sampling, 1000) == 1000  # DDIM 'trailing', the CPU default
+    config = validated_update(config, {"sampling.timestep_spacing": "leading", "sampling.steps_offset": 1})
+    assert max_sampling_steps(config.sampling, 1000) == 999  # DDIM 'leading' + 1, the paper preset
     assert with_sampling(config, steps=999).sampling.steps == 999
     with pytest.raises(ValueError, match=r"^sampling\.steps = 1000 exceeds the schedule: ddim with "
                                          r"'leading' spacing and steps_offset 1 over 1000 training "
@@ -141,10 +143,10 @@ def test_cli_refuses_steps_past_the_schedule_before_any_model(config_only_run, c
     d = config_only_run
     argv = (["predict", "--run", str(d / "run"), "--ehr", str(d / "e.json"), "--crop", str(d / "c.npy")]
             if command == "predict" else ["sample", "--run", str(d / "run")])
-    assert main([*argv, "--steps", "1000"]) == 1
+    assert main([*argv, "--steps", "1001"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "sampling.steps = 1000 exceeds the schedule" in err[0]
-    assert "allows 1 to 999 steps" in err[0] and "IndexError" not in err[0]
+    assert len(err) == 1 and "sampling.steps = 1001 exceeds the schedule" in err[0]
+    assert "allows 1 to 1000 steps" in err[0] and "IndexError" not in err[0]
 
 
 def test_the_api_and_serve_refuse_steps_past_the_schedule(tiny_run):
@@ -154,29 +156,29 @@ def test_the_api_and_serve_refuse_steps_past_the_schedule(tiny_run):
     from namd.serve.session import Session
 
     crop = disc(3, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="allows 1 to 999 steps"):
-        predict_patient(tiny_run, crop, EHR(), steps=1000)  # before the model loads
+    with pytest.raises(ValueError, match="allows 1 to 1000 steps"):
+        predict_patient(tiny_run, crop, EHR(), steps=1001)  # before the model loads
     pipe = NAMDPipeline.from_run(tiny_run, device="cpu")
-    with pytest.raises(ValueError, match="allows 1 to 999 steps"):
-        pipe.predict([crop], [EHR()], k=1, num_inference_steps=1000)
-    with pytest.raises(ValueError, match="allows 1 to 999 steps"):
-        pipe(np.stack([crop]), [EHR()], k=1, num_inference_steps=1000)
+    with pytest.raises(ValueError, match="allows 1 to 1000 steps"):
+        pipe.predict([crop], [EHR()], k=1, num_inference_steps=1001)
+    with pytest.raises(ValueError, match="allows 1 to 1000 steps"):
+        pipe(np.stack([crop]), [EHR()], k=1, num_inference_steps=1001)
     session = Session(pipe)
     try:
-        with pytest.raises(ValueError, match="allows 1 to 999 steps"):
-            session.sampling(2, 1000, 23)
-        assert session.sampling(2, 999, 23) == (2, 999, 23)
+        with pytest.raises(ValueError, match="from 1 to 1000"):
+            session.sampling(2, 1001, 23)
+        assert session.sampling(2, 1000, 23) == (2, 1000, 23)
     finally:
         session.close()
 
 
 def test_a_saved_config_with_bad_steps_is_caught_too(config_only_run, capsys):
     d = config_only_run
-    config = load_config(base=json.loads(json.dumps(load_config("tiny", overrides=[*TINY, "sampling.steps=1000"])
+    config = load_config(base=json.loads(json.dumps(load_config("tiny", overrides=[*TINY, "sampling.steps=1001"])
                                                      .model_dump(mode="json"))))
     save_config(config, d / "run" / "config.yaml")
     assert main(["predict", "--run", str(d / "run"), "--ehr", str(d / "e.json"), "--crop", str(d / "c.npy")]) == 1
-    assert "sampling.steps = 1000 exceeds the schedule" in capsys.readouterr().err
+    assert "sampling.steps = 1001 exceeds the schedule" in capsys.readouterr().err
 
 
 def test_a_scan_crop_without_lung_names_the_centre(config_only_run, capsys):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from namd.config import DiffusionConfig, SamplingConfig
+from namd.config import DiffusionConfig, SamplingConfig, load_config
 from namd.models.schedules import (
     as_epsilon,
     load_scheduler_config,
@@ -30,13 +30,23 @@ def test_scaled_linear_is_the_compvis_linear_schedule():
     assert paper.config.prediction_type == "epsilon"
 
 
-def test_ddim_uses_compvis_uniform_timesteps(tmp_path):
+def test_ddim_uses_compvis_uniform_timesteps_in_the_paper_preset(tmp_path):
     save_scheduler(training_scheduler(DiffusionConfig()), tmp_path)
-    ddim = sampling_scheduler(load_scheduler_config(tmp_path), SamplingConfig(steps=50))
+    paper = load_config("paper", overrides=["require_pretrained=false"]).sampling
+    ddim = sampling_scheduler(load_scheduler_config(tmp_path), paper)
     # ldm ddim: make_ddim_timesteps("uniform", 50, 1000) = range(0, 1000, 20) + 1
     assert ddim.timesteps.tolist() == list(range(981, 0, -20))
     assert not ddim.config.set_alpha_to_one and not ddim.config.clip_sample
     assert float(ddim.final_alpha_cumprod) == pytest.approx(float(ddim.alphas_cumprod[0]))
+
+
+def test_the_cpu_sampler_starts_from_pure_noise(tmp_path):
+    """DDIM 5 with trailing timesteps starts at t = T - 1 (alpha_bar 0.005), not at 'leading' + 1's
+    t = 801 (alpha_bar 0.037), where the starting noise would be read as signal."""
+    save_scheduler(training_scheduler(DiffusionConfig()), tmp_path)
+    ddim = sampling_scheduler(load_scheduler_config(tmp_path), SamplingConfig())
+    assert ddim.timesteps.tolist() == [999, 799, 599, 399, 199]
+    assert float(ddim.alphas_cumprod[999]) < 0.005 < 0.03 < float(ddim.alphas_cumprod[801])
 
 
 def test_dpmsolver_and_errors():

@@ -43,7 +43,7 @@ from namd.run.contract import RunFile, RunFileError, contracts, sampler_reader
 from namd.run.layout import RunDir
 from namd.run.readers import check_safetensors
 from namd.training import imageflownet as imageflownet_stage
-from namd.training.latents import LatentStore, cache_path, load_or_build
+from namd.training.latents import LatentStore, cache_path, load_or_build, rotations_needed
 from namd.training.mcwgan import read_classifier
 
 # The folders of a run of NAMD and the compared methods, without the ablations (whose folders
@@ -327,8 +327,10 @@ def test_damage_that_parses_is_refused(finished, tmp_path, folder, file, damage,
         MEANING[damage](path)
     call = READERS[reader]
     if file.rebuilt:
-        store = call(Case(run, folder, finished))
-        assert isinstance(store, LatentStore) and bool(torch.isfinite(store.latents).all())
+        store = call(Case(run, folder, finished))  # rebuilt: every entry a stage reads is finite
+        needed = torch.from_numpy(rotations_needed(Cohort(run / "cohort"), store.rotations))
+        assert isinstance(store, LatentStore)
+        assert bool((torch.isfinite(store.latents.flatten(2)).all(2) == needed).all())
         return
     with pytest.raises(RunFileError) as info:
         call(Case(run, folder, finished))

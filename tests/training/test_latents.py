@@ -97,3 +97,29 @@ def test_cache_errors(tmp_path):
     _vae(tmp_path / "vae", seed=0)
     with pytest.raises(ValueError, match="rotation 0"):
         latents.load_or_build(tmp_path / "c.safetensors", cohort, tmp_path / "vae", WINDOW, rotations=(90,))
+
+
+def test_cache_encodes_only_what_training_and_validation_read(tmp_path):
+    """Every rotation of the training split, rotation 0 of the validation split, nothing of the
+    test split; a crop that was not encoded is refused, never read as NaN."""
+    from namd.training.diffusion import pick_rotation
+
+    rng = np.random.default_rng(1)
+    writer = CohortWriter(tmp_path / "cohort", crop_size=16, pixel_spacing_mm=0.7, source="test")
+    for i, split in enumerate(("train", "train", "val", "test")):
+        writer.add(rng.normal(-700, 200, (16, 16)).astype(np.float32), patient_id=f"p{i}",
+                   nodule_id="n", kind="unpaired", split=split, label=None, ehr=EHR())
+    cohort = writer.close()
+    _vae(tmp_path / "vae", seed=0)
+    store = latents.load_or_build(latents.cache_path(tmp_path, "vae"), cohort, tmp_path / "vae", WINDOW)
+    encoded = ~torch.isnan(store.latents.flatten(2)[:, :, 0])  # (R, N)
+    upright = ROTATIONS.index(0)
+    assert encoded[:, :2].all() and encoded[upright, 2] and encoded[:, 2].sum() == 1 and not encoded[:, 3].any()
+    assert torch.isfinite(store.upright([0, 1, 2])).all()
+    with pytest.raises(ValueError, match="crop 3 is not in the latent cache"):
+        store.upright([3])
+    val = store.all_rotations([2])  # validation reads slot 0 only
+    (z,) = pick_rotation([val], torch.Generator().manual_seed(0), augment=False)
+    assert torch.isfinite(z).all()
+    with pytest.raises(ValueError, match="augmentation reads the training split alone"):
+        pick_rotation([val.repeat(8, 1, 1, 1, 1)], torch.Generator().manual_seed(0), augment=True)

@@ -102,8 +102,15 @@ class SamplingConfig(Section):
     at every step count.
     v-prediction makes the sampling path nearly straight, so few steps suffice.
 
-    DDIM timesteps follow the CompVis sampler of the authors' code: uniform 'leading' spacing
-    shifted by one (range(0, T, T // steps) + 1), alpha_prev of the last step = alphas_cumprod[0].
+    DDIM timesteps: the paper preset follows the CompVis sampler of the authors' code, uniform
+    'leading' spacing shifted by one (range(0, T, T // steps) + 1: 981, 961, ..., 1 at 50 steps);
+    the CPU presets take 'trailing' spacing (999, 799, 599, 399, 199 at 5 steps; Lin et al.,
+    "Common Diffusion Noise Schedules and Sample Steps are Flawed", WACV 2024, Table 2), because
+    'leading' at 5 steps starts at t = 801, where alpha_bar is 0.037 rather than the 0.005 of
+    pure noise: the first step reads the noise as signal and the nodules came out 87 HU fainter
+    than the real follow-ups; trailing brought NAMD's known-future density energy from 123 to 90
+    HU at the same cost (benchmarks/results/nodule_density.md, issue 28). alpha_prev of the last
+    step = alphas_cumprod[0] in both.
     """
 
     k: int = Field(20, ge=1)
@@ -112,8 +119,9 @@ class SamplingConfig(Section):
     scheduler: Literal["ddim", "dpmsolver++"] = "ddim"
     solver_order: int = Field(2, ge=1, le=3, description="DPM-Solver++ order")
     timestep_spacing: Literal["leading", "trailing", "linspace"] = Field(
-        "leading", description="DDIM only (DPM-Solver++ uses diffusers' 'linspace')")
-    steps_offset: int = Field(1, ge=0, description="DDIM only")
+        "trailing", description="DDIM only (DPM-Solver++ uses diffusers' 'linspace'): 'trailing' "
+        "(CPU presets: the first step at t = T - 1) or 'leading' (paper preset, the authors' code)")
+    steps_offset: int = Field(0, ge=0, description="DDIM only (paper preset: 1, with 'leading')")
     guidance_scale: float = Field(1.0, ge=0, description="1 = no guidance (paper)")
     drop_context: bool = Field(
         False, description="sample the trained model with C = its null context: a model trained "

@@ -78,9 +78,10 @@ class VAEConfig(Section):
     report_tsne_max: int = Field(2000, ge=10, description="at most this many crops in the t-SNE")
     # the stage's own training defaults (CPU-sized; the paper preset sets Appendix B's values)
     # tiny: fine-tunes the shipped foundation (vae.pretrained), as the paper fine-tunes SD1.5:
-    # 150 cosine steps (a constant lr cost the VAE copy's nodule density: benchmarks/results/
-    # demo_foundation.md). From scratch (vae.pretrained=null)
+    # 200 cosine steps (a constant lr cost the VAE copy's nodule density: benchmarks/results/
+    # demo_foundation.md; at 150 the k-NN R^2 of the diameter was 0.793, at 200 0.828:
+    # benchmarks/results/demo.md). From scratch (vae.pretrained=null)
     # it needs 700: at 300 the VAE lost the thin vessels (PSNR 21.7 dB) and its reconstructions of
     # a baseline were nearer another nodule's follow-up than their own for 55% of the validation
     # pairs (benchmarks/results/follow_baseline.md)
-    train: TrainConfig = TrainConfig(lr=5e-4, batch_size=16, max_steps=150, schedule="cosine")
+    train: TrainConfig = TrainConfig(lr=5e-4, batch_size=16, max_steps=200, schedule="cosine")

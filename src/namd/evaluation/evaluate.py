@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from namd.clinical.rows import readout_block
 from namd.cohort.known_futures import read_known_futures
 from namd.cohort.store import Cohort
 from namd.config import NamdConfig, methods
@@ -334,8 +335,9 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
                 for n in generated() if n in scored and scored[n].runs is not None}
     copies = {n: inp.vae_copies[v] for n in generated()
               if n in scored and (v := vae_of(n)) is not None and v in inp.vae_copies}
+    known = read_known_futures(cohort.path)
     futures, futures_per_nodule = known_futures_scores(
-        read_known_futures(cohort.path), inp.pairs["pair_id"].tolist(), compared, inp.spacing,
+        known, inp.pairs["pair_id"].tolist(), compared, inp.spacing,
         window, methods.REFERENCE, config.eval, measured)
     result = clean({
         "schema_version": SCHEMA_VERSION, "split": split, "n_test": int(len(inp.y)),
@@ -357,6 +359,8 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
                                       inp.y, growth_variants(run, inp, scored, crops_of),
                                       config.eval, growth.sizes_of(measured)),
         "known_futures": futures,
+        "readout": readout_block(cohort, inp.pairs, {n: crops_of[n] for n in generated() if n in crops_of},
+                                 measured, known, config.readout),
         "gap_closure": gap_closure.gap_closure_block(inp.y, scored, config.eval),
         "variance": {"method": methods.REFERENCE,
                      **(var_rows.get(methods.REFERENCE) or {"status": scored[methods.REFERENCE].status})},

@@ -16,8 +16,9 @@ from namd.run.readers import read_json
 # variance.variant -> variance.method, variance_other_variants -> variance_other_methods;
 # 3 (issue 26): the known_futures block, image_quality's evaluator_feature_distance and named
 # LPIPS / FID backbones, and growth sized by namd.evaluation.measure (the equivalent diameter of
-# the segmented nodule; before, tissue above a threshold near the centre)
-SCHEMA_VERSION = 3
+# the segmented nodule; before, tissue above a threshold near the centre); 4: the readout block
+# (namd evaluate scores the radiologist's readout; the report measured every crop again before)
+SCHEMA_VERSION = 4
 
 
 # what every table of the metrics states besides its rows (the report's and the model card's)

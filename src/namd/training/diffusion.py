@@ -106,7 +106,11 @@ def pick_rotation(stacks: list[torch.Tensor], generator: torch.Generator, augmen
     choice = (torch.randint(slots, (n,), generator=generator) if augment
               else torch.zeros(n, dtype=torch.long))
     rows = torch.arange(n)
-    return [s[rows, choice.to(s.device)] for s in stacks]
+    picked = [s[rows, choice.to(s.device)] for s in stacks]
+    if augment and any(bool(torch.isnan(p).any()) for p in picked):  # a crop outside the training split
+        raise ValueError("a rotated latent was drawn for a crop the cache holds upright only: "
+                         "augmentation reads the training split alone")
+    return picked
 
 
 def noised(scheduler: DDPMScheduler, z: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

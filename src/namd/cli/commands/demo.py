@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         check_pipeline(config)
         check_fits(config)
 
-    resolve_config(args, run_dir, check=preflight)  # saves RUN/config.yaml; stages reuse it
+    config = resolve_config(args, run_dir, check=preflight)  # saves RUN/config.yaml; stages reuse it
+    refuse_ignored_change(run_dir, config.model_dump(mode="json"))
     names = args.methods or demo_methods()
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
@@ -91,6 +92,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"total {total / 60:.1f} min")
     print(f"report: {(run_dir.stage('report') / 'index.html').resolve()}")
     return 0
+
+
+def refuse_ignored_change(run_dir, now: dict) -> None:
+    """Refuse, in one line naming the field, a --set, --config or --preset that differs from the
+    config an existing run saved: every stage of the pipeline reads RUN/config.yaml, so the
+    change would be silently ignored (found when `--set sampling.steps_offset=0` on a copied run
+    sampled with the saved value)."""
+    from namd.run.contract import CONFIG_FILE
+    from namd.run.layout import config_difference
+
+    saved = run_dir.saved_config()
+    diff = config_difference(now, saved, tuple(now)) if saved is not None else None
+    if diff is not None:
+        field, value, was = diff
+        raise ValueError(f"{run_dir.path / CONFIG_FILE}: this run was configured with {field} = {was!r}, "
+                         f"not {value!r}; its stages read that file, so the change would be ignored: "
+                         "run it into a new --out (or edit the file and remove the stages it changes)")
 
 
 def record_timings(run_dir, jobs: int, names: tuple[str, ...], timings: dict[str, float], total: float,

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from namd.clinical import READOUT_NOTICE
-from namd.clinical.rows import BASELINE_COPY, KNOWN_FUTURES, REAL_FOLLOWUP, score_rows
-from namd.cohort.known_futures import read_known_futures
+from namd.clinical.rows import BASELINE_COPY, KNOWN_FUTURES, REAL_FOLLOWUP
 from namd.config import methods
-from namd.config.readout import ReadoutConfig
 from namd.evaluation.report.html import esc
-from namd.evaluation.report.inputs import MissingInput
 
 if TYPE_CHECKING:
     from namd.evaluation.report.inputs import Context
@@ -91,41 +87,19 @@ def reliability_figure(scores: dict[str, dict[str, Any]]) -> Figure:
     return fig
 
 
-def _samples(ctx: Context) -> tuple[dict[str, Any], list[str]]:
-    """Each sampled method's (samples, index) and the test pairs (with a follow-up and a label)
-    that every one of them holds, in the first one's order."""
-    sampled = [m for m in methods.METHODS.values() if ctx.run.stage(m.samples).is_dir()]
-    if not sampled:
-        first = methods.get(methods.REFERENCE)
-        raise MissingInput(ctx.run.stage(first.samples) / "samples.npy", first.samples, ctx.run)
-    loaded = {m.name: ctx.samples(m.samples) for m in sampled}
-    index = next(iter(loaded.values()))[1]
-    known = index[index["followup_index"].notna() & index["label"].notna()]
-    held = [set(i["pair_id"]) for _, i in loaded.values()]
-    return loaded, [p for p in known["pair_id"] if all(p in h for h in held)]
-
-
 def section_lungrads(ctx: Context) -> str:
-    """The per-row readout table with how it was made."""
-    loaded, pairs = _samples(ctx)
-    if not pairs:
-        raise ValueError("no test pair with a known follow-up and label is in every sample folder")
-    cohort = ctx.cohort()
-    table = cohort.pairs("test").set_index("pair_id").loc[pairs].reset_index()
-    rows = {}
-    for name, (samples, index) in loaded.items():
-        where = {p: i for i, p in enumerate(index["pair_id"])}
-        rows[name] = np.stack([np.asarray(samples[where[p]], np.float32) for p in pairs])
-    known = read_known_futures(cohort.path)
-    futures = None
-    if not isinstance(known, str) and set(pairs) <= set(known.pair_ids):
-        futures = known.of(pairs)[:, :known.reference]
-    cfg = getattr(ctx.config, "readout", None) or ReadoutConfig()
-    scores = score_rows(cohort, table, rows, cfg, futures)
+    """The per-row readout table with how it was made, from metrics.json's `readout` block
+    (namd evaluate scores it from the crops it measured once)."""
+    return lungrads_html(ctx.metrics(("readout",))["readout"], ctx)
+
+
+def lungrads_html(block: dict[str, Any], ctx: Context) -> str:
+    """The section's body from a `readout` block (namd.clinical.rows.readout_block)."""
+    scores = block["rows"]
     ctx.facts["lungrads"] = scores
-    intro = (f"{len(pairs)} test pairs. Each row's K follow-ups of a nodule are measured by the "
-             f"project's one measurer and read by Lung-RADS v{cfg.version} (namd.clinical; "
-             f"{cfg.draws} drawn measurement errors per sample); what happened is the real "
+    intro = (f"{block['n']} test pairs. Each row's K follow-ups of a nodule are measured by the "
+             f"project's one measurer and read by Lung-RADS v{block['version']} (namd.clinical; "
+             f"{block['draws']} drawn measurement errors per sample); what happened is the real "
              "follow-up crop against the real baseline, measured the same way (recorded growth: "
              "the cohort's recorded diameters). Kappa and the exact share compare the most likely "
              "follow-up category with the real one; the AUROCs and Brier scores score "
