@@ -57,10 +57,9 @@ def one_run(run: Path, n: int) -> dict:
             "best_val": _losses(run)}
 
 
-def resample(run: Path, n: int, steps: list[str]) -> list[dict]:
-    """The same nodules and seeds redrawn by NAMD's trained model with other sampler steps; a
-    step count may end in 't' for DDIM's 'trailing' spacing ('5t': t = 999, 799, ..., 199), else
-    the run's own spacing."""
+def resample(run: Path, n: int, steps: list[int]) -> list[dict]:
+    """The same nodules and seeds redrawn by NAMD's trained model with other sampler steps (the
+    run's own timestep spacing, recorded)."""
     import torch
 
     from namd.cohort.store import Cohort
@@ -74,9 +73,7 @@ def resample(run: Path, n: int, steps: list[str]) -> list[dict]:
     pairs = pairs_to_sample(cohort, "test").head(n)
     out = []
     for s in steps:
-        spacing = ({"sampling.timestep_spacing": "trailing", "sampling.steps_offset": 0}
-                   if s.endswith("t") else {})
-        cfg = validated_update(config, {"sampling.steps": int(s.rstrip("t")), **spacing})
+        cfg = validated_update(config, {"sampling.steps": s})
         sampler = FollowUpSampler.from_run(rd, methods.get("namd").uses, cfg, "cpu")
         cond = sampler.conditioning(pairs["pair_id"].tolist(), cohort.images(pairs["baseline_index"]),
                                     [Cohort.ehr(r) for _, r in pairs.iterrows()], 16)
@@ -101,7 +98,7 @@ def markdown(record: dict) -> str:
     if record.get("resampled"):
         lines += ["", f"NAMD's model of {record['resample_run']} redrawn (same nodules, same seeds):", "",
                   "| sampler steps | spacing | density (HU) | diameter (mm) |", "|---|---|---|---|"]
-        lines += [f"| {str(r['steps']).rstrip('t')} | {r.get('spacing', 'leading')} | {r['density_hu']:.1f} | "
+        lines += [f"| {r['steps']} | {r.get('spacing', 'leading')} | {r['density_hu']:.1f} | "
                   f"{r['diameter_mm']:.2f} |" for r in record["resampled"]]
     return "\n".join(lines) + "\n"
 
@@ -111,8 +108,7 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", required=True, help="finished demo runs")
     parser.add_argument("--nodules", type=int, default=120)
     parser.add_argument("--resample", default=None, help="a run whose NAMD model redraws the nodules")
-    parser.add_argument("--steps", default="5,10,20", help="sampler steps to redraw with; '5t' = "
-                        "DDIM 5 with 'trailing' spacing")
+    parser.add_argument("--steps", default="5,10,20")
     parser.add_argument("--out", default=str(HERE / "results" / "nodule_density"))
     args = parser.parse_args()
     load = start_load()
@@ -122,7 +118,7 @@ def main() -> None:
               "runs": [one_run(Path(r), args.nodules) for r in args.runs]}
     if args.resample:
         record["resample_run"] = args.resample
-        record["resampled"] = resample(Path(args.resample), args.nodules, args.steps.split(","))
+        record["resampled"] = resample(Path(args.resample), args.nodules, [int(s) for s in args.steps.split(",")])
     record["machine"] = machine(load)
     publish(args.out, record, markdown)
 

@@ -108,9 +108,10 @@ class SamplingConfig(Section):
     "Common Diffusion Noise Schedules and Sample Steps are Flawed", WACV 2024, Table 2), because
     'leading' at 5 steps starts at t = 801, where alpha_bar is 0.037 rather than the 0.005 of
     pure noise: the first step reads the noise as signal and the nodules came out 87 HU fainter
-    than the real follow-ups; trailing brought NAMD's known-future density energy from 123 to 90
-    HU at the same cost (benchmarks/results/nodule_density.md, issue 28). alpha_prev of the last
-    step = alphas_cumprod[0] in both.
+    than the real follow-ups (benchmarks/results/nodule_density.md); trailing brought NAMD's
+    known-future density energy from 123 to 90 HU at the same cost (runs/A against runs/cur in
+    benchmarks/results/demo_foundation_pass2.md, issue 28). alpha_prev of the last step =
+    alphas_cumprod[0] in both.
     """
 
     k: int = Field(20, ge=1)

@@ -79,8 +79,8 @@ class VAEConfig(Section):
     # the stage's own training defaults (CPU-sized; the paper preset sets Appendix B's values)
     # tiny: fine-tunes the shipped foundation (vae.pretrained), as the paper fine-tunes SD1.5:
     # 200 cosine steps (a constant lr cost the VAE copy's nodule density: benchmarks/results/
-    # demo_foundation.md; at 150 the k-NN R^2 of the diameter was 0.793, at 200 0.828:
-    # benchmarks/results/demo.md). From scratch (vae.pretrained=null)
+    # demo_foundation.md; at 150 the demo's k-NN R^2 of the diameter was 0.793, at 200 0.809:
+    # benchmarks/results/demo_foundation_pass2.md). From scratch (vae.pretrained=null)
     # it needs 700: at 300 the VAE lost the thin vessels (PSNR 21.7 dB) and its reconstructions of
     # a baseline were nearer another nodule's follow-up than their own for 55% of the validation
     # pairs (benchmarks/results/follow_baseline.md)

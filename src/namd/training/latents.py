@@ -86,21 +86,24 @@ class LatentStore:
         """Scaled latents of the given crops under every rotation: (n, R, C, h, w); the rotated
         slots of a crop outside the training split are NaN (pick_rotation refuses them)."""
         idx = torch.tensor(np.asarray(crop_indices, dtype=np.int64))  # a copy: the index may be read-only
-        self._check_encoded(idx)
-        return (self.latents[:, idx] * self.scale_factor).transpose(0, 1).contiguous()
+        out = (self.latents[:, idx] * self.scale_factor).transpose(0, 1).contiguous()
+        return self._encoded(idx, out[:, self.rotations.index(0)], out)
 
     def upright(self, crop_indices: np.ndarray | list[int]) -> torch.Tensor:
         """Scaled latents of the unrotated crops: (n, C, h, w)."""
         idx = torch.tensor(np.asarray(crop_indices, dtype=np.int64))  # a copy: the index may be read-only
-        self._check_encoded(idx)
-        return self.latents[self.rotations.index(0), idx] * self.scale_factor
+        out = self.latents[self.rotations.index(0), idx] * self.scale_factor
+        return self._encoded(idx, out, out)
 
-    def _check_encoded(self, idx: torch.Tensor) -> None:
-        """Refuse crops the cache did not encode (the test split's), never hand out NaN."""
-        missing = torch.isnan(self.latents[self.rotations.index(0), idx].flatten(1)[:, 0])
+    @staticmethod
+    def _encoded(idx: torch.Tensor, upright: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`out`, unless a crop was not encoded (its upright latent NaN: the test split's): then
+        refused, never handed out as NaN."""
+        missing = torch.isnan(upright.flatten(1)[:, 0])
         if bool(missing.any()):
             raise ValueError(f"crop {int(idx[missing][0])} is not in the latent cache: it holds the "
                              "training and validation splits only (the test split is never trained on)")
+        return out
 
 
 def rotations_needed(cohort: Cohort, rotations: tuple[int, ...]) -> np.ndarray:
@@ -121,9 +124,12 @@ def encode_cohort(cohort: Cohort, vae: torch.nn.Module, window: tuple[float, flo
     calls = [(r, rows[i:i + batch]) for r, rows in jobs for i in range(0, len(rows), batch)]
     if not calls:
         raise ValueError(f"cohort {cohort.path} holds no training or validation crops to encode")
+    read = np.flatnonzero(needed.any(axis=0))
+    hu, at = cohort.images(read), np.full(len(cohort), -1)  # each crop read once, not per rotation
+    at[read] = np.arange(len(read))
     out: torch.Tensor | None = None
     for r, rows in progress(calls, desc="encode latents", unit="batch"):
-        x = to_network(cohort.images(rows), window, channels).to(device)
+        x = to_network(hu[at[rows]], window, channels).to(device)
         xr = x if rotations[r] == 0 else rotate(x, [rotations[r]] * len(x))
         z = encode(vae, xr).float().cpu()
         if out is None:
