@@ -8,7 +8,7 @@ buy (1 = nothing).
 Density and diameter come from the project's one nodule measurer (namd.evaluation.measure),
 over the first `--nodules` test nodules of each run's sample folder (all K samples).
 
-    python benchmarks/nodule_density.py --runs runs/demo_before runs/demo --resample runs/demo --steps 5,10,20
+    python benchmarks/nodule_density.py --runs runs/demo_before runs/demo --resample runs/demo --steps 5,10,20 [--eta 0,1]
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ def one_run(run: Path, n: int) -> dict:
             "best_val": _losses(run)}
 
 
-def resample(run: Path, n: int, steps: list[int]) -> list[dict]:
-    """The same nodules and seeds redrawn by NAMD's trained model with other sampler steps (the
-    run's own timestep spacing, recorded)."""
+def resample(run: Path, n: int, steps: list[int], etas: list[float] | None = None) -> list[dict]:
+    """The same nodules and seeds redrawn by NAMD's trained model with other sampler steps and
+    DDIM eta (the run's own timestep spacing and eta unless given, recorded)."""
     import torch
 
     from namd.cohort.store import Cohort
@@ -72,15 +72,15 @@ def resample(run: Path, n: int, steps: list[int]) -> list[dict]:
     config = load_config("tiny", str(run / "config.yaml"))
     pairs = pairs_to_sample(cohort, "test").head(n)
     out = []
-    for s in steps:
-        cfg = validated_update(config, {"sampling.steps": s})
+    for s, eta in [(s, e) for s in steps for e in (etas or [config.sampling.eta])]:
+        cfg = validated_update(config, {"sampling.steps": s, "sampling.eta": eta})
         sampler = FollowUpSampler.from_run(rd, methods.get("namd").uses, cfg, "cpu")
         cond = sampler.conditioning(pairs["pair_id"].tolist(), cohort.images(pairs["baseline_index"]),
                                     [Cohort.ehr(r) for _, r in pairs.iterrows()], 16)
         latents = sampler.generate(cond, cfg.sampling, show_progress=False)
         k = latents.shape[1]
         images = sampler.decode(latents.reshape(-1, *latents.shape[2:]), 16).reshape(len(pairs), k, *cohort.images([0]).shape[1:])
-        out.append({"steps": s, "spacing": cfg.sampling.timestep_spacing, **_measured(images, config.data.pixel_spacing_mm)})
+        out.append({"steps": s, "eta": eta, "spacing": cfg.sampling.timestep_spacing, **_measured(images, config.data.pixel_spacing_mm)})
     return out
 
 
@@ -97,8 +97,8 @@ def markdown(record: dict) -> str:
                      f"{v['prior']:.3f} | {v['cond']:.3f} | {v['cond'] / v['prior']:.2f} |")
     if record.get("resampled"):
         lines += ["", f"NAMD's model of {record['resample_run']} redrawn (same nodules, same seeds):", "",
-                  "| sampler steps | spacing | density (HU) | diameter (mm) |", "|---|---|---|---|"]
-        lines += [f"| {r['steps']} | {r.get('spacing', 'leading')} | {r['density_hu']:.1f} | "
+                  "| sampler steps | eta | spacing | density (HU) | diameter (mm) |", "|---|---|---|---|---|"]
+        lines += [f"| {r['steps']} | {r.get('eta', 0.0):g} | {r.get('spacing', 'leading')} | {r['density_hu']:.1f} | "
                   f"{r['diameter_mm']:.2f} |" for r in record["resampled"]]
     return "\n".join(lines) + "\n"
 
@@ -109,16 +109,20 @@ def main() -> None:
     parser.add_argument("--nodules", type=int, default=120)
     parser.add_argument("--resample", default=None, help="a run whose NAMD model redraws the nodules")
     parser.add_argument("--steps", default="5,10,20")
+    parser.add_argument("--eta", default=None, help="DDIM eta values to redraw with, e.g. 0,0.5,1 "
+                                                   "(default: the run's own)")
     parser.add_argument("--out", default=str(HERE / "results" / "nodule_density"))
     args = parser.parse_args()
     load = start_load()
     command = "python benchmarks/nodule_density.py --runs " + " ".join(args.runs) + (
-        f" --resample {args.resample} --steps {args.steps}" if args.resample else "")
+        f" --resample {args.resample} --steps {args.steps}" if args.resample else "") + (
+        f" --eta {args.eta}" if args.eta else "")
     record = {"command": command, "nodules": args.nodules,
               "runs": [one_run(Path(r), args.nodules) for r in args.runs]}
     if args.resample:
         record["resample_run"] = args.resample
-        record["resampled"] = resample(Path(args.resample), args.nodules, [int(s) for s in args.steps.split(",")])
+        record["resampled"] = resample(Path(args.resample), args.nodules, [int(s) for s in args.steps.split(",")],
+                                       [float(e) for e in args.eta.split(",")] if args.eta else None)
     record["machine"] = machine(load)
     publish(args.out, record, markdown)
 
