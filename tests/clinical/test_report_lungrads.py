@@ -70,3 +70,31 @@ def test_the_block_reuses_what_evaluate_measured(tmp_path, monkeypatch):
     measured["real_followup"] = measured[methods.REFERENCE]
     with pytest.raises(ValueError, match="readout: the measurements of real_followup are"):
         R.readout_block(cohort, pairs, rows, measured, "not available: test", cfg)
+
+
+def test_the_block_reuses_the_measured_futures(tmp_path, monkeypatch):
+    """The known futures' row reads the futures evaluate measured once (the first `reference`
+    of each nodule's), with the scores of measuring them here."""
+    import json
+    from types import SimpleNamespace
+
+    import namd.clinical.rows as R
+    from namd.evaluation.measure import measure
+
+    write_tiny_cohort(tmp_path / "cohort")
+    cohort = Cohort(tmp_path / "cohort")
+    pairs = cohort.pairs("test")
+    base, follow = (cohort.images(pairs[f"{k}_index"].to_numpy())[:, None] for k in ("baseline", "followup"))
+    all_futures = np.concatenate([follow, base, follow], axis=1)  # 2 reference futures, 1 held out
+    known = SimpleNamespace(pair_ids=pairs["pair_id"].astype(str).tolist(), reference=2,
+                            of=lambda ids: all_futures)
+    rows = {methods.REFERENCE: np.concatenate([base, follow], axis=1)}
+    cfg = ReadoutConfig()
+    fresh = score_rows(cohort, pairs, rows, cfg, all_futures[:, :2])
+    measured = {"copy_baseline": measure(base, 1.0), "real_followup": measure(follow, 1.0),
+                methods.REFERENCE: measure(rows[methods.REFERENCE], 1.0)}
+    futures_m = measure(all_futures, 1.0)
+    monkeypatch.setattr(R, "measure", lambda *a, **k: pytest.fail("measured again"))
+    block = R.readout_block(cohort, pairs, rows, measured, known, cfg, futures_m)
+    assert R.KNOWN_FUTURES in block["rows"]
+    assert json.dumps(block["rows"][R.KNOWN_FUTURES], sort_keys=True) == json.dumps(fresh[R.KNOWN_FUTURES], sort_keys=True)

@@ -176,3 +176,28 @@ def test_not_available_passes_through_and_gaps_say_why():
     other = kf.known_futures_block(KnownFutures(c.pair_ids, c.futures(3, 1), 3, 0),
                                    c.pair_ids, crops, np.full(4, SPACING), WINDOW, "no_align", EV)
     assert other["rows"]["shuffled"]["status"].startswith("not computed: row no_align")
+
+
+def test_futures_measured_once_give_the_same_block(monkeypatch):
+    """namd evaluate measures the futures once (measure_futures) for this block and the readout:
+    handed over, they are not measured again and the block is the same; an unusable status
+    measures nothing."""
+    c = Cohort(n=8)
+    futures = KnownFutures(c.pair_ids, c.futures(M + H, 1), M, H)
+    crops_of = {"namd": c.futures(K, 2), "copy_baseline": c.baselines(3)[:, None]}
+    spacing = np.full(len(c.pair_ids), SPACING)
+    args = (futures, c.pair_ids, crops_of, spacing, WINDOW, "namd", EV)
+    fresh = kf.known_futures_scores(*args)[0]
+    given = kf.measure_futures(futures, c.pair_ids, crops_of, spacing)
+    assert given.longest_mm.shape == (len(c.pair_ids), M + H)
+    real_measure = kf.measure
+
+    def rows_only(crops, spacing_mm):  # the scored rows may be measured, the futures not
+        if crops.shape[1] == M + H:
+            raise AssertionError("futures measured again")
+        return real_measure(crops, spacing_mm)
+
+    monkeypatch.setattr(kf, "measure", rows_only)
+    again = kf.known_futures_scores(*args, None, given)[0]
+    assert json.dumps(again, sort_keys=True) == json.dumps(fresh, sort_keys=True)
+    assert kf.measure_futures("not available: none", c.pair_ids, crops_of, spacing) is None

@@ -222,7 +222,7 @@ def _followup(base: Measurements, samples: Measurements, kind: str, spiculated: 
 
 def _flat(m: Measurements) -> Measurements:
     """Measurements of K samples as 1-D arrays."""
-    return Measurements(*(np.asarray(getattr(m, f)).ravel() for f in m.__dataclass_fields__))
+    return m.map(np.ravel)
 
 
 def readout(base: Measurements, samples: Measurements, ehr: EHR | None, cfg: ReadoutConfig,
@@ -298,6 +298,4 @@ def read_patient(baseline_hu: np.ndarray, samples_hu: np.ndarray, ehr: EHR | Non
     """`readout` of a baseline crop (H, W) and its K samples (K, H, W) in HU, measured here."""
     crops = np.concatenate([np.asarray(baseline_hu)[None], np.asarray(samples_hu)])
     m = measure(crops, spacing_mm)
-    base = Measurements(*(np.asarray(getattr(m, f))[0] for f in m.__dataclass_fields__))
-    rest = Measurements(*(np.asarray(getattr(m, f))[1:] for f in m.__dataclass_fields__))
-    return readout(base, rest, ehr, cfg, key, new)
+    return readout(m.take(0), m.take(slice(1, None)), ehr, cfg, key, new)

@@ -27,16 +27,6 @@ from namd.evaluation.measure import Measurements, measure
 BASELINE_COPY, REAL_FOLLOWUP, KNOWN_FUTURES = "baseline_copy", "real_followup", "known_futures"
 
 
-def item(m: Measurements, i: int) -> Measurements:
-    """Entry i (along the first axis) of Measurements."""
-    return Measurements(*(np.asarray(getattr(m, f))[i] for f in m.__dataclass_fields__))
-
-
-def column(m: Measurements, k: int) -> Measurements:
-    """Sample k of every nodule: (N, K) measurements -> (N,)."""
-    return Measurements(*(np.asarray(getattr(m, f))[:, k] for f in m.__dataclass_fields__))
-
-
 def _value(v: Any) -> float | None:
     """A manifest value as a number or None (NaN, missing)."""
     return None if v is None or pd.isna(v) else float(v)
@@ -52,8 +42,8 @@ class PairSet:
         self.measured = measured or {}
         self.base = cohort.images(self.pairs["baseline_index"].astype(np.int64).to_numpy())
         self.follow = cohort.images(self.pairs["followup_index"].astype(np.int64).to_numpy())
-        self.base_m = column(self._measure(BASELINE_COPY, self.base[:, None]), 0)
-        self.follow_m = column(self._measure(REAL_FOLLOWUP, self.follow[:, None]), 0)
+        self.base_m = self._measure(BASELINE_COPY, self.base[:, None]).take((slice(None), 0))
+        self.follow_m = self._measure(REAL_FOLLOWUP, self.follow[:, None]).take((slice(None), 0))
         self.ehrs = [Cohort.ehr(row) for _, row in self.pairs.iterrows()]
         self.keys = self.pairs["pair_id"].astype(str).tolist()
         self.brock = [_value(brock_probability(e)) for e in self.ehrs]
@@ -77,14 +67,14 @@ class PairSet:
         """The readout of each pair from its samples (N, K, H, W) HU (row `name`'s
         measurements reused when given)."""
         sm = self._measure(name, samples)
-        return [readout(item(self.base_m, i), item(sm, i), self.ehrs[i], self.cfg, self.keys[i])
+        return [readout(self.base_m.take(i), sm.take(i), self.ehrs[i], self.cfg, self.keys[i])
                 for i in range(len(self.keys))]
 
     def outcomes(self, readouts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """What happened to each pair, its type from the readout's attenuation (cached)."""
         if self._outcomes is None:
             self._outcomes = [
-                real_outcome(item(self.base_m, i), item(self.follow_m, i), r["attenuation"]["type"],
+                real_outcome(self.base_m.take(i), self.follow_m.take(i), r["attenuation"]["type"],
                              self.ehrs[i].SCT_MARGINS == 1, self.cfg)
                 for i, r in enumerate(readouts)]
         return self._outcomes
@@ -118,16 +108,18 @@ def score_rows(cohort: Cohort, pairs: pd.DataFrame, rows: Mapping[str, np.ndarra
 
 def readout_block(cohort: Cohort, pairs: pd.DataFrame, generated: Mapping[str, np.ndarray],
                   measured: Mapping[str, Measurements], known: KnownFutures | str,
-                  cfg: ReadoutConfig) -> dict[str, Any]:
+                  cfg: ReadoutConfig, futures_measured: Measurements | None = None) -> dict[str, Any]:
     """metrics.json's `readout` block (namd evaluate): score_rows of the generated rows (N, K,
     H, W) aligned with `pairs`, the known futures when the cohort has them for every pair, from
     the rows evaluate measured once (`measured`: each generated row, "copy_baseline" and
-    "real_followup")."""
+    "real_followup"; `futures_measured`: every future of the pairs, (N, F))."""
     ids = pairs["pair_id"].astype(str).tolist()
     futures = None
-    if not isinstance(known, str) and set(ids) <= set(known.pair_ids):
-        futures = known.of(ids)[:, :known.reference]
     given = {BASELINE_COPY: measured["copy_baseline"], REAL_FOLLOWUP: measured["real_followup"],
              **{name: measured[name] for name in generated if name in measured}}
+    if not isinstance(known, str) and set(ids) <= set(known.pair_ids):
+        futures = known.of(ids)[:, :known.reference]
+        if futures_measured is not None:
+            given[KNOWN_FUTURES] = futures_measured.take((slice(None), slice(None, known.reference)))
     return {"status": "ok", "n": len(ids), "version": cfg.version, "draws": cfg.draws,
             "rows": score_rows(cohort, pairs, generated, cfg, futures, given)}

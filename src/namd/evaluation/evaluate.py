@@ -27,7 +27,7 @@ from namd.evaluation import baselines, fidelity, gap_closure, growth, metrics, q
 from namd.evaluation.baseline_use import BASELINE_USE_FILE
 from namd.evaluation.calibration_metrics import calibration_block
 from namd.evaluation.freshness import evaluated_inputs
-from namd.evaluation.known_futures import known_futures_scores
+from namd.evaluation.known_futures import known_futures_scores, measure_futures
 from namd.evaluation.measure import Measurements, measure_rows
 from namd.evaluation.rows import (
     COPY_REFERENCE,
@@ -335,10 +335,11 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
                 for n in generated() if n in scored and scored[n].runs is not None}
     copies = {n: inp.vae_copies[v] for n in generated()
               if n in scored and (v := vae_of(n)) is not None and v in inp.vae_copies}
-    known = read_known_futures(cohort.path)
+    known, ids = read_known_futures(cohort.path), inp.pairs["pair_id"].tolist()
+    future_m = measure_futures(known, ids, compared, inp.spacing)  # once, for the block and the readout
     futures, futures_per_nodule = known_futures_scores(
-        known, inp.pairs["pair_id"].tolist(), compared, inp.spacing,
-        window, methods.REFERENCE, config.eval, measured)
+        known, ids, compared, inp.spacing,
+        window, methods.REFERENCE, config.eval, measured, future_m)
     result = clean({
         "schema_version": SCHEMA_VERSION, "split": split, "n_test": int(len(inp.y)),
         "n_malignant": int(inp.y.sum()), "n_unlabelled_excluded": unlabelled,
@@ -360,7 +361,7 @@ def evaluate_run(run: RunDir, config: NamdConfig, split: str = "test") -> dict:
                                       config.eval, growth.sizes_of(measured)),
         "known_futures": futures,
         "readout": readout_block(cohort, inp.pairs, {n: crops_of[n] for n in generated() if n in crops_of},
-                                 measured, known, config.readout),
+                                 measured, known, config.readout, future_m),
         "gap_closure": gap_closure.gap_closure_block(inp.y, scored, config.eval),
         "variance": {"method": methods.REFERENCE,
                      **(var_rows.get(methods.REFERENCE) or {"status": scored[methods.REFERENCE].status})},

@@ -141,9 +141,10 @@ def _feature_scores(x: RowFeatures, ref: RowFeatures, window: tuple[float, float
 
 def _rows(futures: np.ndarray, crops_of: Mapping[str, np.ndarray], spacing: np.ndarray,
           measured: Mapping[str, Measurements], reference: int, reference_row: str,
-          seed: int) -> tuple[RowFeatures, dict[str, RowFeatures], dict[str, str]]:
+          seed: int, futures_measured: Measurements | None
+          ) -> tuple[RowFeatures, dict[str, RowFeatures], dict[str, str]]:
     """The reference futures' features, every scored row's, and why a row is missing."""
-    fut = RowFeatures.of(futures, spacing)
+    fut = RowFeatures.of(futures, spacing, futures_measured)
     ref = RowFeatures(fut.crops[:, :reference], fut.diameter_mm[:, :reference],
                       fut.density_hu[:, :reference])
     rows = {name: RowFeatures.of(np.asarray(c), spacing, measured.get(name))
@@ -164,12 +165,14 @@ def _rows(futures: np.ndarray, crops_of: Mapping[str, np.ndarray], spacing: np.n
 def known_futures_scores(futures: KnownFutures | str, pair_ids: Sequence[str],
                          crops_of: Mapping[str, np.ndarray], spacing_mm: np.ndarray,
                          window: tuple[float, float], reference_row: str, cfg: EvalConfig,
-                         measured: Mapping[str, Measurements] | None = None
+                         measured: Mapping[str, Measurements] | None = None,
+                         futures_measured: Measurements | None = None
                          ) -> tuple[dict, dict[str, np.ndarray]]:
     """The `known_futures` block and its per-nodule arrays ("<row>_energy_<feature>", (N,)).
 
     `crops_of`: row -> (N, K, H, W) HU crops in the order of `pair_ids` (a single-crop row as
-    (N, 1, H, W)); `measured`: their measure() results where already computed (same shapes).
+    (N, 1, H, W)); `measured`: their measure() results where already computed (same shapes);
+    `futures_measured`: the futures' own (measure_futures), else they are measured here.
     `futures` is read_known_futures' result; a str passes through as the status.
     """
     status = _unavailable(futures, pair_ids, crops_of)
@@ -178,7 +181,7 @@ def known_futures_scores(futures: KnownFutures | str, pair_ids: Sequence[str],
     images = futures.of(list(pair_ids))
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     ref, rows, missing = _rows(images, crops_of, spacing, measured or {}, futures.reference,
-                               reference_row, cfg.seed)
+                               reference_row, cfg.seed, futures_measured)
     ref_spread = {"diameter_mm": mean_distance(ref.diameter_mm),
                   "density_hu": mean_distance(ref.density_hu),
                   "image_hu": mean_distance(ref.crops, window=window)}
@@ -207,6 +210,15 @@ def known_futures_scores(futures: KnownFutures | str, pair_ids: Sequence[str],
              "rows": entries, "ceiling": CEILING, "shuffled_of": reference_row}
     per_nodule = {f"{name}_energy_{f}": v for name, per in scores.items() for f, v in per.items()}
     return block, per_nodule
+
+
+def measure_futures(futures: KnownFutures | str, pair_ids: Sequence[str],
+                    crops_of: Mapping[str, np.ndarray], spacing_mm: np.ndarray) -> Measurements | None:
+    """measure() of every future (N, F) of the evaluated pairs, once for the known-futures block
+    and the readout's known-futures row; None when the block cannot be computed."""
+    if _unavailable(futures, pair_ids, crops_of) is not None:
+        return None
+    return measure(futures.of(list(pair_ids)), np.asarray(spacing_mm, dtype=np.float64))
 
 
 def known_futures_block(futures: KnownFutures | str, pair_ids: Sequence[str],

@@ -41,8 +41,9 @@ per-crop version that stood in quality.py before (tests/evaluation/test_measure.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -72,6 +73,15 @@ class Measurements:
     found: np.ndarray  # bool: a nodule was found at the centre
     short_mm: np.ndarray  # minor axis of the same ellipse (0: no nodule)
     cut_by_border: np.ndarray  # bool: the nodule's mask reaches the crop's edge
+
+    def map(self, fn: Callable[[np.ndarray], np.ndarray]) -> Measurements:
+        """Every measure transformed alike (e.g. np.ravel), the fields kept in step."""
+        return Measurements(*(fn(np.asarray(getattr(self, f))) for f in self.__dataclass_fields__))
+
+    def take(self, key: Any) -> Measurements:
+        """Every measure indexed by `key` along the leading axes: take(i) is crop i of (N,)
+        measures, take((slice(None), k)) sample k of every nodule of (N, K) ones."""
+        return self.map(lambda a: a[key])
 
     @property
     def mean_mm(self) -> np.ndarray:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 from namd.cli.options import add_config_args
 from namd.config import methods
+
+if TYPE_CHECKING:
+    from namd.run.layout import RunDir
 
 
 def demo_methods() -> tuple[str, ...]:
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def refuse_ignored_change(run_dir, now: dict) -> None:
+def refuse_ignored_change(run_dir: RunDir, now: dict) -> None:
     """Refuse, in one line naming the field, a --set, --config or --preset that differs from the
     config an existing run saved: every stage of the pipeline reads RUN/config.yaml, so the
     change would be silently ignored (found when `--set sampling.steps_offset=0` on a copied run
