@@ -1,9 +1,9 @@
 """The cond stage's learning rate, measured on a finished demo run: the same cohort, VAE and
 prior, the cond model retrained at each rate, then sampled and judged as the demo does.
 
-For each rate a scratch run gets copies of RUN's cohort, latent cache, VAE, prior and evaluator;
-its config.yaml is given the rate (so that the stages after cond accept the model), then
-`namd train cond`, `namd sample` and `namd evaluate` run in it. The table is issue 28's quality
+For each rate a scratch run links RUN's cohort, latent cache, VAE, prior and evaluator, and its
+config.yaml is RUN's with the rate (follow_baseline.prepare: the stages after cond accept the
+model); then `namd train cond`, `namd sample` and `namd evaluate` run in it. The table is issue 28's quality
 bar (benchmarks/demo_compare.py) for RUN and each rate, against the run before the foundation,
 plus the cond model's validation loss and its shuffled-baseline ratio per noise band.
 
@@ -13,10 +13,8 @@ plus the cond model's validation loss and its shuffled-baseline ratio per noise 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -24,38 +22,28 @@ from pathlib import Path
 
 import yaml
 from demo_compare import criteria, load
+from follow_baseline import prepare
+from nodule_density import _losses
 
 HERE = Path(__file__).resolve().parent
-COPIED = ("cohort", "cache", "vae", "prior", "evaluator", "config.yaml")
+STAGES = (["train", "cond", "--resume"], ["sample"], ["evaluate"])  # the demo's test-split judge
 
 
-def prepare(run: Path, scratch: Path, lr: float) -> None:
-    """A scratch run holding RUN's stages up to the prior, with the cond rate set to `lr`."""
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    scratch.mkdir(parents=True)
-    for name in COPIED:
-        src = run / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, scratch / name)
-    config = yaml.safe_load((scratch / "config.yaml").read_text())
-    config["diffusion"]["cond"]["lr"] = lr
-    (scratch / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def retrain(scratch: Path, threads: int) -> None:
-    """cond, samples and the evaluation of one scratch run (logs beside it)."""
+def retrain(run: Path, scratch: Path, lr: float, threads: int) -> None:
+    """A scratch run linking RUN's stages up to the prior, its config given the cond rate
+    (follow_baseline.prepare), then its cond stage, samples and evaluation (logs beside it)."""
+    prepare(run, scratch, [f"diffusion.cond.lr={lr}"], ["cond"])
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with (scratch / "bench.log").open("w") as log:
-        for stage in (["train", "cond"], ["sample"], ["evaluate"]):
+        for stage in STAGES:
             subprocess.run([sys.executable, "-m", "namd.cli", *stage, "--run", str(scratch)],
                            check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def cond_summary(run: Path) -> dict:
-    """The cond model's last validation loss and its true / shuffled ratio per noise band."""
-    rows = [r for r in csv.reader((run / "cond" / "log.csv").open()) if len(r) > 3 and r[1] == "val"]
+    """The cond model's best validation loss and its true / shuffled ratio per noise band."""
     use = json.loads((run / "cond" / "baseline_use.json").read_text())
-    return {"val_loss": float(rows[-1][3]), "ratio": use["ratio"],
+    return {"val_loss": _losses(run)["cond"], "ratio": use["ratio"],
             "bands": {f"{b['t'][0]}-{b['t'][1]}": b["ratio"] for b in use["bands"]}}
 
 
@@ -72,15 +60,14 @@ def main() -> None:
     run, lrs = Path(args.run), [float(x) for x in args.lrs.split(",")]
     scratches = [Path(args.root) / f"lr_{lr:g}" for lr in lrs]
     if not args.reuse:
-        for lr, scratch in zip(lrs, scratches, strict=True):
-            prepare(run, scratch, lr)
+        threads = max(1, (os.cpu_count() or 2) // args.jobs)
         with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda s: retrain(s, max(1, (os.cpu_count() or 2) // args.jobs)), scratches))
+            list(pool.map(lambda a: retrain(run, a[1], a[0], threads), zip(lrs, scratches, strict=True)))
     base_lr = yaml.safe_load((run / "config.yaml").read_text())["diffusion"]["cond"]["lr"]
     runs = [(base_lr, run), *zip(lrs, scratches, strict=True)]
     summary = {f"{lr:g}": cond_summary(r) for lr, r in runs}
     bands = list(next(iter(summary.values()))["bands"])
-    lines = ["| cond lr | run | last validation loss | ratio | "
+    lines = ["| cond lr | run | best validation loss | ratio | "
              + " | ".join(f"t {b}" for b in bands) + " |", "|---" * (4 + len(bands)) + "|"]
     lines += [f"| {lr:g} | {r} | {summary[f'{lr:g}']['val_loss']:.4f} | {summary[f'{lr:g}']['ratio']:.3f} | "
               + " | ".join(f"{summary[f'{lr:g}']['bands'][b]:.2f}" for b in bands) + " |" for lr, r in runs]

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from _results import machine, publish, start_load
-
-VAES = {"vae": "cond", "vae_no_align": "cond_no_align"}
+from latent_smoothness import ROWS  # each VAE's (row, cond stage, prior stage)
 
 
 def floor(z: np.ndarray) -> dict:
@@ -55,7 +54,7 @@ def one_run(run: Path, pairs: int) -> dict:
     images = futures.images[:pairs]
     window = tuple(load_config("tiny", str(run / "config.yaml")).data.window_hu)
     out = {"run": str(run), "pairs": len(images), "futures": images.shape[1], "hu": floor(images)}
-    for vae_dir, cond in VAES.items():
+    for vae_dir, (_, cond, _) in ROWS.items():
         if not (run / vae_dir).is_dir():
             continue
         vae, scale = load_trained_vae(run / vae_dir)
@@ -75,7 +74,7 @@ def markdown(record: dict) -> str:
     for r in record["runs"]:
         lines.append(f"| {r['run']} | none (HU) | - | {r['hu']['within']:.0f} | {r['hu']['between']:.0f} | "
                      f"{r['hu']['floor']:.3f} | - | - |")
-        for vae_dir in VAES:
+        for vae_dir in ROWS:
             if vae_dir in r:
                 v = r[vae_dir]
                 lines.append(f"| {r['run']} | {vae_dir} | {v['psnr']:.2f} | {v['within']:.4f} | "

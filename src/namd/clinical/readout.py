@@ -202,7 +202,7 @@ def _followup(base: Measurements, samples: Measurements, kind: str, spiculated: 
               cfg: ReadoutConfig, key: str) -> dict[str, Any]:
     """The follow-up part of the readout: categories, growth, doubling time."""
     ok = np.asarray(samples.measurable).ravel()
-    flat = _flat(samples)
+    flat = samples.map(np.ravel)  # K samples as 1-D arrays
     kinds = follow_up_kinds(kind, image_kind(flat.solid_mm[ok], flat.equivalent_mm[ok], cfg))
     sizes = _drawn_sizes(base, flat, ok, kind, cfg, _seed(cfg, key))
     cats = _categories(sizes, kind, kinds, spiculated, cfg)
@@ -218,11 +218,6 @@ def _followup(base: Measurements, samples: Measurements, kind: str, spiculated: 
             "p_growth_ge_2mm": float(np.mean(growth >= 2.0)),
             "growth_median_mm": float(np.median(growth)),
             "vdt": _vdt(sizes, cfg.interval_days), "draws": int(cats.size)}
-
-
-def _flat(m: Measurements) -> Measurements:
-    """Measurements of K samples as 1-D arrays."""
-    return m.map(np.ravel)
 
 
 def readout(base: Measurements, samples: Measurements, ehr: EHR | None, cfg: ReadoutConfig,
