@@ -29,6 +29,8 @@ def test_defaults_are_tiny_and_paper_has_appendix_b_values():
     assert (paper.diffusion.prediction_type, paper.diffusion.cond_draws) == ("epsilon", 1)
     assert paper.diffusion.snr_gamma is None and paper.vae.lambda_grad == 0
     assert (tiny.diffusion.prediction_type, tiny.diffusion.cond_draws) == ("v_prediction", 8)
+    # the paper tunes the soft prompts at every cond step; the CPU presets freeze them after 50
+    assert paper.diffusion.prompt_steps is None and tiny.diffusion.prompt_steps == 50
 
 
 def test_overrides_are_parsed_as_yaml():

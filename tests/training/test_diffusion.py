@@ -148,6 +148,54 @@ def test_cond_trains_soft_prompts_and_checkpoints_only_them(tmp_path):
     assert list(saved) == ["params.0"] and torch.equal(saved["params.0"], enc.prompts.detach())
 
 
+class CountingEncoder(FakeEncoder):
+    """FakeEncoder that counts the records it encodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoded = 0
+
+    def forward(self, ehrs):
+        self.encoded += len(ehrs)
+        return super().forward(ehrs)
+
+
+def _prompt_fit(folder, steps: int, prompt_steps: int | None, resume: bool = False):
+    """A cond task on four in-memory pairs trained `steps` constant-rate steps."""
+    g = torch.Generator().manual_seed(1)
+    data = Pairs(torch.randn(4, 4, 4, 4, generator=g), torch.randn(4, 4, 4, 4, generator=g),
+                 [EHR(SCT_LONG_DIA=4.0 + i) for i in range(4)])
+    enc = CountingEncoder()
+    task = CondTask(_unet(), training_scheduler(DiffusionConfig()), enc, False, True,
+                    draws=2, prompt_steps=prompt_steps)
+    cfg = TrainConfig(lr=1e-2, batch_size=4, max_steps=steps, checkpoint_every=1)
+    Trainer(cfg, folder).fit(task, data, resume=resume)
+    return task, enc
+
+
+def test_prompts_freeze_after_prompt_steps_and_each_record_is_encoded_once_more(tmp_path):
+    """With prompt_steps = 2 the prompts after five steps are those after two, the U-Net keeps
+    learning, and the encoder runs once per record after the freeze instead of every step."""
+    _, two = _prompt_fit(tmp_path / "two", 2, None)
+    task, five = _prompt_fit(tmp_path / "five", 5, 2)
+    _, joint = _prompt_fit(tmp_path / "joint", 5, None)
+    assert torch.equal(five.prompts, two.prompts) and not torch.equal(joint.prompts, two.prompts)
+    assert five.encoded == 2 * 4 + 4 and joint.encoded == 5 * 4  # 2 joint batches, then 4 records once
+    unet_two = load_file(str(tmp_path / "two/checkpoints/last/unet.safetensors"))
+    unet_five = load_file(str(tmp_path / "five/checkpoints/last/unet.safetensors"))
+    assert any(not torch.equal(unet_two[k], unet_five[k]) for k in unet_two)
+
+
+def test_a_run_resumed_after_the_freeze_matches_an_uninterrupted_one(tmp_path):
+    _prompt_fit(tmp_path / "full", 5, 2)
+    _prompt_fit(tmp_path / "part", 3, 2)
+    _prompt_fit(tmp_path / "part", 5, 2, resume=True)
+    for name in ("unet", "prompts"):
+        full = load_file(str(tmp_path / f"full/checkpoints/last/{name}.safetensors"))
+        part = load_file(str(tmp_path / f"part/checkpoints/last/{name}.safetensors"))
+        assert all(torch.equal(full[k], part[k]) for k in full), name
+
+
 def test_prior_loss_is_reproducible_from_the_step_generator():
     task = PriorTask(_unet(4), training_scheduler(DiffusionConfig()), torch.zeros(1, 2, 6), True)
     batch = {"z": torch.randn(3, 5, 4, 4, 4, generator=torch.Generator().manual_seed(0))}

@@ -70,6 +70,14 @@ class DiffusionConfig(Section):
         8, ge=1, description="(rotation, timestep, noise) draws per training pair of the cond stage, "
                              "with one context-encoder pass per pair (CPU presets: 8, beyond the "
                              "paper); 1 = paper preset")
+    prompt_steps: int | None = Field(
+        50, ge=0, description="cond stages: the optimizer steps in which the soft prompts train "
+        "with the U-Net; from then on they are frozen and each record's C is computed once and "
+        "reused, so the frozen language model no longer runs forward and backward at every step "
+        "(CPU presets: 50 of 200, beyond the paper: the same validation loss, ratio and "
+        "known-future energies as 200, the cond stage in 0.735x the time, "
+        "benchmarks/results/prompt_steps.md); "
+        "None = every step (paper preset). The structured encoder's MLP trains at every step")
     snr_gamma: float | None = Field(
         None, gt=0, description="min-SNR loss weighting of both stages (Hang et al. 2023), e.g. 5; "
                                 "None = the paper's unweighted Equations 9-10")

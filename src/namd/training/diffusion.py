@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import save
 
@@ -63,7 +63,6 @@ from namd.training.stage import check_out, fit_stage, latent_store, split_rows
 from namd.training.trainer import Batch, Trainer
 
 log = logging.getLogger(__name__)
-
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -185,16 +184,29 @@ class CondTask:
     timestep, noise) draws, with the pair's C computed once: more U-Net samples per
     language-model pass (the frozen LM's forward and backward to the soft prompts dominates a
     CPU step), the same expectation as Equation 10. Validation uses one draw per pair.
+
+    `prompt_steps` (None: every step, the paper): the soft prompts train with the U-Net in the
+    first `prompt_steps` optimizer steps only; from then on they stay as they are and each
+    record's C is computed once, without gradients, and reused (a ContextCache of one record
+    per pass, so a resumed run reads the same C as an uninterrupted one).
     """
 
     def __init__(self, unet: UNet2DConditionModel, scheduler: DDPMScheduler,
                  encoder: context_module.ContextEncoder, null_context: bool, rotate: bool,
-                 dropout: float = 0.0, draws: int = 1, snr_gamma: float | None = None):
+                 dropout: float = 0.0, draws: int = 1, snr_gamma: float | None = None,
+                 prompt_steps: int | None = None):
         self.unet, self.scheduler, self.encoder = unet, scheduler, encoder
         self.use_null, self.rotate, self.dropout = null_context, rotate, dropout
-        self.draws, self.snr_gamma = draws, snr_gamma
+        self.draws, self.snr_gamma, self.prompt_steps = draws, snr_gamma, prompt_steps
         self.prompts = PromptParameters(encoder)
         self._null: torch.Tensor | None = None  # the image-only model's constant C, once computed
+        self._frozen: context_module.ContextCache | None = None  # C once the prompts are frozen
+
+    def at_step(self, step: int) -> None:
+        """Freeze the soft prompts before optimizer step `prompt_steps` (0-based): they get no
+        gradient after it (AdamW skips a parameter without one), and C comes from the cache."""
+        if self._frozen is None and self.prompt_steps is not None and step >= self.prompt_steps:
+            self._frozen = context_module.ContextCache(self.encoder, batch_size=1)
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         if self.use_null or not self.prompts.names:
@@ -212,11 +224,13 @@ class CondTask:
                 with torch.no_grad():
                     self._null = self.encoder.null_context(1, device=device)
             return self._null.to(device).expand(len(ehrs), -1, -1)
-        c = self.encoder(ehrs).to(device)
+        c = (self.encoder if self._frozen is None else self._frozen)(ehrs).to(device)
         if train and self.dropout > 0:
             drop = (torch.rand(len(ehrs), generator=generator) < self.dropout).to(device)
             if drop.any():  # an empty-prompt null C is a language-model pass: only when used
-                c = torch.where(drop[:, None, None], self.encoder.null_context(1, device=device), c)
+                with torch.set_grad_enabled(self._frozen is None):  # frozen prompts: no gradient
+                    null = self.encoder.null_context(1, device=device)
+                c = torch.where(drop[:, None, None], null, c)
         return c
 
     def loss(self, batch: Batch, generator: torch.Generator, train: bool) -> tuple[torch.Tensor, dict[str, float]]:
@@ -237,10 +251,6 @@ class CondTask:
 # -- the stages -----------------------------------------------------------------------------------
 
 
-
-
-
-
 def _place(encoder: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Move the context encoder; quantised models stay where they were loaded (their own
     device map), only the trainable tensors move."""
@@ -251,10 +261,6 @@ def _place(encoder: torch.nn.Module, device: torch.device) -> torch.nn.Module:
             if p.requires_grad:
                 p.data = p.data.to(device)
     return encoder.eval()
-
-
-
-
 
 
 def _prior(config: NamdConfig, cohort: Cohort, store: LatentStore, dim: int, null: torch.Tensor,
@@ -318,7 +324,8 @@ def _cond(config: NamdConfig, run: RunDir, prior_name: str | None, cohort: Cohor
                                                             "mean_between_record_std")))
     task = CondTask(unet, training_scheduler(config.diffusion), encoder, null_context,
                     config.diffusion.cond.rotation_augment, config.diffusion.condition_dropout,
-                    config.diffusion.cond_draws, config.diffusion.snr_gamma)
+                    config.diffusion.cond_draws, config.diffusion.snr_gamma,
+                    None if config.text.encoder == "structured" else config.diffusion.prompt_steps)
     return (task, LatentPairs(store, train), None if val is None else LatentPairs(store, val),
             {**start, **extra})
 
@@ -359,7 +366,10 @@ def run_stage(config: NamdConfig, run: RunDir, *, stage: str, method: str = meth
     prior = dirs.get("prior") if stage == "cond" else None  # None: from the pretrained U-Net
     tcfg: TrainConfig = getattr(config.diffusion, stage)
     out = check_out(run, name, resume=resume, overwrite=overwrite)
-    acc = Accelerator(mixed_precision=tcfg.mixed_precision)
+    # frozen soft prompts leave the loss: DDP must then look for parameters without a gradient
+    unused = stage == "cond" and config.diffusion.prompt_steps is not None
+    acc = Accelerator(mixed_precision=tcfg.mixed_precision, kwargs_handlers=[
+        DistributedDataParallelKwargs(find_unused_parameters=True)] if unused else None)
     for read in (dirs["vae"], *((prior,) if prior else ())):
         run.agree(config, read)  # the stages it builds on were trained under this config
     cohort = Cohort(run.require("cohort", f"train {stage}"))
