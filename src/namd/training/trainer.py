@@ -286,7 +286,8 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         # Every trainable parameter enters every training loss of the four stages (checked;
         # zero terms such as an empty L_pred stay attached to the graph), so DDP runs without
-        # find_unused_parameters and its extra graph traversal per step.
+        # find_unused_parameters and its extra graph traversal per step; a cond stage whose soft
+        # prompts freeze (diffusion.prompt_steps) gives its accelerator that flag itself.
         model, optimizer = acc.prepare(model, optimizer)
         self.prepared = model
         ema = {f"ema_{k}": copy.deepcopy(m).requires_grad_(False)
