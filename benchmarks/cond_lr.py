@@ -46,10 +46,11 @@ def retrain(run: Path, scratch: Path, overrides: list[str], threads: int) -> Non
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with (scratch / "bench.log").open("a") as log:
         for stage in STAGES:
-            load, start = start_load(), time.perf_counter()
+            timed = stage[:2] == ["train", "cond"] and not (scratch / TIMES).exists()
+            load, start = start_load() if timed else None, time.perf_counter()
             subprocess.run([sys.executable, "-m", "namd.cli", *stage, "--run", str(scratch)],
                            check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
-            if stage[:2] == ["train", "cond"] and not (scratch / TIMES).exists():
+            if timed:
                 (scratch / TIMES).write_text(json.dumps({"seconds": time.perf_counter() - start,
                                                          "machine": machine(load, threads)}))
 
@@ -76,13 +77,12 @@ def levers(args: argparse.Namespace) -> dict[str, list[str]]:
     return out
 
 
-def table(runs: dict[str, Path], summary: dict[str, dict], overrides: dict[str, list[str]]) -> list[str]:
+def table(summary: dict[str, dict], overrides: dict[str, list[str]]) -> list[str]:
     """The cond model's rows: validation loss, ratio per band, training seconds."""
     bands = list(next(iter(summary.values()))["bands"])
     lines = ["| lever | overrides | steps (best) | best validation loss | ratio | "
              + " | ".join(f"t {b}" for b in bands) + " | cond seconds |", "|---" * (6 + len(bands)) + "|"]
-    for name in runs:
-        s = summary[name]
+    for name, s in summary.items():
         secs = "-" if s["seconds"] is None else f"{s['seconds']:.0f}"
         lines.append(f"| {name} | {' '.join(overrides.get(name, [])) or 'as trained'} | "
                      f"{s['steps']} ({s['best_step']}) | {s['val_loss']:.4f} | {s['ratio']:.3f} | "
@@ -119,7 +119,7 @@ def main() -> None:
         "`python benchmarks/cond_lr.py " + " ".join(a for a in sys.argv[1:] if a != "--reuse") + "`", "",
         "Same cohort, VAE, prior and evaluator; only the cond model is retrained (and sampled and "
         "judged). Columns of the bar: the run before the foundation, then RUN and each lever.", "",
-        "## The cond model", "", *table(runs, summary, sets), "",
+        "## The cond model", "", *table(summary, sets), "",
         "## Issue 28's quality bar", "", *criteria(load(Path(args.before)), [load(r) for r in runs.values()]), ""])
     from namd.run.provenance import atomic_write_json, atomic_write_text
 

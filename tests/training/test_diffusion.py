@@ -177,7 +177,7 @@ def test_prompts_freeze_after_prompt_steps_and_each_record_is_encoded_once_more(
     """With prompt_steps = 2 the prompts after five steps are those after two, the U-Net keeps
     learning, and the encoder runs once per record after the freeze instead of every step."""
     _, two = _prompt_fit(tmp_path / "two", 2, None)
-    task, five = _prompt_fit(tmp_path / "five", 5, 2)
+    _, five = _prompt_fit(tmp_path / "five", 5, 2)
     _, joint = _prompt_fit(tmp_path / "joint", 5, None)
     assert torch.equal(five.prompts, two.prompts) and not torch.equal(joint.prompts, two.prompts)
     assert five.encoded == 2 * 4 + 4 and joint.encoded == 5 * 4  # 2 joint batches, then 4 records once

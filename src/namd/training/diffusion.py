@@ -303,6 +303,13 @@ def _from_pretrained(config: NamdConfig, unet: UNet2DConditionModel) -> dict:
             "foundation": started_from(config.diffusion.unet.pretrained)}
 
 
+def _prompt_steps(config: NamdConfig) -> int | None:
+    """After how many cond steps the context encoder freezes (diffusion.prompt_steps): the soft
+    prompts' language-model passes are what it saves; the structured encoder's MLP is cheap and
+    trains at every step (None)."""
+    return None if config.text.encoder == "structured" else config.diffusion.prompt_steps
+
+
 def _cond(config: NamdConfig, run: RunDir, prior_name: str | None, cohort: Cohort,
           store: LatentStore, encoder: context_module.ContextEncoder, null_context: bool,
           seed: int) -> tuple[CondTask, LatentPairs, LatentPairs | None, dict]:
@@ -325,7 +332,7 @@ def _cond(config: NamdConfig, run: RunDir, prior_name: str | None, cohort: Cohor
     task = CondTask(unet, training_scheduler(config.diffusion), encoder, null_context,
                     config.diffusion.cond.rotation_augment, config.diffusion.condition_dropout,
                     config.diffusion.cond_draws, config.diffusion.snr_gamma,
-                    None if config.text.encoder == "structured" else config.diffusion.prompt_steps)
+                    _prompt_steps(config))
     return (task, LatentPairs(store, train), None if val is None else LatentPairs(store, val),
             {**start, **extra})
 
@@ -367,7 +374,7 @@ def run_stage(config: NamdConfig, run: RunDir, *, stage: str, method: str = meth
     tcfg: TrainConfig = getattr(config.diffusion, stage)
     out = check_out(run, name, resume=resume, overwrite=overwrite)
     # frozen soft prompts leave the loss: DDP must then look for parameters without a gradient
-    unused = stage == "cond" and config.diffusion.prompt_steps is not None
+    unused = stage == "cond" and _prompt_steps(config) is not None
     acc = Accelerator(mixed_precision=tcfg.mixed_precision, kwargs_handlers=[
         DistributedDataParallelKwargs(find_unused_parameters=True)] if unused else None)
     for read in (dirs["vae"], *((prior,) if prior else ())):
